@@ -1,0 +1,12 @@
+//! Plain-Rust pieces shared by every Portico filter: configuration reading with JSON paths,
+//! the error response shape, the identity header contract, request views and route matching.
+//!
+//! Nothing here calls the proxy-wasm host, so all of it is tested on the native target.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod identity;
+pub mod request;
+pub mod response;
+pub mod route;
+pub mod secret;

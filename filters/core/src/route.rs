@@ -1,0 +1,266 @@
+//! Request matching shared by every filter: a `matchit` path pattern, methods and hosts.
+//!
+//! Semantics, the same in every filter:
+//! - the most specific path pattern that matches wins (matchit's rule: static segments beat
+//!   `{param}`, which beats `{*catch_all}`);
+//! - among the rules with that pattern, and then among rules with no `path`, the first in
+//!   configuration order whose methods and hosts match wins;
+//! - a pattern ending in `/{*name}` also matches the bare prefix (`/public/{*rest}` matches
+//!   `/public` and `/public/`), which is what "everything under /public" means to people.
+
+use std::collections::BTreeMap;
+
+use matchit::Router;
+
+use crate::config::{Errors, Node};
+use crate::request::RequestView;
+
+/// The conditions of one rule, as configured under `match`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteMatch {
+    /// A matchit pattern such as `/v1/users/{id}`; `None` matches every path.
+    pub path: Option<String>,
+    /// Upper-case methods; empty matches every method.
+    pub methods: Vec<String>,
+    /// Lower-case hosts without port; empty matches every host.
+    pub hosts: Vec<String>,
+}
+
+impl RouteMatch {
+    /// Reads `{"path": "...", "methods": [...], "hosts": [...]}`.
+    pub fn parse(node: &Node<'_>, errors: &mut Errors) -> Option<Self> {
+        let mut obj = node.object(errors)?;
+        let path = obj.opt_str("path", errors).map(str::to_owned);
+        if let Some(p) = &path {
+            if !p.starts_with('/') {
+                obj.field_error("path", errors, "must start with '/'");
+            }
+        }
+        let methods = obj
+            .string_list("methods", errors)
+            .into_iter()
+            .map(|m| m.to_ascii_uppercase())
+            .collect();
+        let hosts = obj
+            .string_list("hosts", errors)
+            .into_iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        obj.finish(errors);
+        Some(Self {
+            path,
+            methods,
+            hosts,
+        })
+    }
+
+    fn accepts(&self, method: &str, host: &str) -> bool {
+        (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+            && (self.hosts.is_empty() || self.hosts.iter().any(|h| h == host))
+    }
+}
+
+/// Rules compiled for lookup. `T` is the filter's own per-rule configuration.
+#[derive(Debug)]
+pub struct RouteTable<T> {
+    rules: Vec<(RouteMatch, T)>,
+    /// Pattern to the indexes of the rules that use it, in configuration order.
+    router: Router<Vec<usize>>,
+    /// Indexes of the rules without a path, in configuration order.
+    any_path: Vec<usize>,
+}
+
+/// The rule that matched a request.
+#[derive(Debug)]
+pub struct Matched<'t, T> {
+    pub index: usize,
+    pub rule: &'t T,
+    /// The configured pattern, usable as a low-cardinality label (`None`: rule without path).
+    pub pattern: Option<&'t str>,
+}
+
+impl<T> RouteTable<T> {
+    /// Compiles `rules`; a pattern matchit rejects is reported at `<path_of(i)>.match.path`.
+    pub fn build(
+        rules: Vec<(RouteMatch, T)>,
+        path_of: impl Fn(usize) -> String,
+        errors: &mut Errors,
+    ) -> Self {
+        let mut by_pattern: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut any_path = Vec::new();
+        for (i, (m, _)) in rules.iter().enumerate() {
+            let Some(pattern) = &m.path else {
+                any_path.push(i);
+                continue;
+            };
+            by_pattern.entry(pattern.clone()).or_default().push(i);
+            if let Some(prefix) = catch_all_prefix(pattern) {
+                by_pattern.entry(format!("{prefix}/")).or_default().push(i);
+                if !prefix.is_empty() {
+                    by_pattern.entry(prefix.to_owned()).or_default().push(i);
+                }
+            }
+        }
+        let mut router = Router::new();
+        for (pattern, mut indexes) in by_pattern {
+            indexes.sort_unstable();
+            indexes.dedup();
+            let first = indexes.first().copied().unwrap_or_default();
+            if let Err(e) = router.insert(pattern.clone(), indexes) {
+                errors.push(
+                    &format!("{}.match.path", path_of(first)),
+                    format!("invalid path pattern {pattern:?}: {e}"),
+                );
+            }
+        }
+        Self {
+            rules,
+            router,
+            any_path,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The first rule that matches the request, per the module's semantics.
+    pub fn find(&self, request: &RequestView) -> Option<Matched<'_, T>> {
+        let method = request.method();
+        let host = request.host();
+        let by_path = self
+            .router
+            .at(request.path())
+            .ok()
+            .map(|m| m.value.as_slice());
+        by_path
+            .unwrap_or_default()
+            .iter()
+            .chain(self.any_path.iter())
+            .find_map(|&index| {
+                let (m, rule) = self.rules.get(index)?;
+                m.accepts(method, &host).then_some(Matched {
+                    index,
+                    rule,
+                    pattern: m.path.as_deref(),
+                })
+            })
+    }
+}
+
+/// `/a/b` for `/a/b/{*rest}`.
+fn catch_all_prefix(pattern: &str) -> Option<&str> {
+    let (prefix, last) = pattern.rsplit_once('/')?;
+    (last.starts_with("{*") && last.ends_with('}')).then_some(prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn req(method: &str, path: &str, host: &str) -> RequestView {
+        RequestView::new(vec![
+            (":method".into(), method.as_bytes().to_vec()),
+            (":path".into(), path.as_bytes().to_vec()),
+            (":authority".into(), host.as_bytes().to_vec()),
+        ])
+    }
+
+    fn table(rules: serde_json::Value) -> RouteTable<&'static str> {
+        let names = ["r0", "r1", "r2", "r3", "r4"];
+        let mut errors = Errors::default();
+        let parsed: Vec<_> = rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(names)
+            .map(|(v, name)| {
+                (
+                    RouteMatch::parse(&Node::new("$".into(), v), &mut errors).unwrap(),
+                    name,
+                )
+            })
+            .collect();
+        let t = RouteTable::build(parsed, |i| format!("$.routes[{i}]"), &mut errors);
+        assert!(errors.is_empty(), "{errors}");
+        t
+    }
+
+    fn found(
+        t: &RouteTable<&'static str>,
+        method: &str,
+        path: &str,
+        host: &str,
+    ) -> Option<&'static str> {
+        t.find(&req(method, path, host)).map(|m| *m.rule)
+    }
+
+    #[test]
+    fn most_specific_pattern_wins() {
+        let t = table(
+            json!([{"path": "/{*rest}"}, {"path": "/public/{*rest}"}, {"path": "/users/{id}"}]),
+        );
+        assert_eq!(found(&t, "GET", "/public/x", "h"), Some("r1"));
+        assert_eq!(found(&t, "GET", "/users/7", "h"), Some("r2"));
+        assert_eq!(found(&t, "GET", "/users/7/x", "h"), Some("r0"));
+    }
+
+    #[test]
+    fn catch_all_also_matches_its_bare_prefix() {
+        let t = table(json!([{"path": "/public/{*rest}"}]));
+        assert_eq!(found(&t, "GET", "/public", "h"), Some("r0"));
+        assert_eq!(found(&t, "GET", "/public/", "h"), Some("r0"));
+        assert_eq!(found(&t, "GET", "/publicity", "h"), None);
+    }
+
+    #[test]
+    fn methods_and_hosts_filter_in_config_order() {
+        let t = table(json!([
+            {"path": "/a", "methods": ["post"]},
+            {"path": "/a", "hosts": ["API.test"]},
+            {"methods": ["GET"]}
+        ]));
+        assert_eq!(found(&t, "POST", "/a", "x"), Some("r0"));
+        assert_eq!(found(&t, "GET", "/a", "api.test:80"), Some("r1"));
+        assert_eq!(found(&t, "GET", "/a", "other"), Some("r2"));
+        assert_eq!(found(&t, "DELETE", "/a", "other"), None);
+    }
+
+    #[test]
+    fn query_string_is_ignored_for_matching() {
+        let t = table(json!([{"path": "/a"}]));
+        assert_eq!(found(&t, "GET", "/a?x=1", "h"), Some("r0"));
+    }
+
+    #[test]
+    fn bad_patterns_and_fields_are_reported_with_paths() {
+        let mut errors = Errors::default();
+        let v = json!({"path": "no-slash", "method": ["GET"]});
+        let m = RouteMatch::parse(&Node::new("$.routes[0].match".into(), &v), &mut errors);
+        assert!(m.is_some());
+        assert_eq!(
+            errors.to_string(),
+            "$.routes[0].match.path: must start with '/'; $.routes[0].match.method: unknown field"
+        );
+        let mut errors = Errors::default();
+        let rules = vec![(
+            RouteMatch {
+                path: Some("/a/{x}{y}".into()),
+                ..Default::default()
+            },
+            (),
+        )];
+        let _ = RouteTable::build(rules, |i| format!("$.routes[{i}]"), &mut errors);
+        assert!(
+            errors
+                .to_string()
+                .starts_with("$.routes[0].match.path: invalid path pattern"),
+            "{errors}"
+        );
+    }
+}
