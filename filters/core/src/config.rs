@@ -316,6 +316,18 @@ impl<'a> Object<'a> {
             .unwrap_or_default()
     }
 
+    /// Every field, for objects used as maps (such as claim name to header name); all of them
+    /// count as known.
+    pub fn entries(&mut self) -> Vec<(&'a str, Node<'a>)> {
+        let map = self.map;
+        map.iter()
+            .map(|(k, v)| {
+                self.used.push(k.as_str());
+                (k.as_str(), Node::new(self.child_path(k), v))
+            })
+            .collect()
+    }
+
     /// Records `message` at the path of field `key`.
     pub fn field_error(&self, key: &str, errors: &mut Errors, message: impl Into<String>) {
         errors.push(&self.child_path(key), message);
