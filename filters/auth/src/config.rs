@@ -131,7 +131,7 @@ impl Access {
     }
 
     pub fn admits(&self, identity: &Identity) -> bool {
-        self.consumers.iter().any(|c| *c == identity.consumer)
+        self.consumers.contains(&identity.consumer)
             || identity
                 .tier
                 .as_ref()
