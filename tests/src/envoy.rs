@@ -183,13 +183,20 @@ impl Gateway {
     }
 
     pub fn try_start(config: &EnvoyConfig) -> Result<Gateway, StartFailure> {
+        let text = serde_json::to_string_pretty(&config.render()).expect("render");
+        Self::try_start_text(&text)
+    }
+
+    /// Starts Envoy on a config given as YAML (or JSON) text.
+    pub fn start_text(config: &str) -> Gateway {
+        Self::try_start_text(config)
+            .unwrap_or_else(|f| panic!("Envoy did not start ({:?}):\n{}", f.status, f.log))
+    }
+
+    pub fn try_start_text(config: &str) -> Result<Gateway, StartFailure> {
         let dir = scratch_dir();
-        let config_path = dir.join("envoy.json");
-        fs::write(
-            &config_path,
-            serde_json::to_vec_pretty(&config.render()).expect("render"),
-        )
-        .expect("write config");
+        let config_path = dir.join("envoy.yaml");
+        fs::write(&config_path, config).expect("write config");
         let log_path = dir.join("envoy.log");
         let admin_path = dir.join("admin.txt");
         let child = Command::new(envoy_bin())
@@ -292,6 +299,26 @@ impl Drop for Gateway {
             );
         }
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `envoy --mode validate` on `config` from the repository root; returns Envoy's output
+/// on failure.
+pub fn validate(config: &Path) -> Result<(), String> {
+    let out = Command::new(envoy_bin())
+        .current_dir(root())
+        .args(["--mode", "validate", "--log-level", "warn", "-c"])
+        .arg(config)
+        .output()
+        .expect("run envoy --mode validate");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 
