@@ -72,11 +72,7 @@ impl Signers {
 
     /// A token signed with `alg` (see [`ALGORITHMS`]) over exactly `claims`.
     pub fn sign(&self, alg: &str, claims: &Value) -> String {
-        let custom: Map<String, Value> = claims.as_object().cloned().unwrap_or_default();
-        let mut c = Claims::with_custom_claims(custom, Duration::from_secs(0));
-        c.issued_at = None;
-        c.expires_at = None;
-        c.invalid_before = None;
+        let c = bare_claims(claims);
         let der = self.rsa.to_der().unwrap();
         let r = match alg {
             "HS256" => HS256Key::from_bytes(HMAC_SECRET)
@@ -130,6 +126,17 @@ impl Signers {
     }
 }
 
+/// jwt-simple claims that serialise to exactly `claims`: its own `iat`, `exp` and `nbf` are
+/// cleared, so a test controls every field (and never sends one twice).
+pub fn bare_claims(claims: &Value) -> JWTClaims<Map<String, Value>> {
+    let custom: Map<String, Value> = claims.as_object().cloned().unwrap_or_default();
+    let mut c = Claims::with_custom_claims(custom, Duration::from_secs(0));
+    c.issued_at = None;
+    c.expires_at = None;
+    c.invalid_before = None;
+    c
+}
+
 /// Standard valid claims for `sub`, expiring in an hour, plus `extra`.
 pub fn claims(sub: &str, extra: Value) -> Value {
     let mut c =
@@ -152,10 +159,7 @@ pub fn raw_token(header: &Value, claims: &Value, signature: &str) -> String {
 
 /// An HS256 token signed with `secret` (any bytes), with the given kid.
 pub fn hs256_with_secret(secret: &[u8], kid: &str, claims: &Value) -> String {
-    let custom: Map<String, Value> = claims.as_object().cloned().unwrap_or_default();
-    let mut c = Claims::with_custom_claims(custom, Duration::from_secs(0));
-    c.issued_at = None;
-    c.expires_at = None;
+    let c = bare_claims(claims);
     HS256Key::from_bytes(secret)
         .with_key_id(kid)
         .authenticate(c)

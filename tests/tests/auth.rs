@@ -11,7 +11,7 @@ use std::time::Duration;
 use portico_tests::envoy::{eventually, EnvoyConfig, Gateway};
 use portico_tests::http::{get, Response};
 use portico_tests::tokens::{
-    self, claims, hs256_with_secret, now, raw_token, signers, ALGORITHMS, AUDIENCE, ISSUER,
+    bare_claims, claims, hs256_with_secret, now, raw_token, signers, ALGORITHMS, AUDIENCE, ISSUER,
 };
 use portico_tests::upstream::{Upstream, JWKS_PATH};
 use serde_json::{json, Value};
@@ -663,13 +663,11 @@ fn remote_jwks_is_fetched_kept_on_failure_and_rotated() {
     let mut jwk: Value = serde_json::from_str(&rotated.public_key().to_jwk()).unwrap();
     jwk["kid"] = json!("es256-v2");
     upstream.set_jwks(200, json!({"keys": [jwk]}).to_string());
-    let mut c = jwt_simple::prelude::Claims::with_custom_claims(
-        claims("rotated", json!({})).as_object().cloned().unwrap(),
-        jwt_simple::prelude::Duration::from_secs(0),
-    );
-    c.expires_at = None;
-    c.issued_at = None;
-    let new_token = jwt_simple::prelude::ECDSAP256KeyPairLike::sign(&rotated, c).unwrap();
+    let new_token = jwt_simple::prelude::ECDSAP256KeyPairLike::sign(
+        &rotated,
+        bare_claims(&claims("rotated", json!({}))),
+    )
+    .unwrap();
     let switched = || {
         all_ok(&new_token, "rotated")
             && (0..6).all(|_| {
@@ -681,7 +679,6 @@ fn remote_jwks_is_fetched_kept_on_failure_and_rotated() {
         "rotation not picked up"
     );
     gw.assert_no_wasm_panic();
-    let _ = tokens::HMAC_SECRET;
 }
 
 #[test]
@@ -708,4 +705,59 @@ fn bad_configuration_is_refused_with_every_json_path() {
     ] {
         assert!(failure.log.contains(expected), "missing {expected:?} in:\n{}", failure.log);
     }
+}
+
+#[test]
+fn pem_keys_and_several_providers_are_chosen_by_issuer() {
+    let upstream = Upstream::start("127.0.0.1:0").unwrap();
+    let s = signers();
+    let partner_key = jwt_simple::prelude::ES256KeyPair::generate();
+    let config = json!({
+        "jwt": {"providers": [
+            {"name": "main", "issuers": [ISSUER], "audiences": [AUDIENCE], "jwks": s.jwks()},
+            {"name": "partner", "issuers": ["https://partner.test"], "consumer_claim": "client_id",
+             "keys": [{"alg": "ES256", "pem": partner_key.public_key().to_pem().unwrap()}]}
+        ]}
+    });
+    let gw = Gateway::start(&EnvoyConfig::new(upstream.addr).wasm("auth", &config));
+
+    let c = bare_claims(
+        &json!({"iss": "https://partner.test", "client_id": "svc-7", "exp": now() + 60}),
+    );
+    let partner_token = jwt_simple::prelude::ECDSAP256KeyPairLike::sign(&partner_key, c).unwrap();
+    assert_allowed(
+        &get("/x").bearer(&partner_token).send(gw.addr),
+        "svc-7",
+        "PEM key, partner issuer",
+    );
+    assert_allowed(
+        &get("/x")
+            .bearer(&s.sign("PS384", &claims("m", json!({}))))
+            .send(gw.addr),
+        "m",
+        "main issuer",
+    );
+
+    // A main-issuer token signed with the partner's key, and the reverse, both fail.
+    let forged = s.sign(
+        "ES256",
+        &json!({"iss": "https://partner.test", "client_id": "svc-7", "exp": now() + 60}),
+    );
+    assert_denied(
+        &get("/x").bearer(&forged).send(gw.addr),
+        401,
+        "invalid_signature",
+        "wrong provider's key",
+    );
+    let stranger = s.sign(
+        "ES256",
+        &claims("z", json!({"iss": "https://stranger.test"})),
+    );
+    assert_denied(
+        &get("/x").bearer(&stranger).send(gw.addr),
+        401,
+        "invalid_issuer",
+        "unknown issuer",
+    );
+    gw.assert_no_wasm_panic();
 }

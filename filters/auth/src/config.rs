@@ -206,25 +206,22 @@ fn read_config(mut root: Object<'_>, errors: &mut Errors) -> Config {
     }
     let routes = RouteTable::build(rules, |i| format!("$.routes[{i}]"), errors);
 
-    let default_rule = match root.opt("default").and_then(|n| n.object(errors)) {
-        Some(mut obj) => {
+    // Without a `default`, unmatched requests need a credential: fail closed. A `default` that
+    // does not parse has been reported; the fallback only keeps reading the rest.
+    let default_rule = root
+        .opt("default")
+        .and_then(|n| n.object(errors))
+        .and_then(|mut obj| {
             let rule = read_rule(&mut obj, errors);
             obj.finish(errors);
             rule
-        }
-        None => Some(Rule {
+        })
+        .unwrap_or(Rule {
             accept: Accept::Any,
             scopes: Vec::new(),
             allow: Access::default(),
             deny: Access::default(),
-        }),
-    };
-    let default_rule = default_rule.unwrap_or(Rule {
-        accept: Accept::Any,
-        scopes: Vec::new(),
-        allow: Access::default(),
-        deny: Access::default(),
-    });
+        });
     check_rule(
         &default_rule,
         "$.default",
