@@ -152,6 +152,26 @@ impl<T> RouteTable<T> {
     }
 }
 
+/// One rule's conditions, compiled: for filters where every matching rule applies.
+#[derive(Debug)]
+pub struct Matcher(RouteTable<()>);
+
+impl Matcher {
+    /// Compiles `m`; a bad pattern is reported at `<path>.match.path`.
+    pub fn new(m: RouteMatch, path: &str, errors: &mut Errors) -> Self {
+        Matcher(RouteTable::build(vec![(m, ())], |_| path.to_owned(), errors))
+    }
+
+    pub fn matches(&self, request: &RequestView) -> bool {
+        self.0.find(request).is_some()
+    }
+
+    /// The configured path pattern, if any.
+    pub fn pattern(&self) -> Option<&str> {
+        self.0.rules.first().and_then(|(m, _)| m.path.as_deref())
+    }
+}
+
 /// `/a/b` for `/a/b/{*rest}`.
 fn catch_all_prefix(pattern: &str) -> Option<&str> {
     let (prefix, last) = pattern.rsplit_once('/')?;
