@@ -159,7 +159,11 @@ pub struct Matcher(RouteTable<()>);
 impl Matcher {
     /// Compiles `m`; a bad pattern is reported at `<path>.match.path`.
     pub fn new(m: RouteMatch, path: &str, errors: &mut Errors) -> Self {
-        Matcher(RouteTable::build(vec![(m, ())], |_| path.to_owned(), errors))
+        Matcher(RouteTable::build(
+            vec![(m, ())],
+            |_| path.to_owned(),
+            errors,
+        ))
     }
 
     pub fn matches(&self, request: &RequestView) -> bool {

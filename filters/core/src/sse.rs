@@ -133,7 +133,8 @@ mod tests {
 
     #[test]
     fn events_split_anywhere_come_out_whole() {
-        let stream = b"event: message_delta\ndata: {\"usage\":\n\n: comment\ndata: one\ndata: two\n\n";
+        let stream =
+            b"event: message_delta\ndata: {\"usage\":\n\n: comment\ndata: one\ndata: two\n\n";
         let want = vec![ev("message_delta", "{\"usage\":"), ev("", "one\ntwo")];
         for split in 0..stream.len() {
             let (a, b) = stream.split_at(split);
@@ -148,7 +149,10 @@ mod tests {
     #[test]
     fn crlf_and_cr_line_endings_work_even_split() {
         let mut r = SseReader::new(1024);
-        assert_eq!(all(&mut r, &[b"data: a\r", b"\n\r", b"\ndata:b\r\r"]), vec![ev("", "a"), ev("", "b")]);
+        assert_eq!(
+            all(&mut r, &[b"data: a\r", b"\n\r", b"\ndata:b\r\r"]),
+            vec![ev("", "a"), ev("", "b")]
+        );
     }
 
     #[test]
@@ -161,7 +165,16 @@ mod tests {
     fn oversized_lines_are_dropped_with_their_event_and_memory_stays_bounded() {
         let mut r = SseReader::new(8);
         let long = vec![b'x'; 10_000];
-        let events = all(&mut r, &[b"data: ", &long, b"\ndata: y\n\ndata: ", &long, b"\n\ndata: ok\n\n"]);
+        let events = all(
+            &mut r,
+            &[
+                b"data: ",
+                &long,
+                b"\ndata: y\n\ndata: ",
+                &long,
+                b"\n\ndata: ok\n\n",
+            ],
+        );
         assert_eq!(events, vec![ev("", "ok")]);
         assert_eq!(r.oversized, 2);
         assert!(r.line.capacity() <= 64);

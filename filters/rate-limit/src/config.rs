@@ -1,0 +1,403 @@
+//! The rate-limit filter's configuration, checked with JSON paths.
+
+use std::collections::HashMap;
+
+use portico_core::config::{parse_json, parse_root, Errors, Node, Object};
+use portico_core::route::{Matcher, RouteMatch};
+use serde_json::Value;
+
+use crate::gcra::Rate;
+
+#[derive(Debug)]
+pub struct Config {
+    pub rules: Vec<Rule>,
+    pub quotas: Vec<Quota>,
+    /// Slots per rule in shared data (see `slots`).
+    pub max_keys: u64,
+    pub fail_open: bool,
+    pub x_ratelimit_headers: bool,
+    /// Where Envoy's `json_to_metadata` filter puts lifted body fields.
+    pub metadata_namespace: String,
+}
+
+/// What a limit is counted per.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPart {
+    Consumer,
+    Tier,
+    ClientIp,
+    /// The rule's own path pattern.
+    Route,
+    Path,
+    Header(String),
+}
+
+/// Conditions beyond `match`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct When {
+    pub tiers: Vec<String>,
+    /// Header name and, if given, the exact value it must have.
+    pub headers: Vec<(String, Option<String>)>,
+}
+
+/// A limit per tier, with a default for callers without a listed tier.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tiered<T> {
+    pub default: T,
+    pub by_tier: HashMap<String, T>,
+}
+
+impl<T> Tiered<T> {
+    pub fn for_tier(&self, tier: Option<&str>) -> &T {
+        tier.and_then(|t| self.by_tier.get(t))
+            .unwrap_or(&self.default)
+    }
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub name: String,
+    pub matcher: Matcher,
+    pub when: When,
+    pub key: Vec<KeyPart>,
+    pub limit: Tiered<Rate>,
+    pub dry_run: bool,
+}
+
+#[derive(Debug)]
+pub struct Quota {
+    pub name: String,
+    pub matcher: Matcher,
+    pub when: When,
+    pub key: Vec<KeyPart>,
+    /// Token budgets (for example per minute and per day); all must have room.
+    pub budgets: Tiered<Vec<Rate>>,
+    /// The estimate of completion tokens when the request does not say `max_tokens`.
+    pub default_max_tokens: u64,
+    pub dry_run: bool,
+}
+
+const DEFAULT_MAX_KEYS: u64 = 10_000;
+
+impl Config {
+    pub fn from_bytes(bytes: &[u8]) -> Result<Config, Errors> {
+        let value = parse_json(bytes)?;
+        Self::from_value(&value)
+    }
+
+    pub fn from_value(value: &Value) -> Result<Config, Errors> {
+        let mut errors = Errors::default();
+        let config = parse_root(value, &mut errors).map(|root| read(root, &mut errors));
+        errors.into_result(config)
+    }
+}
+
+fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
+    let max_keys = root.opt_u64("max_keys", errors).unwrap_or(DEFAULT_MAX_KEYS);
+    if !(16..=10_000_000).contains(&max_keys) {
+        root.field_error("max_keys", errors, "must be between 16 and 10000000");
+    }
+    let fail_open = root
+        .opt("fail_mode")
+        .and_then(|n| n.one_of(&["open", "closed"], errors))
+        .is_none_or(|i| i == 0);
+    let x_ratelimit_headers = root.opt_bool("x_ratelimit_headers", errors).unwrap_or(true);
+    let metadata_namespace = root
+        .opt_str("metadata_namespace", errors)
+        .unwrap_or("portico")
+        .to_owned();
+    let mut names: Vec<String> = Vec::new();
+    let mut check_name = |node: &Node<'_>, name: &str, errors: &mut Errors| {
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            node.error(
+                errors,
+                "names use a-z, 0-9 and _ only (they become metric names)",
+            );
+        } else if names.iter().any(|n| n == name) {
+            node.error(errors, format!("duplicate name {name:?}"));
+        }
+        names.push(name.to_owned());
+    };
+    let mut rules = Vec::new();
+    for node in root.array("rules", errors) {
+        let Some(mut obj) = node.object(errors) else {
+            continue;
+        };
+        let name = obj.req("name", errors).and_then(|n| {
+            let s = n.non_empty_str(errors)?;
+            check_name(&n, s, errors);
+            Some(s.to_owned())
+        });
+        let matcher = read_matcher(&mut obj, errors);
+        let when = obj
+            .opt("when")
+            .map(|n| read_when(&n, errors))
+            .unwrap_or_default();
+        let key = read_key(&mut obj, errors);
+        let limit = obj.req("limit", errors).and_then(|n| read_rate(&n, errors));
+        let by_tier = read_tiers(&mut obj, errors, read_rate);
+        let dry_run = obj.opt_bool("dry_run", errors).unwrap_or(false);
+        obj.finish(errors);
+        if let (Some(name), Some(matcher), Some(limit)) = (name, matcher, limit) {
+            rules.push(Rule {
+                name,
+                matcher,
+                when,
+                key,
+                limit: Tiered {
+                    default: limit,
+                    by_tier,
+                },
+                dry_run,
+            });
+        }
+    }
+    let mut quotas = Vec::new();
+    for node in root.array("token_quotas", errors) {
+        let Some(mut obj) = node.object(errors) else {
+            continue;
+        };
+        let name = obj.req("name", errors).and_then(|n| {
+            let s = n.non_empty_str(errors)?;
+            check_name(&n, s, errors);
+            Some(s.to_owned())
+        });
+        let matcher = read_matcher(&mut obj, errors);
+        let when = obj
+            .opt("when")
+            .map(|n| read_when(&n, errors))
+            .unwrap_or_default();
+        let key = read_key(&mut obj, errors);
+        let budgets = obj
+            .req("budgets", errors)
+            .and_then(|n| read_budgets(&n, errors));
+        let by_tier = read_tiers(&mut obj, errors, read_budgets);
+        let default_max_tokens = obj.opt_u64("default_max_tokens", errors).unwrap_or(1024);
+        let dry_run = obj.opt_bool("dry_run", errors).unwrap_or(false);
+        obj.finish(errors);
+        if let (Some(name), Some(matcher), Some(budgets)) = (name, matcher, budgets) {
+            quotas.push(Quota {
+                name,
+                matcher,
+                when,
+                key,
+                budgets: Tiered {
+                    default: budgets,
+                    by_tier,
+                },
+                default_max_tokens,
+                dry_run,
+            });
+        }
+    }
+    if rules.is_empty() && quotas.is_empty() && errors.is_empty() {
+        root.field_error(
+            "rules",
+            errors,
+            "configure at least one rule or token quota",
+        );
+    }
+    root.finish(errors);
+    Config {
+        rules,
+        quotas,
+        max_keys,
+        fail_open,
+        x_ratelimit_headers,
+        metadata_namespace,
+    }
+}
+
+fn read_matcher(obj: &mut Object<'_>, errors: &mut Errors) -> Option<Matcher> {
+    let m = match obj.opt("match") {
+        Some(n) => RouteMatch::parse(&n, errors)?,
+        None => RouteMatch::default(),
+    };
+    Some(Matcher::new(m, obj.path(), errors))
+}
+
+fn read_when(node: &Node<'_>, errors: &mut Errors) -> When {
+    let Some(mut obj) = node.object(errors) else {
+        return When::default();
+    };
+    let tiers = obj.string_list("tiers", errors);
+    let mut headers = Vec::new();
+    for h in obj.array("headers", errors) {
+        let Some(mut ho) = h.object(errors) else {
+            continue;
+        };
+        let name = ho.req_str("name", errors).map(str::to_ascii_lowercase);
+        let value = ho
+            .opt("value")
+            .and_then(|v| v.str(errors))
+            .map(str::to_owned);
+        ho.finish(errors);
+        if let Some(name) = name {
+            headers.push((name, value));
+        }
+    }
+    obj.finish(errors);
+    When { tiers, headers }
+}
+
+fn read_key(obj: &mut Object<'_>, errors: &mut Errors) -> Vec<KeyPart> {
+    let mut parts = Vec::new();
+    for item in obj.array("key", errors) {
+        let part = match item.value() {
+            Value::String(_) => item
+                .one_of(&["consumer", "tier", "client_ip", "route", "path"], errors)
+                .map(|i| match i {
+                    0 => KeyPart::Consumer,
+                    1 => KeyPart::Tier,
+                    2 => KeyPart::ClientIp,
+                    3 => KeyPart::Route,
+                    _ => KeyPart::Path,
+                }),
+            Value::Object(_) => item.object(errors).and_then(|mut o| {
+                let name = o
+                    .req_str("header", errors)
+                    .map(|h| KeyPart::Header(h.to_ascii_lowercase()));
+                o.finish(errors);
+                name
+            }),
+            _ => {
+                item.error(errors, "expected \"consumer\", \"tier\", \"client_ip\", \"route\", \"path\" or {\"header\": NAME}");
+                None
+            }
+        };
+        parts.extend(part);
+    }
+    parts
+}
+
+fn read_rate(node: &Node<'_>, errors: &mut Errors) -> Option<Rate> {
+    let mut obj = node.object(errors)?;
+    let requests = obj.req("requests", errors).and_then(|n| n.u64(errors));
+    let period = obj
+        .req("period_seconds", errors)
+        .and_then(|n| n.u64(errors));
+    let burst = obj.opt_u64("burst", errors);
+    obj.finish(errors);
+    let (requests, period) = (requests?, period?);
+    let rate = Rate::new(requests, period, burst.unwrap_or(requests));
+    if rate.is_none() {
+        node.error(
+            errors,
+            "requests, period_seconds and burst must be at least 1",
+        );
+    }
+    rate
+}
+
+fn read_budgets(node: &Node<'_>, errors: &mut Errors) -> Option<Vec<Rate>> {
+    let items = node.array(errors)?;
+    if items.is_empty() {
+        node.error(errors, "list at least one budget");
+    }
+    let mut budgets = Vec::new();
+    for item in items {
+        let Some(mut obj) = item.object(errors) else {
+            continue;
+        };
+        let tokens = obj.req("tokens", errors).and_then(|n| n.u64(errors));
+        let period = obj
+            .req("period_seconds", errors)
+            .and_then(|n| n.u64(errors));
+        obj.finish(errors);
+        if let (Some(tokens), Some(period)) = (tokens, period) {
+            match Rate::new(tokens, period, tokens) {
+                Some(rate) => budgets.push(rate),
+                None => item.error(errors, "tokens and period_seconds must be at least 1"),
+            }
+        }
+    }
+    Some(budgets)
+}
+
+fn read_tiers<T>(
+    obj: &mut Object<'_>,
+    errors: &mut Errors,
+    read: fn(&Node<'_>, &mut Errors) -> Option<T>,
+) -> HashMap<String, T> {
+    let mut by_tier = HashMap::new();
+    if let Some(mut tiers) = obj.opt("tiers").and_then(|n| n.object(errors)) {
+        for (tier, node) in tiers.entries() {
+            if let Some(value) = read(&node, errors) {
+                by_tier.insert(tier.to_owned(), value);
+            }
+        }
+        tiers.finish(errors);
+    }
+    by_tier
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_full_configuration_reads() {
+        let c = Config::from_value(&json!({
+            "rules": [{
+                "name": "per_consumer",
+                "match": {"path": "/v1/{*rest}"},
+                "when": {"tiers": ["free"], "headers": [{"name": "X-Beta", "value": "1"}]},
+                "key": ["consumer", {"header": "X-Team"}],
+                "limit": {"requests": 10, "period_seconds": 60},
+                "tiers": {"pro": {"requests": 100, "period_seconds": 60, "burst": 20}},
+                "dry_run": true
+            }],
+            "token_quotas": [{"name": "llm", "key": ["consumer"], "budgets": [{"tokens": 1000, "period_seconds": 60}]}]
+        }))
+        .unwrap();
+        let r = &c.rules[0];
+        assert_eq!(
+            r.key,
+            vec![KeyPart::Consumer, KeyPart::Header("x-team".into())]
+        );
+        assert_eq!(r.when.headers, vec![("x-beta".into(), Some("1".into()))]);
+        assert_eq!(r.limit.for_tier(Some("pro")).burst, 20);
+        assert_eq!(r.limit.for_tier(Some("gold")).amount, 10);
+        assert_eq!(r.limit.for_tier(None).amount, 10);
+        assert!(r.dry_run);
+        assert_eq!(c.quotas[0].default_max_tokens, 1024);
+        assert!(c.fail_open);
+    }
+
+    #[test]
+    fn every_error_has_its_path() {
+        let err = Config::from_value(&json!({
+            "rules": [
+                {"name": "A b", "key": ["ip"], "limit": {"requests": 0, "period_seconds": 1}},
+                {"name": "x", "limit": {"requests": 1}, "tiers": {"pro": {"period_seconds": 1, "requests": "many"}}}
+            ],
+            "token_quotas": [{"name": "x", "budgets": []}],
+            "fail_mode": "sideways"
+        }))
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "$.fail_mode: unknown value \"sideways\", expected one of: open, closed; \
+             $.rules[0].name: names use a-z, 0-9 and _ only (they become metric names); \
+             $.rules[0].key[0]: unknown value \"ip\", expected one of: consumer, tier, client_ip, route, path; \
+             $.rules[0].limit: requests, period_seconds and burst must be at least 1; \
+             $.rules[1].limit.period_seconds: required field is missing; \
+             $.rules[1].tiers.pro.requests: expected a non-negative integer; \
+             $.token_quotas[0].name: duplicate name \"x\"; \
+             $.token_quotas[0].budgets: list at least one budget"
+        );
+    }
+
+    #[test]
+    fn an_empty_configuration_is_refused() {
+        assert_eq!(
+            Config::from_bytes(b"{}").unwrap_err().to_string(),
+            "$.rules: configure at least one rule or token quota"
+        );
+    }
+}
