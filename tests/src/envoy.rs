@@ -22,8 +22,7 @@ pub fn root() -> PathBuf {
 
 /// The Envoy binary: `$ENVOY_BIN`, else the one `scripts/setup` installs.
 pub fn envoy_bin() -> PathBuf {
-    let path =
-        std::env::var_os("ENVOY_BIN").map_or_else(|| root().join(".venv/envoy"), PathBuf::from);
+    let path = std::env::var_os("ENVOY_BIN").map_or_else(|| root().join(".venv/envoy"), PathBuf::from);
     assert!(
         path.exists(),
         "no Envoy at {} (run `make build`, or set ENVOY_BIN)",
@@ -35,11 +34,7 @@ pub fn envoy_bin() -> PathBuf {
 /// A built filter: `dist/<name>.wasm`.
 pub fn wasm_path(name: &str) -> PathBuf {
     let path = root().join("dist").join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: run `make build`",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: run `make build`", path.display());
     path
 }
 
@@ -63,8 +58,13 @@ impl EnvoyConfig {
 
     /// Adds the Portico filter `name` (from `dist/`) with its plugin configuration.
     pub fn wasm(mut self, name: &str, configuration: &Value) -> Self {
-        self.filters
-            .push(wasm_filter(name, &wasm_path(name), configuration));
+        self.filters.push(wasm_filter(name, &wasm_path(name), configuration));
+        self
+    }
+
+    /// Adds a native Envoy HTTP filter, given as its JSON config, at this point of the chain.
+    pub fn native(mut self, filter: Value) -> Self {
+        self.filters.push(filter);
         self
     }
 
@@ -106,6 +106,22 @@ impl EnvoyConfig {
             }
         })
     }
+}
+
+/// Envoy's `json_to_metadata` filter lifting `fields` of JSON request bodies into the
+/// `portico` metadata namespace, as `envoy/gateway.yaml` does.
+pub fn json_to_metadata(fields: &[&str]) -> Value {
+    let rules: Vec<Value> = fields
+        .iter()
+        .map(|f| json!({"selectors": [{"key": f}], "on_present": {"metadata_namespace": "portico", "key": f, "type": "STRING"}}))
+        .collect();
+    json!({
+        "name": "envoy.filters.http.json_to_metadata",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata",
+            "request_rules": {"rules": rules}
+        }
+    })
 }
 
 fn cluster(name: &str, addr: SocketAddr) -> Value {
@@ -178,8 +194,7 @@ fn scratch_dir() -> PathBuf {
 impl Gateway {
     /// Starts Envoy on `config` and waits until it is ready; panics with its log otherwise.
     pub fn start(config: &EnvoyConfig) -> Gateway {
-        Self::try_start(config)
-            .unwrap_or_else(|f| panic!("Envoy did not start ({:?}):\n{}", f.status, f.log))
+        Self::try_start(config).unwrap_or_else(|f| panic!("Envoy did not start ({:?}):\n{}", f.status, f.log))
     }
 
     pub fn try_start(config: &EnvoyConfig) -> Result<Gateway, StartFailure> {
@@ -189,8 +204,7 @@ impl Gateway {
 
     /// Starts Envoy on a config given as YAML (or JSON) text.
     pub fn start_text(config: &str) -> Gateway {
-        Self::try_start_text(config)
-            .unwrap_or_else(|f| panic!("Envoy did not start ({:?}):\n{}", f.status, f.log))
+        Self::try_start_text(config).unwrap_or_else(|f| panic!("Envoy did not start ({:?}):\n{}", f.status, f.log))
     }
 
     pub fn try_start_text(config: &str) -> Result<Gateway, StartFailure> {
@@ -202,13 +216,7 @@ impl Gateway {
         let child = Command::new(envoy_bin())
             .arg("-c")
             .arg(&config_path)
-            .args([
-                "--concurrency",
-                "2",
-                "--disable-hot-restart",
-                "--log-level",
-                "warn",
-            ])
+            .args(["--concurrency", "2", "--disable-hot-restart", "--log-level", "warn"])
             .args(["--component-log-level", "wasm:info"])
             .arg("--admin-address-path")
             .arg(&admin_path)
@@ -237,14 +245,9 @@ impl Gateway {
                     log: gateway.log(),
                 });
             }
-            if let Some(admin) = fs::read_to_string(&admin_path)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-            {
+            if let Some(admin) = fs::read_to_string(&admin_path).ok().and_then(|s| s.trim().parse().ok()) {
                 gateway.admin = admin;
-                let ready = http::get("/ready")
-                    .try_send(admin)
-                    .is_ok_and(|r| r.status == 200);
+                let ready = http::get("/ready").try_send(admin).is_ok_and(|r| r.status == 200);
                 if ready {
                     if let Some(addr) = gateway.listener_addr() {
                         gateway.addr = addr;
@@ -257,13 +260,21 @@ impl Gateway {
     }
 
     fn listener_addr(&self) -> Option<SocketAddr> {
-        let r = http::get("/listeners?format=json")
-            .try_send(self.admin)
-            .ok()?;
+        let r = http::get("/listeners?format=json").try_send(self.admin).ok()?;
         let v: Value = serde_json::from_slice(&r.body).ok()?;
         let sa = &v["listener_statuses"][0]["local_address"]["socket_address"];
         let port = u16::try_from(sa["port_value"].as_u64()?).ok()?;
         Some(SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// Envoy's resident memory in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
     }
 
     pub fn log(&self) -> String {

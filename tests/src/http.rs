@@ -37,8 +37,7 @@ impl Request {
     }
 
     pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
-        self.headers
-            .push((name.to_owned(), value.as_ref().to_vec()));
+        self.headers.push((name.to_owned(), value.as_ref().to_vec()));
         self
     }
 
@@ -59,13 +58,22 @@ impl Request {
 
     pub fn try_send(&self, addr: SocketAddr) -> std::io::Result<Response> {
         let mut stream = TcpStream::connect(addr)?;
+        self.exchange(&mut stream, false)
+    }
+
+    /// Sends from the local address `from` (any 127.0.0.0/8 address on Linux).
+    pub fn send_from(&self, from: std::net::IpAddr, addr: SocketAddr) -> Response {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        socket.bind(&SocketAddr::new(from, 0).into()).expect("bind");
+        socket.connect(&addr.into()).expect("connect");
+        let mut stream: TcpStream = socket.into();
+        self.exchange(&mut stream, false).expect("exchange")
+    }
+
+    fn exchange(&self, stream: &mut TcpStream, keep_alive: bool) -> std::io::Result<Response> {
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         let mut out = format!("{} {} HTTP/1.1\r\n", self.method, self.path).into_bytes();
-        if !self
-            .headers
-            .iter()
-            .any(|(n, _)| n.eq_ignore_ascii_case("host"))
-        {
+        if !self.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
             out.extend_from_slice(b"host: gateway.test\r\n");
         }
         for (name, value) in &self.headers {
@@ -74,22 +82,35 @@ impl Request {
             out.extend_from_slice(value);
             out.extend_from_slice(b"\r\n");
         }
+        let connection = if keep_alive { "keep-alive" } else { "close" };
         out.extend_from_slice(
             format!(
-                "content-length: {}\r\nconnection: close\r\n\r\n",
+                "content-length: {}\r\nconnection: {connection}\r\n\r\n",
                 self.body.len()
             )
             .as_bytes(),
         );
         out.extend_from_slice(&self.body);
         stream.write_all(&out)?;
-        let raw = read_response(&mut stream)?;
-        parse_response(&raw).ok_or_else(|| {
-            std::io::Error::other(format!(
-                "unparsable response: {:?}",
-                String::from_utf8_lossy(&raw)
-            ))
-        })
+        let raw = read_response(stream)?;
+        parse_response(&raw)
+            .ok_or_else(|| std::io::Error::other(format!("unparsable response: {:?}", String::from_utf8_lossy(&raw))))
+    }
+}
+
+/// A kept-alive connection, for sending many requests cheaply.
+#[derive(Debug)]
+pub struct Connection(TcpStream);
+
+impl Connection {
+    pub fn open(addr: SocketAddr) -> std::io::Result<Self> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        Ok(Connection(stream))
+    }
+
+    pub fn send(&mut self, request: &Request) -> std::io::Result<Response> {
+        request.exchange(&mut self.0, true)
     }
 }
 
@@ -139,11 +160,7 @@ fn parse_response(raw: &[u8]) -> Option<Response> {
     {
         body = dechunk(&body)?;
     }
-    Some(Response {
-        status,
-        headers,
-        body,
-    })
+    Some(Response { status, headers, body })
 }
 
 fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
@@ -163,10 +180,7 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -174,16 +188,12 @@ impl Response {
     }
 
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
     }
 
     /// The `error.code` of a Portico error body.
     pub fn error_code(&self) -> String {
-        self.json()["error"]["code"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+        self.json()["error"]["code"].as_str().unwrap_or_default().to_owned()
     }
 
     /// A header the echo upstream received, when the request reached it.

@@ -15,8 +15,7 @@ pub const HMAC_SECRET: &[u8; 32] = b"portico-test-hmac-secret-32bytes";
 
 /// Every algorithm Portico accepts.
 pub const ALGORITHMS: [&str; 12] = [
-    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
-    "ES384", "EdDSA",
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 ];
 
 /// One signing key per family, generated once per test process.
@@ -38,10 +37,7 @@ pub fn signers() -> &'static Signers {
 }
 
 pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
 fn without_alg(jwk: &str, kid: &str) -> Value {
@@ -75,39 +71,15 @@ impl Signers {
         let c = bare_claims(claims);
         let der = self.rsa.to_der().unwrap();
         let r = match alg {
-            "HS256" => HS256Key::from_bytes(HMAC_SECRET)
-                .with_key_id("hmac")
-                .authenticate(c),
-            "HS384" => HS384Key::from_bytes(HMAC_SECRET)
-                .with_key_id("hmac")
-                .authenticate(c),
-            "HS512" => HS512Key::from_bytes(HMAC_SECRET)
-                .with_key_id("hmac")
-                .authenticate(c),
-            "RS256" => RS256KeyPair::from_der(&der)
-                .unwrap()
-                .with_key_id("rsa")
-                .sign(c),
-            "RS384" => RS384KeyPair::from_der(&der)
-                .unwrap()
-                .with_key_id("rsa")
-                .sign(c),
-            "RS512" => RS512KeyPair::from_der(&der)
-                .unwrap()
-                .with_key_id("rsa")
-                .sign(c),
-            "PS256" => PS256KeyPair::from_der(&der)
-                .unwrap()
-                .with_key_id("rsa")
-                .sign(c),
-            "PS384" => PS384KeyPair::from_der(&der)
-                .unwrap()
-                .with_key_id("rsa")
-                .sign(c),
-            "PS512" => PS512KeyPair::from_der(&der)
-                .unwrap()
-                .with_key_id("rsa")
-                .sign(c),
+            "HS256" => HS256Key::from_bytes(HMAC_SECRET).with_key_id("hmac").authenticate(c),
+            "HS384" => HS384Key::from_bytes(HMAC_SECRET).with_key_id("hmac").authenticate(c),
+            "HS512" => HS512Key::from_bytes(HMAC_SECRET).with_key_id("hmac").authenticate(c),
+            "RS256" => RS256KeyPair::from_der(&der).unwrap().with_key_id("rsa").sign(c),
+            "RS384" => RS384KeyPair::from_der(&der).unwrap().with_key_id("rsa").sign(c),
+            "RS512" => RS512KeyPair::from_der(&der).unwrap().with_key_id("rsa").sign(c),
+            "PS256" => PS256KeyPair::from_der(&der).unwrap().with_key_id("rsa").sign(c),
+            "PS384" => PS384KeyPair::from_der(&der).unwrap().with_key_id("rsa").sign(c),
+            "PS512" => PS512KeyPair::from_der(&der).unwrap().with_key_id("rsa").sign(c),
             "ES256" => ES256KeyPair::from_bytes(&self.es256.to_bytes())
                 .unwrap()
                 .with_key_id("es256")
@@ -139,8 +111,7 @@ pub fn bare_claims(claims: &Value) -> JWTClaims<Map<String, Value>> {
 
 /// Standard valid claims for `sub`, expiring in an hour, plus `extra`.
 pub fn claims(sub: &str, extra: Value) -> Value {
-    let mut c =
-        json!({"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "exp": now() + 3600, "iat": now()});
+    let mut c = json!({"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "exp": now() + 3600, "iat": now()});
     if let (Some(base), Some(more)) = (c.as_object_mut(), extra.as_object()) {
         base.extend(more.clone());
     }
@@ -160,8 +131,5 @@ pub fn raw_token(header: &Value, claims: &Value, signature: &str) -> String {
 /// An HS256 token signed with `secret` (any bytes), with the given kid.
 pub fn hs256_with_secret(secret: &[u8], kid: &str, claims: &Value) -> String {
     let c = bare_claims(claims);
-    HS256Key::from_bytes(secret)
-        .with_key_id(kid)
-        .authenticate(c)
-        .unwrap()
+    HS256Key::from_bytes(secret).with_key_id(kid).authenticate(c).unwrap()
 }

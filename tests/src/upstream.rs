@@ -3,6 +3,11 @@
 //! Every request is answered with a JSON echo of what arrived (method, path, headers, body), so
 //! tests can assert on exactly what Envoy forwarded. `GET /.well-known/jwks.json` serves a JWKS
 //! document whose status and body the owner of the [`Upstream`] can change at any time.
+//!
+//! `POST /v1/chat/completions` and `POST /v1/messages` answer like OpenAI and Anthropic model
+//! backends, steered by request headers: `x-mock-usage: PROMPT,COMPLETION` puts usage in the
+//! answer (none without it), `x-mock-delay-ms: N` waits before answering, `x-mock-stream: 1` streams SSE in several flushed chunks with the
+//! usage event split across two of them, `x-mock-status: N` answers an error without usage.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -75,6 +80,25 @@ fn serve_connection(stream: TcpStream, jwks: &Mutex<JwksState>) -> std::io::Resu
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;
     while let Some(request) = read_request(&mut reader)? {
+        if let Some(ms) = request_header(&request, "x-mock-delay-ms").and_then(|v| v.parse::<u64>().ok()) {
+            thread::sleep(std::time::Duration::from_millis(ms.min(10_000)));
+        }
+        if let Some(parts) = model_stream(&request) {
+            writer.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+            )?;
+            for part in parts {
+                writer.write_all(format!("{:x}\r\n", part.len()).as_bytes())?;
+                writer.write_all(&part)?;
+                writer.write_all(b"\r\n")?;
+                writer.flush()?;
+                // Separate writes reach the filter as separate body chunks.
+                thread::sleep(std::time::Duration::from_millis(15));
+            }
+            writer.write_all(b"0\r\n\r\n")?;
+            writer.flush()?;
+            continue;
+        }
         let (status, content_type, body) = respond(&request, jwks);
         let head = format!(
             "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
@@ -88,15 +112,122 @@ fn serve_connection(stream: TcpStream, jwks: &Mutex<JwksState>) -> std::io::Resu
     Ok(())
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Api {
+    OpenAi,
+    Anthropic,
+}
+
+fn model_api(request: &Request) -> Option<Api> {
+    match request.path.split('?').next() {
+        Some("/v1/chat/completions") => Some(Api::OpenAi),
+        Some("/v1/messages") => Some(Api::Anthropic),
+        _ => None,
+    }
+}
+
+fn request_header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
+    request.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+}
+
+fn mock_usage(request: &Request) -> Option<(u64, u64)> {
+    let (p, c) = request_header(request, "x-mock-usage")?.split_once(',')?;
+    Some((p.trim().parse().ok()?, c.trim().parse().ok()?))
+}
+
+/// A non-streaming model answer, or `None` when the request is not a model call.
+fn model_answer(request: &Request) -> Option<(u16, Vec<u8>)> {
+    let api = model_api(request)?;
+    if let Some(status) = request_header(request, "x-mock-status").and_then(|s| s.parse::<u16>().ok()) {
+        let body = json!({"error": {"type": "api_error", "message": "mock failure"}});
+        return Some((status, body.to_string().into_bytes()));
+    }
+    let usage = mock_usage(request);
+    let body = match api {
+        Api::OpenAi => {
+            let mut v = json!({"id": "chatcmpl-mock", "object": "chat.completion", "model": "mock",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}]});
+            if let Some((p, c)) = usage {
+                v["usage"] = json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c});
+            }
+            v
+        }
+        Api::Anthropic => {
+            let mut v = json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": "mock",
+                "content": [{"type": "text", "text": "hello"}], "stop_reason": "end_turn"});
+            if let Some((p, c)) = usage {
+                v["usage"] = json!({"input_tokens": p, "output_tokens": c});
+            }
+            v
+        }
+    };
+    Some((200, body.to_string().into_bytes()))
+}
+
+/// The parts of a streamed model answer, each to be flushed on its own.
+fn model_stream(request: &Request) -> Option<Vec<Vec<u8>>> {
+    let api = model_api(request)?;
+    if request_header(request, "x-mock-stream") != Some("1") || request_header(request, "x-mock-status").is_some() {
+        return None;
+    }
+    let usage = mock_usage(request);
+    let mut events: Vec<String> = Vec::new();
+    match api {
+        Api::OpenAi => {
+            for word in ["Hel", "lo"] {
+                events.push(format!("data: {}\n\n", json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": word}}], "usage": null})));
+            }
+            if let Some((p, c)) = usage {
+                events.push(format!("data: {}\n\n", json!({"object": "chat.completion.chunk", "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}})));
+            }
+            events.push("data: [DONE]\n\n".to_owned());
+        }
+        Api::Anthropic => {
+            let (p, c) = usage.unwrap_or((0, 0));
+            let start_usage = if usage.is_some() {
+                json!({"input_tokens": p, "output_tokens": 1})
+            } else {
+                json!({})
+            };
+            events.push(format!(
+                "event: message_start\ndata: {}\n\n",
+                json!({"type": "message_start", "message": {"id": "msg_mock", "usage": start_usage}})
+            ));
+            events.push(format!(
+                "event: content_block_delta\ndata: {}\n\n",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}})
+            ));
+            let delta_usage = if usage.is_some() {
+                json!({"output_tokens": c})
+            } else {
+                json!({})
+            };
+            events.push(format!(
+                "event: message_delta\ndata: {}\n\n",
+                json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": delta_usage})
+            ));
+            events.push("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".to_owned());
+        }
+    }
+    // Split every event in two, mid-JSON, so readers must join chunks.
+    let mut parts = Vec::new();
+    for e in events {
+        let bytes = e.into_bytes();
+        let (a, b) = bytes.split_at(bytes.len() / 2);
+        parts.push(a.to_vec());
+        parts.push(b.to_vec());
+    }
+    Some(parts)
+}
+
 fn respond(request: &Request, jwks: &Mutex<JwksState>) -> (u16, &'static str, Vec<u8>) {
+    if let Some((status, body)) = model_answer(request) {
+        return (status, "application/json", body);
+    }
     if request.method == "GET" && request.path.split('?').next() == Some(JWKS_PATH) {
         if let Ok(mut state) = jwks.lock() {
             state.hits += 1;
-            return (
-                state.status,
-                "application/json",
-                state.body.clone().into_bytes(),
-            );
+            return (state.status, "application/json", state.body.clone().into_bytes());
         }
     }
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
@@ -150,19 +281,13 @@ fn read_request(reader: &mut impl BufRead) -> std::io::Result<Option<Request>> {
             headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
         }
     }
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    };
+    let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
     let mut body = Vec::new();
     if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         loop {
             let mut size_line = String::new();
             reader.read_line(&mut size_line)?;
-            let size = usize::from_str_radix(size_line.trim().split(';').next().unwrap_or("0"), 16)
-                .unwrap_or(0);
+            let size = usize::from_str_radix(size_line.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
             let mut chunk = vec![0; size + 2];
             reader.read_exact(&mut chunk)?;
             if size == 0 {

@@ -1,10 +1,5 @@
 //! The auth filter through a real Envoy (`--concurrency 2`) with real HTTP traffic.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::time::Duration;
 
@@ -89,10 +84,7 @@ fn assert_denied(r: &Response, status: u16, code: &str, case: &str) {
         let challenge = r
             .header("www-authenticate")
             .unwrap_or_else(|| panic!("{case}: no WWW-Authenticate"));
-        assert!(
-            challenge.starts_with("Bearer realm=\"portico\""),
-            "{case}: {challenge}"
-        );
+        assert!(challenge.starts_with("Bearer realm=\"portico\""), "{case}: {challenge}");
     }
 }
 
@@ -111,18 +103,11 @@ fn every_algorithm_family_is_accepted() {
     for alg in ALGORITHMS {
         let token = signers().sign(
             alg,
-            &claims(
-                &format!("user-{alg}"),
-                json!({"tier": "pro", "email": "u@example.com"}),
-            ),
+            &claims(&format!("user-{alg}"), json!({"tier": "pro", "email": "u@example.com"})),
         );
         let r = get("/jwt/hello").bearer(&token).send(gw.addr);
         assert_allowed(&r, &format!("user-{alg}"), alg);
-        assert_eq!(
-            r.upstream_header("x-portico-tier").as_deref(),
-            Some("pro"),
-            "{alg}"
-        );
+        assert_eq!(r.upstream_header("x-portico-tier").as_deref(), Some("pro"), "{alg}");
         assert_eq!(
             r.upstream_header("x-portico-email").as_deref(),
             Some("u@example.com"),
@@ -169,11 +154,7 @@ fn hostile_and_invalid_tokens_get_stable_errors_and_never_crash_the_vm() {
         ),
         (
             "bad signature (another HMAC secret, same kid)",
-            hs256_with_secret(
-                b"a-different-secret-of-32-bytes!!",
-                "hmac",
-                &claims("a", json!({})),
-            ),
+            hs256_with_secret(b"a-different-secret-of-32-bytes!!", "hmac", &claims("a", json!({}))),
             401,
             "invalid_signature",
         ),
@@ -183,12 +164,7 @@ fn hostile_and_invalid_tokens_get_stable_errors_and_never_crash_the_vm() {
                 let good = es(claims("a", json!({})));
                 let forged = raw_token(&json!({}), &claims("admin", json!({"scope": "admin"})), "");
                 let parts: Vec<&str> = good.split('.').collect();
-                format!(
-                    "{}.{}.{}",
-                    parts[0],
-                    forged.split('.').nth(1).unwrap(),
-                    parts[2]
-                )
+                format!("{}.{}.{}", parts[0], forged.split('.').nth(1).unwrap(), parts[2])
             },
             401,
             "invalid_signature",
@@ -201,31 +177,19 @@ fn hostile_and_invalid_tokens_get_stable_errors_and_never_crash_the_vm() {
         ),
         (
             "alg none with empty signature",
-            raw_token(
-                &json!({"alg": "none", "typ": "JWT"}),
-                &claims("admin", json!({})),
-                "",
-            ),
+            raw_token(&json!({"alg": "none", "typ": "JWT"}), &claims("admin", json!({})), ""),
             401,
             "algorithm_not_allowed",
         ),
         (
             "HS256 signed with the RSA public key as secret",
-            hs256_with_secret(
-                s.rsa_public_pem().as_bytes(),
-                "rsa",
-                &claims("admin", json!({})),
-            ),
+            hs256_with_secret(s.rsa_public_pem().as_bytes(), "rsa", &claims("admin", json!({}))),
             401,
             "algorithm_not_allowed",
         ),
         (
             "unknown kid",
-            raw_token(
-                &json!({"alg": "ES256", "kid": "nope"}),
-                &claims("a", json!({})),
-                "c2ln",
-            ),
+            raw_token(&json!({"alg": "ES256", "kid": "nope"}), &claims("a", json!({})), "c2ln"),
             401,
             "unknown_key_id",
         ),
@@ -247,12 +211,7 @@ fn hostile_and_invalid_tokens_get_stable_errors_and_never_crash_the_vm() {
             401,
             "malformed_token",
         ),
-        (
-            "10 KB of garbage",
-            "A".repeat(10 * 1024),
-            401,
-            "token_too_large",
-        ),
+        ("10 KB of garbage", "A".repeat(10 * 1024), 401, "token_too_large"),
         (
             "missing sub",
             es(json!({"iss": ISSUER, "aud": AUDIENCE, "exp": t + 60})),
@@ -304,10 +263,7 @@ fn hostile_and_invalid_tokens_get_stable_errors_and_never_crash_the_vm() {
 
     // Scope present: allowed, and scope in `scp` form works too.
     assert_allowed(
-        &bearer(
-            "/admin/x",
-            &es(claims("root", json!({"scope": "read admin"}))),
-        ),
+        &bearer("/admin/x", &es(claims("root", json!({"scope": "read admin"})))),
         "root",
         "scope",
     );
@@ -317,18 +273,12 @@ fn hostile_and_invalid_tokens_get_stable_errors_and_never_crash_the_vm() {
         "scp",
     );
     let scoped = bearer("/admin/x", &es(claims("a", json!({}))));
-    assert!(scoped
-        .header("www-authenticate")
-        .unwrap()
-        .contains("scope=\"admin\""));
+    assert!(scoped.header("www-authenticate").unwrap().contains("scope=\"admin\""));
 
     // No credential: a bare challenge, as RFC 6750 section 3.1 asks.
     let r = get("/jwt/x").send(gw.addr);
     assert_denied(&r, 401, "missing_credentials", "missing");
-    assert_eq!(
-        r.header("www-authenticate"),
-        Some("Bearer realm=\"portico\"")
-    );
+    assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"portico\""));
 
     // Two different tokens is ambiguous; the same token twice is not.
     let a = es(claims("a", json!({})));
@@ -351,15 +301,10 @@ fn hostile_and_invalid_tokens_get_stable_errors_and_never_crash_the_vm() {
     );
 
     // Bytes that are not UTF-8 in headers: Envoy passes them, the filter must not trap.
-    let r = get("/jwt/x")
-        .header("authorization", b"Bearer \xff\xfe")
-        .send(gw.addr);
+    let r = get("/jwt/x").header("authorization", b"Bearer \xff\xfe").send(gw.addr);
     assert_denied(&r, 401, "malformed_token", "non-UTF-8 token");
     assert_allowed(
-        &get("/jwt/x")
-            .bearer(&a)
-            .header("x-junk", b"\xff\x80")
-            .send(gw.addr),
+        &get("/jwt/x").bearer(&a).header("x-junk", b"\xff\x80").send(gw.addr),
         "a",
         "non-UTF-8 header",
     );
@@ -370,11 +315,7 @@ fn hostile_and_invalid_tokens_get_stable_errors_and_never_crash_the_vm() {
 
     // After all of that the filter still serves valid traffic on both workers.
     for _ in 0..10 {
-        assert_allowed(
-            &get("/jwt/x").bearer(&a).send(gw.addr),
-            "a",
-            "after hostile traffic",
-        );
+        assert_allowed(&get("/jwt/x").bearer(&a).send(gw.addr), "a", "after hostile traffic");
     }
     gw.assert_no_wasm_panic();
 
@@ -389,20 +330,14 @@ fn hostile_and_invalid_tokens_get_stable_errors_and_never_crash_the_vm() {
     };
     assert!(metric("portico_auth_allowed") >= 16, "{stats}");
     assert_eq!(metric("portico_auth_denied_token_expired"), 1, "{stats}");
-    assert_eq!(
-        metric("portico_auth_denied_multiple_credentials"),
-        2,
-        "{stats}"
-    );
+    assert_eq!(metric("portico_auth_denied_multiple_credentials"), 2, "{stats}");
 }
 
 #[test]
 fn api_keys_map_to_consumers_and_are_stripped() {
     let (gw, _up) = inline_gateway();
 
-    let r = get("/keys/x")
-        .header("x-api-key", "acme-key-1")
-        .send(gw.addr);
+    let r = get("/keys/x").header("x-api-key", "acme-key-1").send(gw.addr);
     assert_allowed(&r, "acme", "header key");
     assert_eq!(r.upstream_header("x-portico-tier").as_deref(), Some("pro"));
     assert_eq!(
@@ -427,19 +362,12 @@ fn api_keys_map_to_consumers_and_are_stripped() {
         "unknown",
     );
     assert_denied(
-        &get("/keys/x")
-            .header("x-api-key", "acme-old-key")
-            .send(gw.addr),
+        &get("/keys/x").header("x-api-key", "acme-old-key").send(gw.addr),
         401,
         "revoked_api_key",
         "revoked",
     );
-    assert_denied(
-        &get("/keys/x").send(gw.addr),
-        401,
-        "missing_credentials",
-        "none",
-    );
+    assert_denied(&get("/keys/x").send(gw.addr), 401, "missing_credentials", "none");
     assert_denied(
         &get("/keys/x")
             .header("x-api-key", "acme-key-1")
@@ -452,9 +380,7 @@ fn api_keys_map_to_consumers_and_are_stripped() {
 
     // Tier rules: /pro/ admits only the pro tier, whatever the credential kind.
     assert_allowed(
-        &get("/pro/x")
-            .header("x-api-key", "acme-key-1")
-            .send(gw.addr),
+        &get("/pro/x").header("x-api-key", "acme-key-1").send(gw.addr),
         "acme",
         "pro tier",
     );
@@ -474,9 +400,7 @@ fn api_keys_map_to_consumers_and_are_stripped() {
 
     // A JWT-only route ignores API keys entirely.
     assert_denied(
-        &get("/jwt/x")
-            .header("x-api-key", "acme-key-1")
-            .send(gw.addr),
+        &get("/jwt/x").header("x-api-key", "acme-key-1").send(gw.addr),
         401,
         "missing_credentials",
         "key on jwt route",
@@ -492,10 +416,7 @@ fn api_keys_map_to_consumers_and_are_stripped() {
         "jwt and key",
     );
     gw.assert_no_wasm_panic();
-    assert!(
-        !gw.log().contains("acme-key-1"),
-        "a key reached Envoy's log"
-    );
+    assert!(!gw.log().contains("acme-key-1"), "a key reached Envoy's log");
 }
 
 #[test]
@@ -539,18 +460,11 @@ fn public_routes_need_nothing_and_paths_are_normalised_before_matching() {
     let r = get("/jwt//secret").send(gw.addr);
     assert_denied(&r, 401, "missing_credentials", "doubled slashes");
     // Whatever passes as public is what the upstream receives: the filter matched the same path.
-    for path in [
-        "/public//..//jwt/secret",
-        "/public/%2e%2e/jwt/secret",
-        "/public/./x",
-    ] {
+    for path in ["/public//..//jwt/secret", "/public/%2e%2e/jwt/secret", "/public/./x"] {
         let r = get(path).send(gw.addr);
         if r.status == 200 {
             let seen = r.json()["path"].as_str().unwrap().to_owned();
-            assert!(
-                seen.starts_with("/public/"),
-                "{path} reached the upstream as {seen}"
-            );
+            assert!(seen.starts_with("/public/"), "{path} reached the upstream as {seen}");
         } else {
             assert_denied(&r, 401, "missing_credentials", path);
         }
@@ -568,11 +482,7 @@ fn public_routes_need_nothing_and_paths_are_normalised_before_matching() {
 fn tokens_are_read_from_every_configured_source() {
     let (gw, _up) = inline_gateway();
     let token = signers().sign("RS256", &claims("src", json!({})));
-    assert_allowed(
-        &get("/jwt/x").header("x-token", &token).send(gw.addr),
-        "src",
-        "header",
-    );
+    assert_allowed(&get("/jwt/x").header("x-token", &token).send(gw.addr), "src", "header");
     let r = get(&format!("/jwt/x?access_token={token}")).send(gw.addr);
     assert_allowed(&r, "src", "query");
     let r = get("/jwt/x")
@@ -654,30 +564,20 @@ fn remote_jwks_is_fetched_kept_on_failure_and_rotated() {
     );
     let fresh = s.sign("ES256", &claims("fresh", json!({})));
     assert!(all_ok(&fresh, "fresh"), "last good keys were dropped");
-    assert!(gw
-        .log()
-        .contains("JWKS refresh failed, keeping the last good keys"));
+    assert!(gw.log().contains("JWKS refresh failed, keeping the last good keys"));
 
     // The key set rotates: the new key works and the old one stops, cached tokens included.
     let rotated = jwt_simple::prelude::ES256KeyPair::generate().with_key_id("es256-v2");
     let mut jwk: Value = serde_json::from_str(&rotated.public_key().to_jwk()).unwrap();
     jwk["kid"] = json!("es256-v2");
     upstream.set_jwks(200, json!({"keys": [jwk]}).to_string());
-    let new_token = jwt_simple::prelude::ECDSAP256KeyPairLike::sign(
-        &rotated,
-        bare_claims(&claims("rotated", json!({}))),
-    )
-    .unwrap();
+    let new_token =
+        jwt_simple::prelude::ECDSAP256KeyPairLike::sign(&rotated, bare_claims(&claims("rotated", json!({})))).unwrap();
     let switched = || {
         all_ok(&new_token, "rotated")
-            && (0..6).all(|_| {
-                get("/jwt/x").bearer(&first).send(gw.addr).error_code() == "unknown_key_id"
-            })
+            && (0..6).all(|_| get("/jwt/x").bearer(&first).send(gw.addr).error_code() == "unknown_key_id")
     };
-    assert!(
-        eventually(Duration::from_secs(10), switched),
-        "rotation not picked up"
-    );
+    assert!(eventually(Duration::from_secs(10), switched), "rotation not picked up");
     gw.assert_no_wasm_panic();
 }
 
@@ -703,7 +603,11 @@ fn bad_configuration_is_refused_with_every_json_path() {
         "invalid configuration: $.routes[0].auth: unknown value \"maybe\", expected one of: none, jwt, api_key, any",
         "invalid configuration: $.strip_credential: unknown field",
     ] {
-        assert!(failure.log.contains(expected), "missing {expected:?} in:\n{}", failure.log);
+        assert!(
+            failure.log.contains(expected),
+            "missing {expected:?} in:\n{}",
+            failure.log
+        );
     }
 }
 
@@ -721,9 +625,7 @@ fn pem_keys_and_several_providers_are_chosen_by_issuer() {
     });
     let gw = Gateway::start(&EnvoyConfig::new(upstream.addr).wasm("auth", &config));
 
-    let c = bare_claims(
-        &json!({"iss": "https://partner.test", "client_id": "svc-7", "exp": now() + 60}),
-    );
+    let c = bare_claims(&json!({"iss": "https://partner.test", "client_id": "svc-7", "exp": now() + 60}));
     let partner_token = jwt_simple::prelude::ECDSAP256KeyPairLike::sign(&partner_key, c).unwrap();
     assert_allowed(
         &get("/x").bearer(&partner_token).send(gw.addr),
@@ -749,10 +651,7 @@ fn pem_keys_and_several_providers_are_chosen_by_issuer() {
         "invalid_signature",
         "wrong provider's key",
     );
-    let stranger = s.sign(
-        "ES256",
-        &claims("z", json!({"iss": "https://stranger.test"})),
-    );
+    let stranger = s.sign("ES256", &claims("z", json!({"iss": "https://stranger.test"})));
     assert_denied(
         &get("/x").bearer(&stranger).send(gw.addr),
         401,

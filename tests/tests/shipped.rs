@@ -1,10 +1,5 @@
 //! The configuration and demo that ship with Portico work as the README says.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::fs;
 
@@ -25,8 +20,8 @@ fn demo_env(key: &str) -> String {
 fn shipped_envoy_configs_pass_envoy_validate() {
     // Validation also loads each wasm filter and runs its configuration check.
     wasm_path("auth");
-    validate(&root().join("envoy/gateway.yaml"))
-        .unwrap_or_else(|e| panic!("envoy/gateway.yaml: {e}"));
+    wasm_path("rate-limit");
+    validate(&root().join("envoy/gateway.yaml")).unwrap_or_else(|e| panic!("envoy/gateway.yaml: {e}"));
 }
 
 #[test]
@@ -37,42 +32,40 @@ fn the_embedded_default_gateway_serves_the_readme_demo() {
         .unwrap()
         .replace("port_value: 10000", "port_value: 0")
         .replace("port_value: 9901", "port_value: 0")
-        .replace(
-            "port_value: 8081",
-            &format!("port_value: {}", upstream.addr.port()),
-        )
-        .replace(
-            "filename: dist/",
-            &format!("filename: {}/dist/", root().display()),
-        );
+        .replace("port_value: 8081", &format!("port_value: {}", upstream.addr.port()))
+        .replace("filename: dist/", &format!("filename: {}/dist/", root().display()));
     let gw = Gateway::start_text(&config);
     let key = demo_env("PORTICO_DEMO_KEY");
     let token = demo_env("PORTICO_DEMO_TOKEN");
 
     let r = get("/hello").send(gw.addr);
     assert_eq!(r.status, 401, "{}", r.text());
-    assert_eq!(
-        r.header("www-authenticate"),
-        Some("Bearer realm=\"portico\"")
-    );
+    assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"portico\""));
 
     let r = get("/hello").header("x-api-key", &key).send(gw.addr);
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(
-        r.upstream_header("x-portico-consumer").as_deref(),
-        Some("demo")
-    );
+    assert_eq!(r.upstream_header("x-portico-consumer").as_deref(), Some("demo"));
     assert_eq!(r.upstream_header("x-portico-tier").as_deref(), Some("free"));
 
     let r = get("/hello").bearer(&token).send(gw.addr);
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(
-        r.upstream_header("x-portico-consumer").as_deref(),
-        Some("demo-user")
-    );
+    assert_eq!(r.upstream_header("x-portico-consumer").as_deref(), Some("demo-user"));
     assert_eq!(r.upstream_header("x-portico-tier").as_deref(), Some("pro"));
 
     assert_eq!(get("/public/status").send(gw.addr).status, 200);
+
+    // The README's curl loop: the demo key (tier free) gets 5 requests a minute, then 429.
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| get("/hello").header("x-api-key", &key).send(gw.addr).status)
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![200, 200, 200, 200, 429],
+        "one of the five was spent above"
+    );
+    let r = get("/hello").header("x-api-key", &key).send(gw.addr);
+    assert_eq!(r.error_code(), "rate_limited");
+    assert!(r.header("retry-after").is_some() && r.header("ratelimit-policy").is_some());
     let r = get("/admin/x").bearer(&token).send(gw.addr);
     assert_eq!(r.status, 403, "the demo token has no admin scope");
     gw.assert_no_wasm_panic();
@@ -83,15 +76,9 @@ fn the_readme_shows_the_demo_credentials_that_work() {
     let readme = fs::read_to_string(root().join("README.md")).unwrap();
     for key in ["PORTICO_DEMO_KEY", "PORTICO_DEMO_TOKEN"] {
         let value = demo_env(key);
-        assert!(
-            readme.contains(&value),
-            "README.md does not show the working {key}"
-        );
+        assert!(readme.contains(&value), "README.md does not show the working {key}");
     }
     for command in ["make run", "make test"] {
-        assert!(
-            readme.contains(command),
-            "README.md does not document `{command}`"
-        );
+        assert!(readme.contains(command), "README.md does not document `{command}`");
     }
 }

@@ -112,12 +112,7 @@ impl Authenticator {
     }
 
     /// Records the result of a fetch for `provider`: `Ok(body)` for a 200 answer.
-    pub fn fetch_done(
-        &mut self,
-        provider: usize,
-        result: Result<&[u8], String>,
-        now: u64,
-    ) -> FetchOutcome {
+    pub fn fetch_done(&mut self, provider: usize, result: Result<&[u8], String>, now: u64) -> FetchOutcome {
         let refresh = self
             .config
             .jwt
@@ -131,11 +126,7 @@ impl Authenticator {
         state.in_flight = false;
         let failed = |state: &mut RemoteKeys, message: String| {
             // Before the first success, retry every second: requests are waiting on it.
-            let retry = if state.loaded {
-                RETRY_SECONDS.min(refresh)
-            } else {
-                1
-            };
+            let retry = if state.loaded { RETRY_SECONDS.min(refresh) } else { 1 };
             state.next_fetch_at = now.saturating_add(retry);
             FetchOutcome::Failed(message)
         };
@@ -156,10 +147,7 @@ impl Authenticator {
                 state.digest = Some(digest);
                 state.generation = state.generation.wrapping_add(1);
                 state.next_fetch_at = now.saturating_add(refresh);
-                FetchOutcome::Updated {
-                    keys: count,
-                    skipped,
-                }
+                FetchOutcome::Updated { keys: count, skipped }
             }
             Err(message) => failed(state, message),
         }
@@ -182,10 +170,7 @@ impl Authenticator {
     /// Decides a request at `now` (Unix seconds).
     pub fn decide(&mut self, request: &RequestView, now: u64) -> Decision {
         let config = Rc::clone(&self.config);
-        let rule = config
-            .routes
-            .find(request)
-            .map_or(&config.default_rule, |m| m.rule);
+        let rule = config.routes.find(request).map_or(&config.default_rule, |m| m.rule);
         if rule.accept == Accept::None {
             return Decision::Allow {
                 identity: None,
@@ -200,10 +185,7 @@ impl Authenticator {
         let Some(first) = found.first() else {
             return deny(Reason::MissingCredentials);
         };
-        if found
-            .iter()
-            .any(|f| f.kind != first.kind || f.value != first.value)
-        {
+        if found.iter().any(|f| f.kind != first.kind || f.value != first.value) {
             return deny(Reason::MultipleCredentials);
         }
         let Some(value) = first.value.as_deref() else {
@@ -249,10 +231,7 @@ impl Authenticator {
         let iss = token::issuer(&parsed.claims);
         // A lone provider checks `iss` itself (if it lists issuers); with several, `iss` picks one.
         let (index, provider) = if jwt.providers.len() == 1 {
-            jwt.providers
-                .first()
-                .map(|p| (0, p))
-                .ok_or(Reason::Internal)?
+            jwt.providers.first().map(|p| (0, p)).ok_or(Reason::Internal)?
         } else {
             jwt.providers
                 .iter()
@@ -317,10 +296,7 @@ fn verify_api_key(config: &Config, key: &str) -> Result<Rc<Identity>, Reason> {
     // The key is hashed before lookup, so lookup time depends on the digest only, which tells
     // an attacker nothing about stored keys; the final comparison is constant-time as well.
     let digest = hmac_sha256::Hash::hash(key.as_bytes());
-    let (stored, entry) = keys
-        .by_digest
-        .get_key_value(&digest)
-        .ok_or(Reason::InvalidApiKey)?;
+    let (stored, entry) = keys.by_digest.get_key_value(&digest).ok_or(Reason::InvalidApiKey)?;
     if !constant_time_eq(stored, &digest) {
         return Err(Reason::InvalidApiKey);
     }

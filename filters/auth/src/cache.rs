@@ -46,15 +46,10 @@ impl TokenCache {
     }
 
     /// The cached identity for `digest`, if still valid at `now` under the current key set.
-    pub fn get(
-        &self,
-        digest: &[u8; 32],
-        now: u64,
-        generation_of: impl Fn(usize) -> u64,
-    ) -> Option<Rc<Identity>> {
+    pub fn get(&self, digest: &[u8; 32], now: u64, generation_of: impl Fn(usize) -> u64) -> Option<Rc<Identity>> {
         let entry = self.entries.get(digest)?;
-        let fresh = entry.valid_until.is_none_or(|until| now <= until)
-            && entry.generation == generation_of(entry.provider);
+        let fresh =
+            entry.valid_until.is_none_or(|until| now <= until) && entry.generation == generation_of(entry.provider);
         fresh.then(|| Rc::clone(&entry.identity))
     }
 

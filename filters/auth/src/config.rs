@@ -173,10 +173,7 @@ impl Config {
 }
 
 fn read_config(mut root: Object<'_>, errors: &mut Errors) -> Config {
-    let realm = root
-        .opt_str("realm", errors)
-        .unwrap_or("portico")
-        .to_owned();
+    let realm = root.opt_str("realm", errors).unwrap_or("portico").to_owned();
     if realm.contains('"') || realm.contains('\\') {
         root.field_error("realm", errors, "must not contain quotes or backslashes");
     }
@@ -188,9 +185,7 @@ fn read_config(mut root: Object<'_>, errors: &mut Errors) -> Config {
         let Some(mut obj) = node.object(errors) else {
             continue;
         };
-        let m = obj
-            .req("match", errors)
-            .and_then(|n| RouteMatch::parse(&n, errors));
+        let m = obj.req("match", errors).and_then(|n| RouteMatch::parse(&n, errors));
         let rule = read_rule(&mut obj, errors);
         obj.finish(errors);
         if let (Some(m), Some(rule)) = (m, rule) {
@@ -222,13 +217,7 @@ fn read_config(mut root: Object<'_>, errors: &mut Errors) -> Config {
             allow: Access::default(),
             deny: Access::default(),
         });
-    check_rule(
-        &default_rule,
-        "$.default",
-        jwt.is_some(),
-        api_keys.is_some(),
-        errors,
-    );
+    check_rule(&default_rule, "$.default", jwt.is_some(), api_keys.is_some(), errors);
 
     let strip = match root.opt("strip_credentials").and_then(|n| n.object(errors)) {
         Some(mut obj) => {
@@ -280,14 +269,8 @@ fn read_rule(obj: &mut Object<'_>, errors: &mut Errors) -> Option<Rule> {
         _ => Accept::Any,
     };
     let scopes = obj.string_list("scopes", errors);
-    let allow = obj
-        .opt("allow")
-        .map(|n| read_access(&n, errors))
-        .unwrap_or_default();
-    let deny = obj
-        .opt("deny")
-        .map(|n| read_access(&n, errors))
-        .unwrap_or_default();
+    let allow = obj.opt("allow").map(|n| read_access(&n, errors)).unwrap_or_default();
+    let deny = obj.opt("deny").map(|n| read_access(&n, errors)).unwrap_or_default();
     Some(Rule {
         accept,
         scopes,
@@ -309,9 +292,7 @@ fn check_rule(rule: &Rule, path: &str, has_jwt: bool, has_keys: bool, errors: &m
             "accepts a credential kind that is not configured (add `jwt` or `api_keys`)",
         );
     }
-    if rule.accept == Accept::None
-        && (!rule.scopes.is_empty() || !rule.allow.is_empty() || !rule.deny.is_empty())
-    {
+    if rule.accept == Accept::None && (!rule.scopes.is_empty() || !rule.allow.is_empty() || !rule.deny.is_empty()) {
         errors.push(
             &format!("{path}.auth"),
             "a public route (\"none\") cannot require scopes or consumers",
@@ -354,9 +335,7 @@ fn read_sources(
         let Some(mut obj) = item.object(errors) else {
             continue;
         };
-        let kind = obj
-            .req("type", errors)
-            .and_then(|n| n.one_of(kinds, errors));
+        let kind = obj.req("type", errors).and_then(|n| n.one_of(kinds, errors));
         let name = obj.opt("name");
         let source = match kind {
             Some(0) => {
@@ -431,9 +410,7 @@ fn read_provider(node: &Node<'_>, errors: &mut Errors) -> Option<Provider> {
     let name = obj.req_str("name", errors).unwrap_or_default().to_owned();
     let issuers = obj.string_list("issuers", errors);
     let audiences = obj.string_list("audiences", errors);
-    let clock_skew_seconds = obj
-        .opt_u64("clock_skew_seconds", errors)
-        .unwrap_or(DEFAULT_CLOCK_SKEW);
+    let clock_skew_seconds = obj.opt_u64("clock_skew_seconds", errors).unwrap_or(DEFAULT_CLOCK_SKEW);
     if clock_skew_seconds > 600 {
         obj.field_error("clock_skew_seconds", errors, "must be at most 600");
     }
@@ -441,10 +418,7 @@ fn read_provider(node: &Node<'_>, errors: &mut Errors) -> Option<Provider> {
         Some(n) => n.string_list(errors).unwrap_or_default(),
         None => vec!["exp".to_owned()],
     };
-    let consumer_claim = obj
-        .opt_str("consumer_claim", errors)
-        .unwrap_or("sub")
-        .to_owned();
+    let consumer_claim = obj.opt_str("consumer_claim", errors).unwrap_or("sub").to_owned();
     let tier_claim = obj.opt_str("tier_claim", errors).map(str::to_owned);
     let default_tier = obj.opt_str("default_tier", errors).map(str::to_owned);
     let mut claim_headers = Vec::new();
@@ -509,9 +483,7 @@ fn read_remote(node: &Node<'_>, errors: &mut Errors) -> Option<RemoteJwks> {
     if refresh_seconds == 0 {
         obj.field_error("refresh_seconds", errors, "must be at least 1");
     }
-    let timeout_ms = obj
-        .opt_u64("timeout_ms", errors)
-        .unwrap_or(DEFAULT_TIMEOUT_MS);
+    let timeout_ms = obj.opt_u64("timeout_ms", errors).unwrap_or(DEFAULT_TIMEOUT_MS);
     if !(1..=60_000).contains(&timeout_ms) {
         obj.field_error("timeout_ms", errors, "must be between 1 and 60000");
     }
@@ -530,10 +502,7 @@ fn read_api_keys(node: &Node<'_>, errors: &mut Errors) -> Option<ApiKeyConfig> {
     let mut obj = node.object(errors)?;
     let sources = read_sources(
         obj.opt("sources"),
-        vec![
-            TokenSource::Header("x-api-key".to_owned()),
-            TokenSource::Bearer,
-        ],
+        vec![TokenSource::Header("x-api-key".to_owned()), TokenSource::Bearer],
         false,
         errors,
     );

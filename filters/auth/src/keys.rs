@@ -31,14 +31,7 @@ pub enum Alg {
     EdDsa,
 }
 
-const RSA_ALGS: [Alg; 6] = [
-    Alg::Rs256,
-    Alg::Rs384,
-    Alg::Rs512,
-    Alg::Ps256,
-    Alg::Ps384,
-    Alg::Ps512,
-];
+const RSA_ALGS: [Alg; 6] = [Alg::Rs256, Alg::Rs384, Alg::Rs512, Alg::Ps256, Alg::Ps384, Alg::Ps512];
 const HMAC_ALGS: [Alg; 3] = [Alg::Hs256, Alg::Hs384, Alg::Hs512];
 
 /// Shortest accepted HMAC secret, in bytes (RFC 7518 section 3.2 asks for the hash size).
@@ -150,9 +143,7 @@ impl Key {
             Verifier::EdDsa(k) => k.verify_token::<NoCustomClaims>(token, options).map(drop),
         };
         result.map_err(|e| match e.downcast_ref::<JWTError>() {
-            Some(JWTError::InvalidSignature | JWTError::InvalidAuthenticationTag) => {
-                SignatureError::Invalid
-            }
+            Some(JWTError::InvalidSignature | JWTError::InvalidAuthenticationTag) => SignatureError::Invalid,
             _ => SignatureError::Malformed,
         })
     }
@@ -178,9 +169,7 @@ impl Key {
             Alg::Es256 => ES256PublicKey::from_pem(pem).map(Verifier::Es256),
             Alg::Es384 => ES384PublicKey::from_pem(pem).map(Verifier::Es384),
             Alg::EdDsa => Ed25519PublicKey::from_pem(pem).map(Verifier::EdDsa),
-            Alg::Hs256 | Alg::Hs384 | Alg::Hs512 => {
-                return Err("HMAC algorithms take `secret`, not `pem`".to_owned())
-            }
+            Alg::Hs256 | Alg::Hs384 | Alg::Hs512 => return Err("HMAC algorithms take `secret`, not `pem`".to_owned()),
         }
         .map_err(|_| format!("not a {} public key in PEM form", alg.name()))?;
         Ok(Key { kid, alg, verifier })
@@ -197,9 +186,7 @@ impl Key {
             Alg::Es256 => ES256PublicKey::from_jwk(jwk).map(Verifier::Es256),
             Alg::Es384 => ES384PublicKey::from_jwk(jwk).map(Verifier::Es384),
             Alg::EdDsa => Ed25519PublicKey::from_jwk(jwk).map(Verifier::EdDsa),
-            Alg::Hs256 | Alg::Hs384 | Alg::Hs512 => {
-                return Err("oct keys are read from `k`".to_owned())
-            }
+            Alg::Hs256 | Alg::Hs384 | Alg::Hs512 => return Err("oct keys are read from `k`".to_owned()),
         }
         .map_err(|e| format!("invalid {} key: {e}", alg.name()))?;
         Ok(Key { kid, alg, verifier })
@@ -230,8 +217,7 @@ fn keys_from_jwk(jwk: &Map<String, Value>) -> Result<Vec<Key>, String> {
         (kty, crv) => {
             return Err(format!(
                 "unsupported key type {kty:?}{}",
-                crv.map(|c| format!(" with curve {c:?}"))
-                    .unwrap_or_default()
+                crv.map(|c| format!(" with curve {c:?}")).unwrap_or_default()
             ))
         }
     };
@@ -249,9 +235,7 @@ fn keys_from_jwk(jwk: &Map<String, Value>) -> Result<Vec<Key>, String> {
             .and_then(|k| base64url().decode(k).ok())
             .ok_or("`k` must be base64url")?;
         if secret.len() < MIN_HMAC_SECRET {
-            return Err(format!(
-                "HMAC secrets must be at least {MIN_HMAC_SECRET} bytes"
-            ));
+            return Err(format!("HMAC secrets must be at least {MIN_HMAC_SECRET} bytes"));
         }
         return Ok(algs
             .into_iter()
@@ -294,10 +278,7 @@ pub fn parse_inline_jwks(node: &Node<'_>, errors: &mut Errors) -> Vec<Key> {
 /// A remote JWKS document: keys Portico cannot use are skipped and named in `skipped`.
 pub fn parse_remote_jwks(body: &[u8]) -> Result<(Vec<Key>, Vec<String>), String> {
     let value: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
-    let items = value
-        .get("keys")
-        .and_then(Value::as_array)
-        .ok_or("no `keys` array")?;
+    let items = value.get("keys").and_then(Value::as_array).ok_or("no `keys` array")?;
     let mut keys = Vec::new();
     let mut skipped = Vec::new();
     for (i, item) in items.iter().enumerate() {
@@ -352,11 +333,7 @@ pub fn parse_config_key(node: &Node<'_>, errors: &mut Errors) -> Option<Key> {
             None
         }
         (_, None, None) => {
-            obj.field_error(
-                "pem",
-                errors,
-                "required: `pem` (public key) or `secret` (HMAC)",
-            );
+            obj.field_error("pem", errors, "required: `pem` (public key) or `secret` (HMAC)");
             None
         }
         (None, _, _) => None,
@@ -413,8 +390,7 @@ mod tests {
 
     #[test]
     fn short_hmac_secrets_are_rejected() {
-        let (_, errors) =
-            inline(json!({"keys": [{"kty": "oct", "k": base64url().encode(b"short")}]}));
+        let (_, errors) = inline(json!({"keys": [{"kty": "oct", "k": base64url().encode(b"short")}]}));
         assert_eq!(
             errors.to_string(),
             "$.jwks.keys[0]: HMAC secrets must be at least 32 bytes"
@@ -434,10 +410,7 @@ mod tests {
         assert!(parse_config_key(&Node::new("$.k".into(), &ok), &mut errors).is_some());
         let wrong = json!({"alg": "RS256", "pem": pem});
         assert!(parse_config_key(&Node::new("$.k".into(), &wrong), &mut errors).is_none());
-        assert_eq!(
-            errors.to_string(),
-            "$.k.pem: not a RS256 public key in PEM form"
-        );
+        assert_eq!(errors.to_string(), "$.k.pem: not a RS256 public key in PEM form");
     }
 
     #[test]
@@ -446,10 +419,7 @@ mod tests {
         let body = json!({"keys": [{"kty": "XYZ"}, {"kty": "oct", "alg": "HS256", "kid": "h", "k": secret}]});
         let (keys, skipped) = parse_remote_jwks(body.to_string().as_bytes()).unwrap();
         assert_eq!(keys.len(), 1);
-        assert_eq!(
-            skipped,
-            vec!["keys[0]: unsupported key type \"XYZ\"".to_owned()]
-        );
+        assert_eq!(skipped, vec!["keys[0]: unsupported key type \"XYZ\"".to_owned()]);
         assert!(parse_remote_jwks(b"{\"keys\": []}").is_err());
         assert!(parse_remote_jwks(b"<html>").is_err());
     }
@@ -459,9 +429,7 @@ mod tests {
         let secret = [9u8; 32];
         let key = Key::hmac(Alg::Hs256, &secret, None).unwrap();
         let signer = HS256Key::from_bytes(&secret);
-        let token = signer
-            .authenticate(Claims::create(Duration::from_hours(1)))
-            .unwrap();
+        let token = signer.authenticate(Claims::create(Duration::from_hours(1))).unwrap();
         assert_eq!(key.verify(&token), Ok(()));
         let other = HS256Key::from_bytes(&[8u8; 32])
             .authenticate(Claims::create(Duration::from_hours(1)))
@@ -472,12 +440,7 @@ mod tests {
 
     #[test]
     fn key_debug_output_never_shows_material() {
-        let key = Key::hmac(
-            Alg::Hs256,
-            b"0123456789abcdef0123456789abcdef",
-            Some("k".into()),
-        )
-        .unwrap();
+        let key = Key::hmac(Alg::Hs256, b"0123456789abcdef0123456789abcdef", Some("k".into())).unwrap();
         let shown = format!("{key:?}");
         assert!(!shown.contains("0123"), "{shown}");
         assert!(shown.contains("Hs256"));

@@ -52,15 +52,12 @@ struct Metrics {
 
 impl Metrics {
     fn define() -> Self {
-        let counter =
-            |name: &str| proxy_wasm::hostcalls::define_metric(MetricType::Counter, name).ok();
+        let counter = |name: &str| proxy_wasm::hostcalls::define_metric(MetricType::Counter, name).ok();
         Self {
             allowed: counter("portico_auth_allowed"),
             denied: Reason::ALL
                 .iter()
-                .filter_map(|r| {
-                    counter(&format!("portico_auth_denied_{}", r.code())).map(|id| (*r, id))
-                })
+                .filter_map(|r| counter(&format!("portico_auth_denied_{}", r.code())).map(|id| (*r, id)))
                 .collect(),
             jwks_updated: counter("portico_auth_jwks_updated"),
             jwks_failed: counter("portico_auth_jwks_fetch_failed"),
@@ -86,13 +83,7 @@ struct AuthRoot {
 }
 
 impl Context for AuthRoot {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        _headers: usize,
-        body_size: usize,
-        _trailers: usize,
-    ) {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
         let Some(provider) = self.pending.remove(&token) else {
             return;
         };
@@ -100,15 +91,11 @@ impl Context for AuthRoot {
         let status = self
             .get_http_call_response_header_bytes(":status")
             .and_then(|s| String::from_utf8(s).ok());
-        let body = self
-            .get_http_call_response_body(0, body_size)
-            .unwrap_or_default();
+        let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
         let result = match status.as_deref() {
             Some("200") => Ok(body.as_slice()),
             Some(other) => Err(format!("JWKS server answered status {other}")),
-            None => {
-                Err("no answer from the JWKS server (timeout or connection failure)".to_owned())
-            }
+            None => Err("no answer from the JWKS server (timeout or connection failure)".to_owned()),
         };
         let now = unix_seconds(self.get_current_time());
         let Ok(mut auth) = auth.try_borrow_mut() else {
@@ -277,11 +264,7 @@ impl AuthHttp {
             request.path()
         );
         Metrics::bump(self.metrics.denied.get(&reason).copied());
-        self.send_http_response(
-            response.status,
-            response.header_pairs(),
-            Some(&response.body()),
-        );
+        self.send_http_response(response.status, response.header_pairs(), Some(&response.body()));
     }
 
     fn strip(&self, locations: &[Location], request: &RequestView) {
@@ -298,10 +281,7 @@ impl AuthHttp {
                 Location::Cookie(name) => {
                     let current = match &cookies {
                         Some(current) => current.clone().unwrap_or_default(),
-                        None => request
-                            .headers_named("cookie")
-                            .collect::<Vec<_>>()
-                            .join(&b"; "[..]),
+                        None => request.headers_named("cookie").collect::<Vec<_>>().join(&b"; "[..]),
                     };
                     cookies = Some(remove_cookie(&current, name));
                 }

@@ -77,14 +77,10 @@ impl Reason {
     fn message(self) -> &'static str {
         match self {
             Reason::MissingCredentials => "this route requires credentials",
-            Reason::MultipleCredentials => {
-                "the request carries more than one different credential; send exactly one"
-            }
+            Reason::MultipleCredentials => "the request carries more than one different credential; send exactly one",
             Reason::MalformedToken => "the token is not a well-formed JWT",
             Reason::TokenTooLarge => "the token is larger than this gateway accepts",
-            Reason::AlgorithmNotAllowed => {
-                "the token's signature algorithm is not accepted for its key"
-            }
+            Reason::AlgorithmNotAllowed => "the token's signature algorithm is not accepted for its key",
             Reason::UnknownKeyId => "the token names a signing key (kid) that is not known",
             Reason::InvalidSignature => "the token's signature is not valid",
             Reason::TokenExpired => "the token has expired",
@@ -97,9 +93,7 @@ impl Reason {
             Reason::InsufficientScope => "the credential lacks a scope this route requires",
             Reason::ConsumerNotAllowed => "this consumer may not use this route",
             Reason::TierNotAllowed => "this consumer's tier may not use this route",
-            Reason::KeysUnavailable => {
-                "the token signing keys are not available yet; retry shortly"
-            }
+            Reason::KeysUnavailable => "the token signing keys are not available yet; retry shortly",
             Reason::Internal => "internal error in the authentication filter",
         }
     }
@@ -148,12 +142,7 @@ impl Reason {
         if self == Reason::InsufficientScope && !scopes.is_empty() {
             challenge.push_str(&format!(", scope=\"{}\"", scopes.join(" ")));
         }
-        let response = ErrorResponse::new(
-            self.status(),
-            self.error_type(),
-            self.code(),
-            self.message(),
-        );
+        let response = ErrorResponse::new(self.status(), self.error_type(), self.code(), self.message());
         match self {
             Reason::KeysUnavailable => response.with_header("retry-after", "1"),
             Reason::Internal => response,
@@ -184,7 +173,8 @@ mod tests {
             r.headers,
             vec![(
                 "www-authenticate",
-                "Bearer realm=\"portico\", error=\"invalid_token\", error_description=\"the token has expired\"".to_owned()
+                "Bearer realm=\"portico\", error=\"invalid_token\", error_description=\"the token has expired\""
+                    .to_owned()
             )]
         );
     }

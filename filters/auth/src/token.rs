@@ -34,8 +34,7 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed, Reason> {
         return Err(Reason::TokenTooLarge);
     }
     let mut parts = token.split('.');
-    let (Some(header), Some(payload), Some(signature), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(header), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(Reason::MalformedToken);
     };
@@ -64,9 +63,7 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed, Reason> {
 }
 
 fn decode_object(segment: &str) -> Result<Map<String, Value>, Reason> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(segment)
-        .map_err(|_| Reason::MalformedToken)?;
+    let bytes = URL_SAFE_NO_PAD.decode(segment).map_err(|_| Reason::MalformedToken)?;
     match serde_json::from_slice(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
         _ => Err(Reason::MalformedToken),
@@ -99,11 +96,7 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, 
 
 /// Checks time, issuer, audience and required claims at `now` (Unix seconds). On success,
 /// returns the last second at which the token stays valid (`exp` plus skew), if it expires.
-pub fn check_claims(
-    claims: &Map<String, Value>,
-    provider: &Provider,
-    now: u64,
-) -> Result<Option<u64>, Reason> {
+pub fn check_claims(claims: &Map<String, Value>, provider: &Provider, now: u64) -> Result<Option<u64>, Reason> {
     let skew = provider.clock_skew_seconds;
     for name in &provider.required_claims {
         if !claims.contains_key(name) {
@@ -161,9 +154,7 @@ pub fn identity(claims: &Map<String, Value>, provider: &Provider) -> Result<Iden
     }
     match claims.get("scp") {
         Some(Value::String(s)) => scopes.extend(s.split_whitespace().map(str::to_owned)),
-        Some(Value::Array(list)) => {
-            scopes.extend(list.iter().filter_map(Value::as_str).map(str::to_owned))
-        }
+        Some(Value::Array(list)) => scopes.extend(list.iter().filter_map(Value::as_str).map(str::to_owned)),
         _ => {}
     }
     let headers = provider
@@ -171,11 +162,7 @@ pub fn identity(claims: &Map<String, Value>, provider: &Provider) -> Result<Iden
         .iter()
         .filter_map(|(claim, header)| {
             let value = match claims.get(claim)? {
-                Value::Array(items) => items
-                    .iter()
-                    .filter_map(scalar_text)
-                    .collect::<Vec<_>>()
-                    .join(","),
+                Value::Array(items) => items.iter().filter_map(scalar_text).collect::<Vec<_>>().join(","),
                 other => scalar_text(other)?,
             };
             header_safe(&value).then(|| (header.clone(), value))
@@ -200,10 +187,7 @@ fn scalar_text(value: &Value) -> Option<String> {
 
 /// Claim values become header values: refuse anything that could split or corrupt a header.
 fn header_safe(value: &str) -> bool {
-    value.len() <= 1024
-        && value
-            .bytes()
-            .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+    value.len() <= 1024 && value.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
 #[cfg(test)]
@@ -249,10 +233,7 @@ mod tests {
                 "header not json",
                 format!("{}.e30.c2ln", URL_SAFE_NO_PAD.encode("nope")),
             ),
-            (
-                "claims an array",
-                format!("{good_header}.{}.c2ln", seg(&json!([1]))),
-            ),
+            ("claims an array", format!("{good_header}.{}.c2ln", seg(&json!([1])))),
             ("empty signature", format!("{good_header}.e30.")),
             (
                 "kid not a string",
@@ -260,18 +241,11 @@ mod tests {
             ),
             (
                 "critical extension",
-                format!(
-                    "{}.e30.c2ln",
-                    seg(&json!({"alg": "HS256", "crit": ["b64"]}))
-                ),
+                format!("{}.e30.c2ln", seg(&json!({"alg": "HS256", "crit": ["b64"]}))),
             ),
         ];
         for (name, token) in cases {
-            assert_eq!(
-                parse(&token, 8192).unwrap_err(),
-                Reason::MalformedToken,
-                "{name}"
-            );
+            assert_eq!(parse(&token, 8192).unwrap_err(), Reason::MalformedToken, "{name}");
         }
     }
 
@@ -279,11 +253,7 @@ mod tests {
     fn none_and_unknown_algorithms_are_refused() {
         for alg in ["none", "None", "HS1", "ES512", "RSA-OAEP"] {
             let token = format!("{}.e30.c2ln", seg(&json!({"alg": alg})));
-            assert_eq!(
-                parse(&token, 8192).unwrap_err(),
-                Reason::AlgorithmNotAllowed,
-                "{alg}"
-            );
+            assert_eq!(parse(&token, 8192).unwrap_err(), Reason::AlgorithmNotAllowed, "{alg}");
         }
     }
 
@@ -315,10 +285,7 @@ mod tests {
             m.extend(claims(extra));
             m
         };
-        assert_eq!(
-            check_claims(&with(json!({"exp": 100})), &p, 110),
-            Ok(Some(110))
-        );
+        assert_eq!(check_claims(&with(json!({"exp": 100})), &p, 110), Ok(Some(110)));
         assert_eq!(
             check_claims(&with(json!({"exp": 100})), &p, 111),
             Err(Reason::TokenExpired)
@@ -335,10 +302,7 @@ mod tests {
             check_claims(&with(json!({"exp": "soon"})), &p, 0),
             Err(Reason::MalformedToken)
         );
-        assert_eq!(
-            check_claims(&with(json!({"exp": 100.7})), &p, 105),
-            Ok(Some(110))
-        );
+        assert_eq!(check_claims(&with(json!({"exp": 100.7})), &p, 105), Ok(Some(110)));
     }
 
     #[test]
@@ -356,14 +320,8 @@ mod tests {
                 json!({"iss": "https://iss", "aud": "other", "exp": 50}),
                 Reason::InvalidAudience,
             ),
-            (
-                json!({"iss": "https://iss", "exp": 50}),
-                Reason::InvalidAudience,
-            ),
-            (
-                json!({"iss": "https://iss", "aud": "api"}),
-                Reason::MissingClaim,
-            ),
+            (json!({"iss": "https://iss", "exp": 50}), Reason::InvalidAudience),
+            (json!({"iss": "https://iss", "aud": "api"}), Reason::MissingClaim),
         ];
         for (c, want) in cases {
             assert_eq!(check_claims(&claims(c.clone()), &p, 0), Err(want), "{c}");

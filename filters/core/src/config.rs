@@ -232,10 +232,7 @@ impl<'a> Node<'a> {
             None => {
                 self.error(
                     errors,
-                    format!(
-                        "unknown value {s:?}, expected one of: {}",
-                        choices.join(", ")
-                    ),
+                    format!("unknown value {s:?}, expected one of: {}", choices.join(", ")),
                 );
                 None
             }
@@ -311,9 +308,7 @@ impl<'a> Object<'a> {
 
     /// The elements of an array field, empty when the field is absent.
     pub fn array(&mut self, key: &'a str, errors: &mut Errors) -> Vec<Node<'a>> {
-        self.opt(key)
-            .and_then(|node| node.array(errors))
-            .unwrap_or_default()
+        self.opt(key).and_then(|node| node.array(errors)).unwrap_or_default()
     }
 
     /// Every field, for objects used as maps (such as claim name to header name); all of them
@@ -355,9 +350,7 @@ mod tests {
             for item in root.array("items", &mut errors) {
                 if let Some(mut obj) = item.object(&mut errors) {
                     let _ = obj.opt_u64("n", &mut errors);
-                    let _ = obj
-                        .opt("mode")
-                        .and_then(|m| m.one_of(&["a", "b"], &mut errors));
+                    let _ = obj.opt("mode").and_then(|m| m.one_of(&["a", "b"], &mut errors));
                     obj.finish(&mut errors);
                 }
             }
@@ -408,10 +401,7 @@ mod tests {
     #[test]
     fn malformed_json_names_the_position() {
         let errors = parse_json(b"{\"a\": }").unwrap_err();
-        assert_eq!(
-            errors.to_string(),
-            "$: not valid JSON: syntax error at line 1 column 7"
-        );
+        assert_eq!(errors.to_string(), "$: not valid JSON: syntax error at line 1 column 7");
     }
 
     #[test]

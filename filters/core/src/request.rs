@@ -17,10 +17,7 @@ impl RequestView {
 
     /// The first value of header `name` (lower-case).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
     }
 
     /// The first value of header `name` when it is valid UTF-8.
@@ -71,15 +68,13 @@ fn strip_port(authority: &str) -> &str {
         // [v6]:port
         return rest.split_once(']').map_or(authority, |(host, _)| host);
     }
-    authority
-        .rsplit_once(':')
-        .map_or(authority, |(host, port)| {
-            if port.bytes().all(|b| b.is_ascii_digit()) {
-                host
-            } else {
-                authority
-            }
-        })
+    authority.rsplit_once(':').map_or(authority, |(host, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            host
+        } else {
+            authority
+        }
+    })
 }
 
 /// Every decoded value of query parameter `name`, in order. Values that do not decode to UTF-8
@@ -201,12 +196,7 @@ mod tests {
     use super::*;
 
     fn view(pairs: &[(&str, &[u8])]) -> RequestView {
-        RequestView::new(
-            pairs
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_vec()))
-                .collect(),
-        )
+        RequestView::new(pairs.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect())
     }
 
     #[test]
@@ -264,18 +254,12 @@ mod tests {
     #[test]
     fn cookies_are_found_across_headers() {
         let headers: Vec<&[u8]> = vec![b"a=1; jwt=t1", b"jwt = t2 ;b=3"];
-        assert_eq!(
-            cookie_values(headers.into_iter(), "jwt"),
-            vec![&b"t1"[..], &b"t2"[..]]
-        );
+        assert_eq!(cookie_values(headers.into_iter(), "jwt"), vec![&b"t1"[..], &b"t2"[..]]);
     }
 
     #[test]
     fn removing_a_cookie_keeps_the_others() {
-        assert_eq!(
-            remove_cookie(b"a=1; jwt=t; b=2", "jwt"),
-            Some(b"a=1; b=2".to_vec())
-        );
+        assert_eq!(remove_cookie(b"a=1; jwt=t; b=2", "jwt"), Some(b"a=1; b=2".to_vec()));
         assert_eq!(remove_cookie(b"jwt=t", "jwt"), None);
     }
 }

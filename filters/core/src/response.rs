@@ -55,12 +55,7 @@ struct Inner<'a> {
 }
 
 impl ErrorResponse {
-    pub fn new(
-        status: u32,
-        error_type: ErrorType,
-        code: &'static str,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn new(status: u32, error_type: ErrorType, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             error_type,
@@ -86,8 +81,7 @@ impl ErrorResponse {
         };
         // Serialising plain strings into a Vec cannot fail; fall back to a fixed body anyway.
         serde_json::to_vec(&body).unwrap_or_else(|_| {
-            br#"{"error":{"type":"api_error","code":"internal","message":"internal error"}}"#
-                .to_vec()
+            br#"{"error":{"type":"api_error","code":"internal","message":"internal error"}}"#.to_vec()
         })
     }
 
@@ -121,8 +115,8 @@ mod tests {
 
     #[test]
     fn content_type_comes_first_then_extra_headers() {
-        let r = ErrorResponse::new(429, ErrorType::RateLimit, "rate_limited", "slow down")
-            .with_header("retry-after", "3");
+        let r =
+            ErrorResponse::new(429, ErrorType::RateLimit, "rate_limited", "slow down").with_header("retry-after", "3");
         assert_eq!(
             r.header_pairs(),
             vec![("content-type", "application/json"), ("retry-after", "3")]

@@ -47,11 +47,7 @@ impl RouteMatch {
             .map(|h| h.to_ascii_lowercase())
             .collect();
         obj.finish(errors);
-        Some(Self {
-            path,
-            methods,
-            hosts,
-        })
+        Some(Self { path, methods, hosts })
     }
 
     fn accepts(&self, method: &str, host: &str) -> bool {
@@ -81,11 +77,7 @@ pub struct Matched<'t, T> {
 
 impl<T> RouteTable<T> {
     /// Compiles `rules`; a pattern matchit rejects is reported at `<path_of(i)>.match.path`.
-    pub fn build(
-        rules: Vec<(RouteMatch, T)>,
-        path_of: impl Fn(usize) -> String,
-        errors: &mut Errors,
-    ) -> Self {
+    pub fn build(rules: Vec<(RouteMatch, T)>, path_of: impl Fn(usize) -> String, errors: &mut Errors) -> Self {
         let mut by_pattern: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         let mut any_path = Vec::new();
         for (i, (m, _)) in rules.iter().enumerate() {
@@ -132,11 +124,7 @@ impl<T> RouteTable<T> {
     pub fn find(&self, request: &RequestView) -> Option<Matched<'_, T>> {
         let method = request.method();
         let host = request.host();
-        let by_path = self
-            .router
-            .at(request.path())
-            .ok()
-            .map(|m| m.value.as_slice());
+        let by_path = self.router.at(request.path()).ok().map(|m| m.value.as_slice());
         by_path
             .unwrap_or_default()
             .iter()
@@ -159,11 +147,7 @@ pub struct Matcher(RouteTable<()>);
 impl Matcher {
     /// Compiles `m`; a bad pattern is reported at `<path>.match.path`.
     pub fn new(m: RouteMatch, path: &str, errors: &mut Errors) -> Self {
-        Matcher(RouteTable::build(
-            vec![(m, ())],
-            |_| path.to_owned(),
-            errors,
-        ))
+        Matcher(RouteTable::build(vec![(m, ())], |_| path.to_owned(), errors))
     }
 
     pub fn matches(&self, request: &RequestView) -> bool {
@@ -203,32 +187,20 @@ mod tests {
             .unwrap()
             .iter()
             .zip(names)
-            .map(|(v, name)| {
-                (
-                    RouteMatch::parse(&Node::new("$".into(), v), &mut errors).unwrap(),
-                    name,
-                )
-            })
+            .map(|(v, name)| (RouteMatch::parse(&Node::new("$".into(), v), &mut errors).unwrap(), name))
             .collect();
         let t = RouteTable::build(parsed, |i| format!("$.routes[{i}]"), &mut errors);
         assert!(errors.is_empty(), "{errors}");
         t
     }
 
-    fn found(
-        t: &RouteTable<&'static str>,
-        method: &str,
-        path: &str,
-        host: &str,
-    ) -> Option<&'static str> {
+    fn found(t: &RouteTable<&'static str>, method: &str, path: &str, host: &str) -> Option<&'static str> {
         t.find(&req(method, path, host)).map(|m| *m.rule)
     }
 
     #[test]
     fn most_specific_pattern_wins() {
-        let t = table(
-            json!([{"path": "/{*rest}"}, {"path": "/public/{*rest}"}, {"path": "/users/{id}"}]),
-        );
+        let t = table(json!([{"path": "/{*rest}"}, {"path": "/public/{*rest}"}, {"path": "/users/{id}"}]));
         assert_eq!(found(&t, "GET", "/public/x", "h"), Some("r1"));
         assert_eq!(found(&t, "GET", "/users/7", "h"), Some("r2"));
         assert_eq!(found(&t, "GET", "/users/7/x", "h"), Some("r0"));

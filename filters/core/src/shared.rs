@@ -65,12 +65,10 @@ pub fn update<S: Store + ?Sized, T>(
         };
         match f(value) {
             Change::Keep(result) => return Ok(result),
-            Change::Write(bytes, result) => {
-                match store.set(key, &bytes, cas).map_err(UpdateError::Host)? {
-                    SetOutcome::Written => return Ok(result),
-                    SetOutcome::CasMismatch => continue,
-                }
-            }
+            Change::Write(bytes, result) => match store.set(key, &bytes, cas).map_err(UpdateError::Host)? {
+                SetOutcome::Written => return Ok(result),
+                SetOutcome::CasMismatch => continue,
+            },
         }
     }
     Err(UpdateError::Contention)
@@ -165,9 +163,7 @@ mod abi {
         // SAFETY: the pointers are to live locals; on success the host fills `data` with a
         // buffer it allocated through this module's exported allocator (the global allocator,
         // `proxy_on_memory_allocate` in the SDK), which we then own.
-        let status = unsafe {
-            proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas)
-        };
+        let status = unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
         let value = if status == OK && !data.is_null() {
             // SAFETY: see above; size and capacity are what the allocator was asked for.
             Some(unsafe { Vec::from_raw_parts(data, size, size) })

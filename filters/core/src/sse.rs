@@ -133,8 +133,7 @@ mod tests {
 
     #[test]
     fn events_split_anywhere_come_out_whole() {
-        let stream =
-            b"event: message_delta\ndata: {\"usage\":\n\n: comment\ndata: one\ndata: two\n\n";
+        let stream = b"event: message_delta\ndata: {\"usage\":\n\n: comment\ndata: one\ndata: two\n\n";
         let want = vec![ev("message_delta", "{\"usage\":"), ev("", "one\ntwo")];
         for split in 0..stream.len() {
             let (a, b) = stream.split_at(split);
@@ -167,13 +166,7 @@ mod tests {
         let long = vec![b'x'; 10_000];
         let events = all(
             &mut r,
-            &[
-                b"data: ",
-                &long,
-                b"\ndata: y\n\ndata: ",
-                &long,
-                b"\n\ndata: ok\n\n",
-            ],
+            &[b"data: ", &long, b"\ndata: y\n\ndata: ", &long, b"\n\ndata: ok\n\n"],
         );
         assert_eq!(events, vec![ev("", "ok")]);
         assert_eq!(r.oversized, 2);

@@ -49,8 +49,7 @@ pub struct Tiered<T> {
 
 impl<T> Tiered<T> {
     pub fn for_tier(&self, tier: Option<&str>) -> &T {
-        tier.and_then(|t| self.by_tier.get(t))
-            .unwrap_or(&self.default)
+        tier.and_then(|t| self.by_tier.get(t)).unwrap_or(&self.default)
     }
 }
 
@@ -112,10 +111,7 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         {
-            node.error(
-                errors,
-                "names use a-z, 0-9 and _ only (they become metric names)",
-            );
+            node.error(errors, "names use a-z, 0-9 and _ only (they become metric names)");
         } else if names.iter().any(|n| n == name) {
             node.error(errors, format!("duplicate name {name:?}"));
         }
@@ -132,10 +128,7 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
             Some(s.to_owned())
         });
         let matcher = read_matcher(&mut obj, errors);
-        let when = obj
-            .opt("when")
-            .map(|n| read_when(&n, errors))
-            .unwrap_or_default();
+        let when = obj.opt("when").map(|n| read_when(&n, errors)).unwrap_or_default();
         let key = read_key(&mut obj, errors);
         let limit = obj.req("limit", errors).and_then(|n| read_rate(&n, errors));
         let by_tier = read_tiers(&mut obj, errors, read_rate);
@@ -166,14 +159,9 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
             Some(s.to_owned())
         });
         let matcher = read_matcher(&mut obj, errors);
-        let when = obj
-            .opt("when")
-            .map(|n| read_when(&n, errors))
-            .unwrap_or_default();
+        let when = obj.opt("when").map(|n| read_when(&n, errors)).unwrap_or_default();
         let key = read_key(&mut obj, errors);
-        let budgets = obj
-            .req("budgets", errors)
-            .and_then(|n| read_budgets(&n, errors));
+        let budgets = obj.req("budgets", errors).and_then(|n| read_budgets(&n, errors));
         let by_tier = read_tiers(&mut obj, errors, read_budgets);
         let default_max_tokens = obj.opt_u64("default_max_tokens", errors).unwrap_or(1024);
         let dry_run = obj.opt_bool("dry_run", errors).unwrap_or(false);
@@ -194,11 +182,7 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
         }
     }
     if rules.is_empty() && quotas.is_empty() && errors.is_empty() {
-        root.field_error(
-            "rules",
-            errors,
-            "configure at least one rule or token quota",
-        );
+        root.field_error("rules", errors, "configure at least one rule or token quota");
     }
     root.finish(errors);
     Config {
@@ -230,10 +214,7 @@ fn read_when(node: &Node<'_>, errors: &mut Errors) -> When {
             continue;
         };
         let name = ho.req_str("name", errors).map(str::to_ascii_lowercase);
-        let value = ho
-            .opt("value")
-            .and_then(|v| v.str(errors))
-            .map(str::to_owned);
+        let value = ho.opt("value").and_then(|v| v.str(errors)).map(str::to_owned);
         ho.finish(errors);
         if let Some(name) = name {
             headers.push((name, value));
@@ -264,7 +245,10 @@ fn read_key(obj: &mut Object<'_>, errors: &mut Errors) -> Vec<KeyPart> {
                 name
             }),
             _ => {
-                item.error(errors, "expected \"consumer\", \"tier\", \"client_ip\", \"route\", \"path\" or {\"header\": NAME}");
+                item.error(
+                    errors,
+                    "expected \"consumer\", \"tier\", \"client_ip\", \"route\", \"path\" or {\"header\": NAME}",
+                );
                 None
             }
         };
@@ -276,18 +260,13 @@ fn read_key(obj: &mut Object<'_>, errors: &mut Errors) -> Vec<KeyPart> {
 fn read_rate(node: &Node<'_>, errors: &mut Errors) -> Option<Rate> {
     let mut obj = node.object(errors)?;
     let requests = obj.req("requests", errors).and_then(|n| n.u64(errors));
-    let period = obj
-        .req("period_seconds", errors)
-        .and_then(|n| n.u64(errors));
+    let period = obj.req("period_seconds", errors).and_then(|n| n.u64(errors));
     let burst = obj.opt_u64("burst", errors);
     obj.finish(errors);
     let (requests, period) = (requests?, period?);
     let rate = Rate::new(requests, period, burst.unwrap_or(requests));
     if rate.is_none() {
-        node.error(
-            errors,
-            "requests, period_seconds and burst must be at least 1",
-        );
+        node.error(errors, "requests, period_seconds and burst must be at least 1");
     }
     rate
 }
@@ -303,9 +282,7 @@ fn read_budgets(node: &Node<'_>, errors: &mut Errors) -> Option<Vec<Rate>> {
             continue;
         };
         let tokens = obj.req("tokens", errors).and_then(|n| n.u64(errors));
-        let period = obj
-            .req("period_seconds", errors)
-            .and_then(|n| n.u64(errors));
+        let period = obj.req("period_seconds", errors).and_then(|n| n.u64(errors));
         obj.finish(errors);
         if let (Some(tokens), Some(period)) = (tokens, period) {
             match Rate::new(tokens, period, tokens) {
@@ -355,10 +332,7 @@ mod tests {
         }))
         .unwrap();
         let r = &c.rules[0];
-        assert_eq!(
-            r.key,
-            vec![KeyPart::Consumer, KeyPart::Header("x-team".into())]
-        );
+        assert_eq!(r.key, vec![KeyPart::Consumer, KeyPart::Header("x-team".into())]);
         assert_eq!(r.when.headers, vec![("x-beta".into(), Some("1".into()))]);
         assert_eq!(r.limit.for_tier(Some("pro")).burst, 20);
         assert_eq!(r.limit.for_tier(Some("gold")).amount, 10);

@@ -96,6 +96,11 @@ impl Rate {
         }
     }
 
+    /// Seconds until the bucket is full, for a stored TAT.
+    pub fn reset_seconds_at(&self, stored_tat: u64, now: u64) -> u64 {
+        ceil_seconds(stored_tat.saturating_sub(now))
+    }
+
     /// Units left at `now` for a stored TAT.
     pub fn remaining_at(&self, stored_tat: u64, now: u64) -> u64 {
         self.remaining(stored_tat.max(now), now)
@@ -169,10 +174,7 @@ mod tests {
             panic!()
         };
         assert_eq!(remaining, 400);
-        assert!(matches!(
-            rate.check(tat, T0, 500),
-            Verdict::Deny { remaining: 400, .. }
-        ));
+        assert!(matches!(rate.check(tat, T0, 500), Verdict::Deny { remaining: 400, .. }));
         // Settling 600 reserved to 100 used refunds 500.
         let tat = rate.adjust(tat, T0, -500);
         assert_eq!(rate.remaining_at(tat, T0), 900);

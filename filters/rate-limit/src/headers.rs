@@ -26,15 +26,7 @@ pub fn render(policies: &[PolicyState], x_headers: bool) -> Vec<(&'static str, S
     let unit = |p: &PolicyState| if p.tokens { ";qu=\"tokens\"" } else { "" };
     let policy = policies
         .iter()
-        .map(|p| {
-            format!(
-                "\"{}\";q={};w={}{}",
-                p.name,
-                p.quota,
-                p.window_seconds,
-                unit(p)
-            )
-        })
+        .map(|p| format!("\"{}\";q={};w={}{}", p.name, p.quota, p.window_seconds, unit(p)))
         .collect::<Vec<_>>()
         .join(", ");
     let state = policies
@@ -82,10 +74,7 @@ mod tests {
     #[test]
     fn draft_headers_list_every_policy() {
         let h = render(
-            &[
-                p("per_consumer", 100, 99, false),
-                p("llm_60s", 1000, 400, true),
-            ],
+            &[p("per_consumer", 100, 99, false), p("llm_60s", 1000, 400, true)],
             false,
         );
         assert_eq!(

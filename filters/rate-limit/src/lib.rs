@@ -1,6 +1,378 @@
+//! Portico rate-limit: exact request limits across Envoy workers, and LLM token quotas.
+//!
+//! This file is the host shell: it gathers headers, the client address, lifted body metadata
+//! and the clock, calls [`plan::admit`], and applies the answer; on the way back it feeds the
+//! response body to the usage readers and calls [`plan::settle`].
+
 pub mod config;
 pub mod gcra;
 pub mod headers;
 pub mod plan;
 pub mod slots;
 pub mod usage;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use log::{error, info, warn};
+use portico_core::identity::TIER_HEADER;
+use portico_core::request::RequestView;
+use portico_core::shared::{update, Change, HostStore};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+
+use crate::config::Config;
+use crate::plan::{Event, Reservation};
+use crate::usage::StreamUsage;
+
+const NAME: &str = "portico-rate-limit";
+const SALT_KEY: &str = "portico/rate-limit/salt";
+/// Largest non-streaming response body kept to read its usage.
+const MAX_JSON_BODY: usize = 4 << 20;
+/// Distinct (tier, model) token counters before the rest count as "other".
+const MAX_TOKEN_SERIES: usize = 200;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(LimitRoot::default()) });
+}}
+
+fn unix_nanos(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+// === Metrics ===
+
+#[derive(Debug, Default)]
+struct Metrics {
+    /// Per rule, then per quota: ids for allowed, limited, dry-run limited, store errors.
+    rules: Vec<[Option<u32>; 4]>,
+    quotas: Vec<[Option<u32>; 4]>,
+    no_usage: Option<u32>,
+    tokens: RefCell<HashMap<String, Option<u32>>>,
+}
+
+fn counter(name: &str) -> Option<u32> {
+    proxy_wasm::hostcalls::define_metric(MetricType::Counter, name).ok()
+}
+
+fn bump(id: Option<u32>, by: u64) {
+    if let Some(id) = id {
+        let _ = proxy_wasm::hostcalls::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));
+    }
+}
+
+/// Lower-case letters, digits and `_` only, at most 64 characters.
+fn metric_safe(s: &str) -> String {
+    s.chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl Metrics {
+    fn define(config: &Config) -> Self {
+        let four = |kind: &str, name: &str| {
+            ["allowed", "limited", "dry_run_limited", "store_errors"]
+                .map(|e| counter(&format!("portico_ratelimit_{kind}_{name}_{e}")))
+        };
+        Self {
+            rules: config.rules.iter().map(|r| four("rule", &r.name)).collect(),
+            quotas: config.quotas.iter().map(|q| four("quota", &q.name)).collect(),
+            no_usage: counter("portico_ratelimit_responses_without_usage"),
+            tokens: RefCell::new(HashMap::new()),
+        }
+    }
+
+    fn record(ids: Option<&[Option<u32>; 4]>, event: Event) {
+        let Some(ids) = ids else { return };
+        let slot = match event {
+            Event::Allowed => 0,
+            Event::Limited => 1,
+            Event::DryRunLimited => 2,
+            Event::StoreError => 3,
+        };
+        bump(ids.get(slot).copied().flatten(), 1);
+    }
+
+    fn tokens_charged(&self, tier: &str, model: &str, tokens: u64) {
+        let Ok(mut series) = self.tokens.try_borrow_mut() else {
+            return;
+        };
+        let mut name = format!(
+            "portico_ratelimit_tokens_charged_{}_{}",
+            metric_safe(tier),
+            metric_safe(model)
+        );
+        if !series.contains_key(&name) && series.len() >= MAX_TOKEN_SERIES {
+            name = "portico_ratelimit_tokens_charged_other".to_owned();
+        }
+        let id = *series.entry(name).or_insert_with_key(|n| counter(n));
+        bump(id, tokens);
+    }
+}
+
+// === impl LimitRoot ===
+
+#[derive(Default)]
+struct LimitRoot {
+    config: Option<Rc<Config>>,
+    salt: [u8; 32],
+    metrics: Rc<Metrics>,
+}
+
+impl Context for LimitRoot {}
+
+/// One salt per Envoy process, shared by every worker through shared data, from the OS's
+/// randomness (WASI `random_get`, via std's hasher seeding).
+fn process_salt() -> Option<[u8; 32]> {
+    use std::hash::{BuildHasher, Hasher};
+    let mut fresh = Vec::with_capacity(32);
+    for i in 0u8..4 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u8(i);
+        fresh.extend_from_slice(&h.finish().to_le_bytes());
+    }
+    let stored = update(&HostStore, SALT_KEY, 8, |current| match current {
+        Some(existing) if existing.len() == 32 => Change::Keep(existing.to_vec()),
+        _ => Change::Write(fresh.clone(), fresh.clone()),
+    })
+    .ok()?;
+    stored.try_into().ok()
+}
+
+impl RootContext for LimitRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let config = match Config::from_bytes(&bytes) {
+            Ok(config) => config,
+            Err(errors) => {
+                for e in errors.list() {
+                    error!("{NAME}: invalid configuration: {e}");
+                }
+                return false;
+            }
+        };
+        let Some(salt) = process_salt() else {
+            error!("{NAME}: cannot read or create the shared salt in shared data");
+            return false;
+        };
+        self.salt = salt;
+        self.metrics = Rc::new(Metrics::define(&config));
+        self.config = Some(Rc::new(config));
+        true
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(LimitHttp {
+            config: self.config.clone()?,
+            salt: self.salt,
+            metrics: Rc::clone(&self.metrics),
+            headers: Vec::new(),
+            reservations: Vec::new(),
+            tier: String::new(),
+            model: String::new(),
+            body: Body::Unread,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+// === impl LimitHttp ===
+
+/// How the response body is followed for usage.
+enum Body {
+    Unread,
+    Json(Vec<u8>),
+    /// A JSON body too large to keep: usage unknown.
+    JsonTooLarge,
+    Stream(Box<StreamUsage>),
+    Settled,
+}
+
+struct LimitHttp {
+    config: Rc<Config>,
+    salt: [u8; 32],
+    metrics: Rc<Metrics>,
+    headers: Vec<(&'static str, String)>,
+    reservations: Vec<Reservation>,
+    tier: String,
+    model: String,
+    body: Body,
+}
+
+impl Context for LimitHttp {}
+
+impl LimitHttp {
+    fn metadata(&self, key: &str) -> Option<Vec<u8>> {
+        self.get_property(vec![
+            "metadata",
+            "filter_metadata",
+            &self.config.metadata_namespace,
+            key,
+        ])
+    }
+
+    fn lifted_number(&self, key: &str) -> Option<u64> {
+        let raw = self.metadata(key)?;
+        // A string value comes back as its text, a number as an 8-byte little-endian double.
+        if let Some(n) = std::str::from_utf8(&raw)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+        {
+            return Some(n);
+        }
+        let bytes: [u8; 8] = raw.as_slice().try_into().ok()?;
+        let f = f64::from_le_bytes(bytes);
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        (f.is_finite() && f >= 0.0).then_some(f as u64)
+    }
+
+    fn settle(&mut self, used: Option<u64>, without_usage: bool) {
+        if without_usage {
+            bump(self.metrics.no_usage, 1);
+        }
+        let now = unix_nanos(self.get_current_time());
+        let charged = plan::settle(&HostStore, &self.reservations, used, now);
+        self.metrics.tokens_charged(&self.tier, &self.model, charged);
+        self.body = Body::Settled;
+    }
+}
+
+impl HttpContext for LimitHttp {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        let view = RequestView::new(self.get_http_request_headers_bytes());
+        let address = self
+            .get_property(vec!["source", "address"])
+            .and_then(|a| String::from_utf8(a).ok());
+        let client_ip = address.as_deref().map(strip_port);
+        let body_bytes = view.header_str("content-length").and_then(|v| v.trim().parse().ok());
+        let max_tokens = if self.config.quotas.is_empty() {
+            None
+        } else {
+            self.lifted_number("max_tokens")
+        };
+        let request = plan::Request {
+            view: &view,
+            client_ip,
+            body_bytes,
+            max_tokens,
+        };
+        let now = unix_nanos(self.get_current_time());
+        let admission = plan::admit(&self.config, &HostStore, &self.salt, &request, now);
+        for (i, event) in &admission.rule_events {
+            Metrics::record(self.metrics.rules.get(*i), *event);
+            if *event == Event::StoreError {
+                warn!(
+                    "{NAME}: shared data unavailable for rule {:?}",
+                    self.config.rules.get(*i).map(|r| &r.name)
+                );
+            }
+        }
+        for (i, event) in &admission.quota_events {
+            Metrics::record(self.metrics.quotas.get(*i), *event);
+        }
+        if let Some(response) = admission.rejection {
+            info!(
+                "{NAME}: {} {} {} {}",
+                response.status,
+                response.code,
+                view.method(),
+                view.path()
+            );
+            self.send_http_response(response.status, response.header_pairs(), Some(&response.body()));
+            return Action::Pause;
+        }
+        self.headers = admission.headers;
+        self.reservations = admission.reservations;
+        if !self.reservations.is_empty() {
+            self.tier = view.header_str(TIER_HEADER).unwrap_or("none").to_owned();
+            self.model = self
+                .metadata("model")
+                .and_then(|m| String::from_utf8(m).ok())
+                .unwrap_or_else(|| "unknown".to_owned());
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        for (name, value) in &self.headers {
+            self.set_http_response_header(name, Some(value));
+        }
+        if !self.reservations.is_empty() {
+            let sse = self
+                .get_http_response_header_bytes("content-type")
+                .is_some_and(|ct| ct.windows(17).any(|w| w.eq_ignore_ascii_case(b"text/event-stream")));
+            self.body = if sse {
+                Body::Stream(Box::default())
+            } else {
+                Body::Json(Vec::new())
+            };
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if matches!(self.body, Body::Unread | Body::Settled) {
+            return Action::Continue;
+        }
+        let chunk = self.get_http_response_body(0, body_size).unwrap_or_default();
+        match &mut self.body {
+            Body::Stream(stream) => stream.push(&chunk),
+            Body::Json(buffer) => {
+                if buffer.len() + chunk.len() > MAX_JSON_BODY {
+                    self.body = Body::JsonTooLarge;
+                } else {
+                    buffer.extend_from_slice(&chunk);
+                }
+            }
+            Body::JsonTooLarge | Body::Unread | Body::Settled => {}
+        }
+        if end_of_stream {
+            match std::mem::replace(&mut self.body, Body::Settled) {
+                Body::Stream(stream) => {
+                    let used = stream.usage().map(|u| u.total());
+                    self.settle(used, used.is_none());
+                }
+                // A complete response that reports no usage (an error, say) charges nothing.
+                Body::Json(buffer) => match usage::from_json(&buffer) {
+                    Some(u) => self.settle(Some(u.total()), false),
+                    None => self.settle(Some(0), true),
+                },
+                Body::JsonTooLarge => self.settle(None, true),
+                Body::Unread | Body::Settled => {}
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        // The stream ended early (client gone, upstream reset, no body): keep the reservation.
+        if !self.reservations.is_empty() && !matches!(self.body, Body::Settled) {
+            self.settle(None, true);
+        }
+    }
+}
+
+/// `1.2.3.4` from `1.2.3.4:5678`, `::1` from `[::1]:5678`.
+fn strip_port(address: &str) -> &str {
+    if let Some(rest) = address.strip_prefix('[') {
+        return rest.split_once(']').map_or(address, |(ip, _)| ip);
+    }
+    match address.rsplit_once(':') {
+        Some((ip, port)) if !ip.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => ip,
+        _ => address,
+    }
+}

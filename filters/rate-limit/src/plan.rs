@@ -95,11 +95,21 @@ fn key(parts: &[KeyPart], req: &Request<'_>, pattern: Option<&str>) -> String {
     key
 }
 
-fn refund_all<S: Store + ?Sized>(store: &S, taken: &[(Charge, Rate)], now: u64) {
-    for (charge, rate) in taken {
+/// A charge taken during admission, with the index of the policy state it is reported in.
+type Taken = (Charge, Rate, usize);
+
+/// Refunds every charge, and reports each policy as it stands after its refund.
+fn refund_all<S: Store + ?Sized>(store: &S, taken: &[Taken], policies: &mut [PolicyState], now: u64) {
+    for (charge, rate, policy) in taken {
         let delta = i64::try_from(charge.cost).unwrap_or(i64::MAX);
         // A refund that fails leaves the limit stricter, never looser: nothing more to do.
-        let _ = slots::adjust(store, charge, rate, now, -delta);
+        if let (Ok((remaining, reset_seconds)), Some(state)) = (
+            slots::adjust(store, charge, rate, now, -delta),
+            policies.get_mut(*policy),
+        ) {
+            state.remaining = remaining;
+            state.reset_seconds = reset_seconds;
+        }
     }
 }
 
@@ -110,23 +120,18 @@ fn reject(
     message: &str,
     headers: &[(&'static str, String)],
 ) -> ErrorResponse {
-    headers.iter().fold(
-        ErrorResponse::new(status, error_type, code, message),
-        |r, (n, v)| r.with_header(n, v.clone()),
-    )
+    headers
+        .iter()
+        .fold(ErrorResponse::new(status, error_type, code, message), |r, (n, v)| {
+            r.with_header(n, v.clone())
+        })
 }
 
 /// Decides a request at `now` (nanoseconds since the epoch).
-pub fn admit<S: Store + ?Sized>(
-    config: &Config,
-    store: &S,
-    salt: &[u8; 32],
-    req: &Request<'_>,
-    now: u64,
-) -> Admission {
+pub fn admit<S: Store + ?Sized>(config: &Config, store: &S, salt: &[u8; 32], req: &Request<'_>, now: u64) -> Admission {
     let tier = req.view.header_str(TIER_HEADER);
     let mut admission = Admission::default();
-    let mut taken: Vec<(Charge, Rate)> = Vec::new();
+    let mut taken: Vec<Taken> = Vec::new();
     let mut policies: Vec<PolicyState> = Vec::new();
     let mut retry_after: Option<u64> = None;
     let mut store_failed = false;
@@ -148,7 +153,7 @@ pub fn admit<S: Store + ?Sized>(
                 remaining,
                 reset_seconds,
             }) => {
-                taken.push((charge, *rate));
+                taken.push((charge, *rate, policies.len()));
                 policies.push(policy(&rule.name, rate, false, remaining, reset_seconds));
                 Event::Allowed
             }
@@ -173,33 +178,44 @@ pub fn admit<S: Store + ?Sized>(
         admission.rule_events.push((i, event));
     }
 
-    let fail = |admission: &mut Admission, taken: &[(Charge, Rate)], response: ErrorResponse| {
-        refund_all(store, taken, now);
-        admission.rejection = Some(response);
+    let rejected = |status,
+                    error_type,
+                    code,
+                    message,
+                    retry_after: Option<u64>,
+                    taken: &[Taken],
+                    policies: &mut Vec<PolicyState>| {
+        refund_all(store, taken, policies, now);
+        let mut headers = headers::render(policies, config.x_ratelimit_headers);
+        if let Some(seconds) = retry_after {
+            headers.push(("retry-after", seconds.to_string()));
+        }
+        reject(status, error_type, code, message, &headers)
     };
+    const UNAVAILABLE: &str = "rate limits cannot be checked right now";
     if store_failed && !config.fail_open {
-        let headers = headers::render(&policies, config.x_ratelimit_headers);
-        let response = reject(
+        admission.rejection = Some(rejected(
             503,
             ErrorType::Api,
             "rate_limit_unavailable",
-            "rate limits cannot be checked right now",
-            &headers,
-        );
-        fail(&mut admission, &taken, response);
+            UNAVAILABLE,
+            None,
+            &taken,
+            &mut policies,
+        ));
         return admission;
     }
-    if let Some(seconds) = retry_after {
-        let mut headers = headers::render(&policies, config.x_ratelimit_headers);
-        headers.push(("retry-after", seconds.to_string()));
-        let response = reject(
+    if retry_after.is_some() {
+        let message = "too many requests; retry after the time in Retry-After";
+        admission.rejection = Some(rejected(
             429,
             ErrorType::RateLimit,
             "rate_limited",
-            "too many requests; retry after the time in Retry-After",
-            &headers,
-        );
-        fail(&mut admission, &taken, response);
+            message,
+            retry_after,
+            &taken,
+            &mut policies,
+        ));
         return admission;
     }
 
@@ -208,8 +224,7 @@ pub fn admit<S: Store + ?Sized>(
         if !quota.matcher.matches(req.view) || !applies(&quota.when, req.view, tier) {
             continue;
         }
-        let estimate =
-            prompt_estimate.saturating_add(req.max_tokens.unwrap_or(quota.default_max_tokens));
+        let estimate = prompt_estimate.saturating_add(req.max_tokens.unwrap_or(quota.default_max_tokens));
         let quota_key = key(&quota.key, req, quota.matcher.pattern());
         let mut charges = Vec::new();
         let mut event = Event::Allowed;
@@ -227,7 +242,7 @@ pub fn admit<S: Store + ?Sized>(
                     remaining,
                     reset_seconds,
                 }) => {
-                    charges.push((charge, *rate));
+                    charges.push((charge, *rate, policies.len()));
                     policies.push(policy(&name, rate, true, remaining, reset_seconds));
                 }
                 Ok(Outcome::Limited {
@@ -250,48 +265,45 @@ pub fn admit<S: Store + ?Sized>(
             }
         }
         admission.quota_events.push((qi, event));
-        taken.extend(charges.iter().cloned());
         admission.reservations.push(Reservation {
             quota: qi,
             estimate,
-            charges,
+            charges: charges.iter().map(|(c, r, _)| (c.clone(), *r)).collect(),
         });
+        taken.extend(charges);
     }
 
-    admission.headers = headers::render(&policies, config.x_ratelimit_headers);
     if store_failed && !config.fail_open {
-        let response = reject(
+        admission.rejection = Some(rejected(
             503,
             ErrorType::Api,
             "rate_limit_unavailable",
-            "rate limits cannot be checked right now",
-            &admission.headers,
-        );
-        fail(&mut admission, &taken, response);
+            UNAVAILABLE,
+            None,
+            &taken,
+            &mut policies,
+        ));
         admission.reservations.clear();
-    } else if let Some(seconds) = retry_after {
-        let mut headers = admission.headers.clone();
-        headers.push(("retry-after", seconds.to_string()));
-        let response = reject(
+    } else if retry_after.is_some() {
+        let message = "the token budget for this period is used up; retry after the time in Retry-After";
+        let response = rejected(
             429,
             ErrorType::RateLimit,
             "token_quota_exceeded",
-            "the token budget for this period is used up; retry after the time in Retry-After",
-            &headers,
+            message,
+            retry_after,
+            &taken,
+            &mut policies,
         );
-        fail(&mut admission, &taken, response);
+        admission.rejection = Some(response);
         admission.reservations.clear();
+    } else {
+        admission.headers = headers::render(&policies, config.x_ratelimit_headers);
     }
     admission
 }
 
-fn policy(
-    name: &str,
-    rate: &Rate,
-    tokens: bool,
-    remaining: u64,
-    reset_seconds: u64,
-) -> PolicyState {
+fn policy(name: &str, rate: &Rate, tokens: bool, remaining: u64, reset_seconds: u64) -> PolicyState {
     PolicyState {
         name: name.to_owned(),
         quota: rate.burst,
@@ -304,12 +316,7 @@ fn policy(
 
 /// Replaces each reservation's estimate with `used` tokens (`None`: keep the reservation, for
 /// streams that ended without usage and clients that went away). Returns the tokens charged.
-pub fn settle<S: Store + ?Sized>(
-    store: &S,
-    reservations: &[Reservation],
-    used: Option<u64>,
-    now: u64,
-) -> u64 {
+pub fn settle<S: Store + ?Sized>(store: &S, reservations: &[Reservation], used: Option<u64>, now: u64) -> u64 {
     let Some(used) = used else {
         return reservations.iter().map(|r| r.estimate).max().unwrap_or(0);
     };

@@ -55,11 +55,8 @@ pub fn place(salt: &[u8; 32], prefix: &str, key: &str, count: u64) -> Placement 
 }
 
 fn decode(value: Option<&[u8]>) -> (u64, u64) {
-    let word = |v: &[u8], i: usize| -> Option<u64> {
-        v.get(i..i + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-    };
+    let word =
+        |v: &[u8], i: usize| -> Option<u64> { v.get(i..i + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes) };
     match value {
         Some(v) if v.len() == 16 => (word(v, 0).unwrap_or(0), word(v, 8).unwrap_or(0)),
         _ => (0, 0),
@@ -157,9 +154,7 @@ pub fn consume<S: Store + ?Sized>(
 ) -> Result<Outcome, UpdateError> {
     let [first, second] = &placement.slots;
     for slot in [first, second] {
-        if let Attempt::Done(outcome) =
-            try_slot(store, slot, placement.fingerprint, false, rate, now, cost)?
-        {
+        if let Attempt::Done(outcome) = try_slot(store, slot, placement.fingerprint, false, rate, now, cost)? {
             return Ok(outcome);
         }
     }
@@ -174,22 +169,24 @@ pub fn consume<S: Store + ?Sized>(
     }
 }
 
-/// Moves a previous charge by `delta` units (negative refunds). Returns the units left.
+/// Moves a previous charge by `delta` units (negative refunds). Returns the units left and the
+/// seconds until the bucket is full.
 pub fn adjust<S: Store + ?Sized>(
     store: &S,
     charge: &Charge,
     rate: &Rate,
     now: u64,
     delta: i64,
-) -> Result<u64, UpdateError> {
+) -> Result<(u64, u64), UpdateError> {
     update(store, &charge.slot, CAS_ATTEMPTS, |current| {
         let (owner, tat) = decode(current);
+        let state = |tat| (rate.remaining_at(tat, now), rate.reset_seconds_at(tat, now));
         if owner != charge.owner {
             // The slot went idle and changed hands: the charge already expired with it.
-            return Change::Keep(rate.remaining_at(tat, now));
+            return Change::Keep(state(tat));
         }
         let tat = rate.adjust(tat, now, delta);
-        Change::Write(encode(owner, tat), rate.remaining_at(tat, now))
+        Change::Write(encode(owner, tat), state(tat))
     })
 }
 
@@ -247,10 +244,7 @@ mod tests {
             }
         }
         assert!(store.len() <= slots as usize, "{} keys", store.len());
-        assert!(
-            admitted.values().all(|n| *n <= 3),
-            "a key got more than its limit"
-        );
+        assert!(admitted.values().all(|n| *n <= 3), "a key got more than its limit");
     }
 
     #[test]
@@ -271,10 +265,7 @@ mod tests {
             slots: ["s/0".into(), "s/1".into()],
         };
         assert!(allowed(&consume(&store, &a, &rate, T0, 1).unwrap()));
-        assert!(
-            allowed(&consume(&store, &b, &rate, T0, 1).unwrap()),
-            "second slot"
-        );
+        assert!(allowed(&consume(&store, &b, &rate, T0, 1).unwrap()), "second slot");
         // Both slots busy: c shares a's bucket, which is empty.
         assert!(!allowed(&consume(&store, &c, &rate, T0, 1).unwrap()));
         // A second later both buckets are full again: c takes a slot of its own.
@@ -286,21 +277,15 @@ mod tests {
         let store = MemoryStore::default();
         let rate = Rate::new(10, 3600, 10).unwrap();
         let p = place(&SALT, "p/r", "k", 100);
-        let Outcome::Allowed {
-            charge, remaining, ..
-        } = consume(&store, &p, &rate, T0, 4).unwrap()
-        else {
+        let Outcome::Allowed { charge, remaining, .. } = consume(&store, &p, &rate, T0, 4).unwrap() else {
             panic!()
         };
         assert_eq!(remaining, 6);
-        assert_eq!(adjust(&store, &charge, &rate, T0, -4).unwrap(), 10);
-        let stranger = Charge {
-            owner: 999,
-            ..charge
-        };
+        assert_eq!(adjust(&store, &charge, &rate, T0, -4).unwrap(), (10, 0));
+        let stranger = Charge { owner: 999, ..charge };
         assert_eq!(
             adjust(&store, &stranger, &rate, T0, 5).unwrap(),
-            10,
+            (10, 0),
             "not ours: untouched"
         );
     }

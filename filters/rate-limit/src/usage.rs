@@ -53,8 +53,8 @@ fn from_usage_object(u: &Value) -> Option<Usage> {
 
 fn anthropic_input(u: &Value) -> Option<u64> {
     let base = number(u, "input_tokens")?;
-    let cache = number(u, "cache_creation_input_tokens").unwrap_or(0)
-        + number(u, "cache_read_input_tokens").unwrap_or(0);
+    let cache =
+        number(u, "cache_creation_input_tokens").unwrap_or(0) + number(u, "cache_read_input_tokens").unwrap_or(0);
     Some(base.saturating_add(cache))
 }
 
@@ -133,7 +133,8 @@ mod tests {
 
     #[test]
     fn json_bodies_of_both_apis() {
-        let openai = br#"{"id":"c","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":30,"total_tokens":42}}"#;
+        let openai =
+            br#"{"id":"c","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":30,"total_tokens":42}}"#;
         assert_eq!(
             from_json(openai),
             Some(Usage {
@@ -141,7 +142,8 @@ mod tests {
                 completion: 30
             })
         );
-        let anthropic = br#"{"type":"message","usage":{"input_tokens":10,"cache_read_input_tokens":5,"output_tokens":7}}"#;
+        let anthropic =
+            br#"{"type":"message","usage":{"input_tokens":10,"cache_read_input_tokens":5,"output_tokens":7}}"#;
         assert_eq!(
             from_json(anthropic),
             Some(Usage {

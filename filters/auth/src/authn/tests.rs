@@ -57,10 +57,7 @@ fn token(claims: Value) -> String {
     c.issued_at = None;
     c.expires_at = None;
     c.invalid_before = None;
-    HS256Key::from_bytes(SECRET)
-        .with_key_id("h")
-        .authenticate(c)
-        .unwrap()
+    HS256Key::from_bytes(SECRET).with_key_id("h").authenticate(c).unwrap()
 }
 
 fn good(sub: &str) -> String {
@@ -73,11 +70,7 @@ fn request(path: &str, headers: &[(&str, &str)]) -> RequestView {
         (":path".to_owned(), path.as_bytes().to_vec()),
         (":authority".to_owned(), b"h".to_vec()),
     ];
-    pairs.extend(
-        headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())),
-    );
+    pairs.extend(headers.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())));
     RequestView::new(pairs)
 }
 
@@ -125,12 +118,7 @@ fn decisions_by_case() {
             vec![("cookie", format!("a=b; session={alice}"))],
             Ok(Some("alice")),
         ),
-        (
-            "jwt missing",
-            "/jwt",
-            vec![],
-            Err(Reason::MissingCredentials),
-        ),
+        ("jwt missing", "/jwt", vec![], Err(Reason::MissingCredentials)),
         (
             "api key header",
             "/keys",
@@ -200,19 +188,13 @@ fn decisions_by_case() {
         (
             "key and jwt together",
             "/chat",
-            vec![
-                ("authorization", bearer(&alice)),
-                ("x-api-key", "k-acme".into()),
-            ],
+            vec![("authorization", bearer(&alice)), ("x-api-key", "k-acme".into())],
             Err(Reason::MultipleCredentials),
         ),
         (
             "comma-joined authorization headers",
             "/jwt",
-            vec![(
-                "authorization",
-                format!("Bearer {alice}, Bearer {}", good("bob")),
-            )],
+            vec![("authorization", format!("Bearer {alice}, Bearer {}", good("bob")))],
             Err(Reason::MultipleCredentials),
         ),
         (
@@ -244,9 +226,7 @@ fn decisions_by_case() {
             "/jwt",
             vec![(
                 "authorization",
-                bearer(&token(
-                    json!({"iss": "iss", "aud": "aud", "sub": "x", "exp": NOW - 1}),
-                )),
+                bearer(&token(json!({"iss": "iss", "aud": "aud", "sub": "x", "exp": NOW - 1}))),
             )],
             Err(Reason::TokenExpired),
         ),
@@ -256,11 +236,10 @@ fn decisions_by_case() {
             vec![(
                 "authorization",
                 bearer(&{
-                    let custom: Map<String, Value> =
-                        json!({"iss": "iss", "aud": "aud", "sub": "x", "exp": NOW + 9})
-                            .as_object()
-                            .cloned()
-                            .unwrap();
+                    let custom: Map<String, Value> = json!({"iss": "iss", "aud": "aud", "sub": "x", "exp": NOW + 9})
+                        .as_object()
+                        .cloned()
+                        .unwrap();
                     let mut c = Claims::with_custom_claims(custom, Duration::from_secs(0));
                     c.invalid_before = None;
                     HS256Key::from_bytes(SECRET)
@@ -354,10 +333,7 @@ fn remote_keys_are_fetched_on_schedule_and_kept_on_failure() {
     let t = format!("Bearer {}", token(json!({"sub": "r", "exp": NOW + 600})));
 
     assert_eq!(auth.fetches_due(NOW), vec![0]);
-    assert!(
-        auth.fetches_due(NOW).is_empty(),
-        "one fetch in flight at a time"
-    );
+    assert!(auth.fetches_due(NOW).is_empty(), "one fetch in flight at a time");
     assert_eq!(
         reason(&decide(&mut auth, "/jwt", &[("authorization", &t)])),
         Some(Reason::KeysUnavailable)
@@ -386,10 +362,7 @@ fn remote_keys_are_fetched_on_schedule_and_kept_on_failure() {
     // Next refresh after the interval; the same document changes nothing.
     assert!(auth.fetches_due(NOW + 60).is_empty());
     assert_eq!(auth.fetches_due(NOW + 61), vec![0]);
-    assert_eq!(
-        auth.fetch_done(0, Ok(&jwks("h")), NOW + 61),
-        FetchOutcome::Unchanged
-    );
+    assert_eq!(auth.fetch_done(0, Ok(&jwks("h")), NOW + 61), FetchOutcome::Unchanged);
 
     // A failed refresh keeps the keys; a garbage document counts as a failure.
     assert_eq!(auth.fetches_due(NOW + 121), vec![0]);
@@ -397,19 +370,12 @@ fn remote_keys_are_fetched_on_schedule_and_kept_on_failure() {
         auth.fetch_done(0, Ok(b"<html>"), NOW + 121),
         FetchOutcome::Failed(_)
     ));
-    let fresh = format!(
-        "Bearer {}",
-        token(json!({"sub": "fresh", "exp": NOW + 600}))
-    );
+    let fresh = format!("Bearer {}", token(json!({"sub": "fresh", "exp": NOW + 600})));
     assert_eq!(
         consumer(&decide(&mut auth, "/jwt", &[("authorization", &fresh)])),
         Some("fresh")
     );
-    assert_eq!(
-        auth.fetches_due(NOW + 126),
-        vec![0],
-        "failed refreshes retry after 5 s"
-    );
+    assert_eq!(auth.fetches_due(NOW + 126), vec![0], "failed refreshes retry after 5 s");
 
     // Rotation: the cached token of the old kid is checked again and refused.
     assert!(matches!(
@@ -436,9 +402,7 @@ fn several_providers_are_chosen_by_issuer() {
         .unwrap();
     let mut c = Claims::with_custom_claims(custom, Duration::from_secs(0));
     c.invalid_before = None;
-    let tb = HS256Key::from_bytes(other_secret.as_bytes())
-        .authenticate(c)
-        .unwrap();
+    let tb = HS256Key::from_bytes(other_secret.as_bytes()).authenticate(c).unwrap();
     assert_eq!(
         consumer(&decide(
             &mut auth,
@@ -494,10 +458,7 @@ fn configuration_errors_name_every_bad_field() {
         ),
     ];
     for (value, want) in cases {
-        let got = Config::from_value(&value)
-            .map(|_| ())
-            .unwrap_err()
-            .to_string();
+        let got = Config::from_value(&value).map(|_| ()).unwrap_err().to_string();
         assert_eq!(got, want, "for {value}");
     }
 }
@@ -505,7 +466,10 @@ fn configuration_errors_name_every_bad_field() {
 #[test]
 fn empty_configuration_is_refused_because_nothing_could_authenticate() {
     let err = Config::from_bytes(b"").unwrap_err().to_string();
-    assert_eq!(err, "$.default.auth: accepts a credential kind that is not configured (add `jwt` or `api_keys`)");
+    assert_eq!(
+        err,
+        "$.default.auth: accepts a credential kind that is not configured (add `jwt` or `api_keys`)"
+    );
     let err = Config::from_bytes(b"{not json").unwrap_err().to_string();
     assert!(err.starts_with("$: not valid JSON"), "{err}");
 }

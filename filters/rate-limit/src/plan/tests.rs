@@ -17,11 +17,7 @@ fn view(path: &str, headers: &[(&str, &str)]) -> RequestView {
         (":method".to_owned(), b"POST".to_vec()),
         (":path".to_owned(), path.as_bytes().to_vec()),
     ];
-    pairs.extend(
-        headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())),
-    );
+    pairs.extend(headers.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())));
     RequestView::new(pairs)
 }
 
@@ -41,9 +37,7 @@ fn status(a: &Admission) -> u32 {
 
 fn header<'a>(a: &'a Admission, name: &str) -> Option<&'a str> {
     let list = a.rejection.as_ref().map_or(&a.headers, |r| &r.headers);
-    list.iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.as_str())
+    list.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
 }
 
 #[test]
@@ -60,6 +54,11 @@ fn a_refused_request_consumes_nothing_from_rules_that_allowed_it() {
         assert_eq!(status(&a), 429);
         assert_eq!(a.rejection.as_ref().unwrap().code, "rate_limited");
         assert_eq!(header(&a, "retry-after"), Some("3600"));
+        // Reported as it stands after the refund: one unit used of "wide".
+        assert_eq!(
+            header(&a, "ratelimit"),
+            Some("\"wide\";r=4;t=720, \"narrow\";r=0;t=3600")
+        );
     }
     // "wide" was charged once (by the admitted request) and refunded for every refusal.
     let n = (0..10)
@@ -134,9 +133,7 @@ fn when_conditions_select_requests() {
 
 #[test]
 fn dry_run_counts_and_reports_but_never_refuses() {
-    let c = config(
-        json!({"rules": [{"name": "d", "limit": {"requests": 2, "period_seconds": 60}, "dry_run": true}]}),
-    );
+    let c = config(json!({"rules": [{"name": "d", "limit": {"requests": 2, "period_seconds": 60}, "dry_run": true}]}));
     let s = MemoryStore::default();
     let events: Vec<Event> = (0..4)
         .map(|_| {
@@ -160,8 +157,7 @@ fn dry_run_counts_and_reports_but_never_refuses() {
 
 #[test]
 fn responses_carry_policy_and_state_headers() {
-    let c =
-        config(json!({"rules": [{"name": "r", "limit": {"requests": 10, "period_seconds": 60}}]}));
+    let c = config(json!({"rules": [{"name": "r", "limit": {"requests": 10, "period_seconds": 60}}]}));
     let s = MemoryStore::default();
     let a = admit_at(&c, &s, &view("/", &[]), T0);
     assert_eq!(header(&a, "ratelimit-policy"), Some("\"r\";q=10;w=60"));
@@ -187,10 +183,7 @@ fn reservations_admit_at_most_what_the_budget_fits() {
         .collect();
     assert_eq!(admitted.len(), 5);
     let refused = admit_at(&c, &s, &view("/", &[("x-portico-consumer", "q")]), T0);
-    assert_eq!(
-        refused.rejection.as_ref().unwrap().code,
-        "token_quota_exceeded"
-    );
+    assert_eq!(refused.rejection.as_ref().unwrap().code, "token_quota_exceeded");
     assert_eq!(header(&refused, "x-ratelimit-remaining-tokens"), Some("0"));
 
     // Settling each to 20 real tokens refunds 180 per request: 900 come back.
@@ -227,10 +220,7 @@ fn max_tokens_from_the_request_sets_the_estimate() {
         body_bytes: Some(40),
         max_tokens: Some(990),
     };
-    assert_eq!(
-        admit(&c, &s, &SALT, &req, T0).reservations[0].estimate,
-        1000
-    );
+    assert_eq!(admit(&c, &s, &SALT, &req, T0).reservations[0].estimate, 1000);
     assert_eq!(status(&admit(&c, &s, &SALT, &req, T0)), 429);
 }
 
@@ -254,14 +244,12 @@ fn store_failures_follow_the_fail_mode() {
         body_bytes: None,
         max_tokens: None,
     };
-    let open =
-        config(json!({"rules": [{"name": "r", "limit": {"requests": 1, "period_seconds": 1}}]}));
+    let open = config(json!({"rules": [{"name": "r", "limit": {"requests": 1, "period_seconds": 1}}]}));
     let a = admit(&open, &Broken, &SALT, &req, T0);
     assert!(a.rejection.is_none());
     assert_eq!(a.rule_events, vec![(0, Event::StoreError)]);
-    let closed = config(
-        json!({"fail_mode": "closed", "rules": [{"name": "r", "limit": {"requests": 1, "period_seconds": 1}}]}),
-    );
+    let closed =
+        config(json!({"fail_mode": "closed", "rules": [{"name": "r", "limit": {"requests": 1, "period_seconds": 1}}]}));
     let a = admit(&closed, &Broken, &SALT, &req, T0);
     assert_eq!(a.rejection.unwrap().code, "rate_limit_unavailable");
 }

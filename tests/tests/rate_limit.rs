@@ -1,0 +1,345 @@
+//! The rate-limit filter through a real Envoy at `--concurrency 2`: two workers, one count.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::net::IpAddr;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::Duration;
+
+use portico_tests::envoy::{json_to_metadata, EnvoyConfig, Gateway};
+use portico_tests::http::{get, Connection, Request, Response};
+use portico_tests::upstream::Upstream;
+use serde_json::{json, Value};
+
+fn gateway(config: &Value) -> (Gateway, Upstream) {
+    let upstream = Upstream::start("127.0.0.1:0").unwrap();
+    let envoy = EnvoyConfig::new(upstream.addr)
+        .native(json_to_metadata(&["model", "max_tokens"]))
+        .wasm("rate-limit", config);
+    (Gateway::start(&envoy), upstream)
+}
+
+fn as_consumer(path: &str, consumer: &str) -> Request {
+    get(path).header("x-portico-consumer", consumer)
+}
+
+/// Sends `n` copies of `request` at once, each on its own connection and thread.
+fn burst(gw: &Gateway, request: &Request, n: usize) -> Vec<Response> {
+    let start = Arc::new(Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let (start, request, addr) = (Arc::clone(&start), request.clone(), gw.addr);
+            thread::spawn(move || {
+                start.wait();
+                request.send(addr)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+fn count(responses: &[Response], status: u16) -> usize {
+    responses.iter().filter(|r| r.status == status).count()
+}
+
+fn metric(gw: &Gateway, name: &str) -> u64 {
+    gw.prometheus()
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn exactly_the_limit_passes_under_concurrency_across_workers() {
+    let (gw, _up) = gateway(
+        &json!({"rules": [{"name": "per_consumer", "key": ["consumer"], "limit": {"requests": 50, "period_seconds": 3600}}]}),
+    );
+    // Every request is the first for a brand-new key at the same instant: the creation race.
+    let responses = burst(&gw, &as_consumer("/x", "racer"), 200);
+    assert_eq!(
+        count(&responses, 200),
+        50,
+        "statuses: {:?}",
+        responses.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert_eq!(count(&responses, 429), 150);
+    assert_eq!(metric(&gw, "portico_ratelimit_rule_per_consumer_allowed"), 50);
+    assert_eq!(metric(&gw, "portico_ratelimit_rule_per_consumer_limited"), 150);
+    gw.assert_no_wasm_panic();
+}
+
+#[test]
+fn limits_refill_after_the_period() {
+    let (gw, _up) = gateway(&json!({"rules": [{"name": "r", "limit": {"requests": 2, "period_seconds": 1}}]}));
+    let statuses: Vec<u16> = (0..3).map(|_| get("/").send(gw.addr).status).collect();
+    assert_eq!(statuses, vec![200, 200, 429]);
+    thread::sleep(Duration::from_millis(1100));
+    let statuses: Vec<u16> = (0..3).map(|_| get("/").send(gw.addr).status).collect();
+    assert_eq!(statuses, vec![200, 200, 429]);
+}
+
+#[test]
+fn headers_on_allowed_and_rejected_responses() {
+    let (gw, _up) = gateway(
+        &json!({"rules": [{"name": "r", "key": ["consumer"], "limit": {"requests": 2, "period_seconds": 60}}]}),
+    );
+    let r = as_consumer("/x", "h").send(gw.addr);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("ratelimit-policy"), Some("\"r\";q=2;w=60"));
+    assert_eq!(r.header("ratelimit"), Some("\"r\";r=1;t=30"));
+    assert_eq!(r.header("x-ratelimit-limit"), Some("2"));
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("1"));
+    assert_eq!(r.header("x-ratelimit-reset"), Some("30"));
+    as_consumer("/x", "h").send(gw.addr);
+    let r = as_consumer("/x", "h").send(gw.addr);
+    assert_eq!(r.status, 429);
+    assert_eq!(r.error_code(), "rate_limited");
+    assert_eq!(r.json()["error"]["type"], "rate_limit_error");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((29..=30).contains(&retry), "retry-after {retry}");
+    assert_eq!(r.header("ratelimit-policy"), Some("\"r\";q=2;w=60"));
+    assert!(r.header("ratelimit").unwrap().starts_with("\"r\";r=0;t="));
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+}
+
+#[test]
+fn a_request_refused_by_one_rule_consumes_nothing_from_the_others() {
+    let (gw, _up) = gateway(&json!({"rules": [
+        {"name": "wide", "key": ["consumer"], "limit": {"requests": 5, "period_seconds": 3600}},
+        {"name": "narrow", "match": {"path": "/narrow"}, "key": ["consumer"], "limit": {"requests": 1, "period_seconds": 3600}}
+    ]}));
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| as_consumer("/narrow", "c").send(gw.addr).status)
+        .collect();
+    assert_eq!(statuses, vec![200, 429, 429, 429]);
+    let r = as_consumer("/narrow", "c").send(gw.addr);
+    assert_eq!(
+        r.header("ratelimit"),
+        Some("\"wide\";r=4;t=720, \"narrow\";r=0;t=3600"),
+        "both policies reported"
+    );
+    let wide: Vec<u16> = (0..5)
+        .map(|_| as_consumer("/elsewhere", "c").send(gw.addr).status)
+        .collect();
+    assert_eq!(
+        wide,
+        vec![200, 200, 200, 200, 429],
+        "the refused requests took nothing from `wide`"
+    );
+}
+
+#[test]
+fn tiers_get_their_own_limits_with_a_default() {
+    let (gw, _up) = gateway(&json!({"rules": [{"name": "t", "key": ["consumer"],
+        "limit": {"requests": 1, "period_seconds": 3600},
+        "tiers": {"pro": {"requests": 3, "period_seconds": 3600}}}]}));
+    let passed = |consumer: &str, tier: Option<&str>| {
+        (0..6)
+            .filter(|_| {
+                let mut req = as_consumer("/", consumer);
+                if let Some(t) = tier {
+                    req = req.header("x-portico-tier", t);
+                }
+                req.send(gw.addr).status == 200
+            })
+            .count()
+    };
+    assert_eq!(passed("pro-user", Some("pro")), 3);
+    assert_eq!(passed("free-user", Some("free")), 1);
+    assert_eq!(passed("no-tier", None), 1);
+}
+
+#[test]
+fn keys_by_header_and_by_client_address() {
+    let (gw, _up) = gateway(&json!({"rules": [
+        {"name": "by_ip", "match": {"path": "/ip"}, "key": ["client_ip"], "limit": {"requests": 2, "period_seconds": 3600}},
+        {"name": "by_team", "match": {"path": "/team"}, "key": [{"header": "x-team"}], "limit": {"requests": 2, "period_seconds": 3600}}
+    ]}));
+    for ip in ["127.0.0.2", "127.0.0.3"] {
+        let ip: IpAddr = ip.parse().unwrap();
+        let statuses: Vec<u16> = (0..3).map(|_| get("/ip").send_from(ip, gw.addr).status).collect();
+        assert_eq!(statuses, vec![200, 200, 429], "from {ip}");
+    }
+    for team in ["red", "blue"] {
+        let statuses: Vec<u16> = (0..3)
+            .map(|_| get("/team").header("x-team", team).send(gw.addr).status)
+            .collect();
+        assert_eq!(statuses, vec![200, 200, 429], "team {team}");
+    }
+}
+
+#[test]
+fn dry_run_counts_and_reports_but_never_refuses() {
+    let (gw, _up) = gateway(
+        &json!({"rules": [{"name": "trial", "limit": {"requests": 2, "period_seconds": 3600}, "dry_run": true}]}),
+    );
+    let responses: Vec<Response> = (0..5).map(|_| get("/").send(gw.addr)).collect();
+    assert!(responses.iter().all(|r| r.status == 200));
+    assert_eq!(responses[4].header("x-ratelimit-remaining"), Some("0"));
+    assert_eq!(metric(&gw, "portico_ratelimit_rule_trial_dry_run_limited"), 3);
+    assert_eq!(metric(&gw, "portico_ratelimit_rule_trial_allowed"), 2);
+}
+
+fn quota_gateway(tokens: u64, period: u64) -> (Gateway, Upstream) {
+    gateway(
+        &json!({"token_quotas": [{"name": "llm", "match": {"path": "/v1/{*rest}"}, "key": ["consumer"],
+        "default_max_tokens": 100, "budgets": [{"tokens": tokens, "period_seconds": period}]}]}),
+    )
+}
+
+/// A budget period long enough that refill during a test is below one token.
+const YEAR: u64 = 365 * 86400;
+
+fn chat_body() -> String {
+    json!({"model": "gpt-test", "max_tokens": 200, "messages": [{"role": "user", "content": "hi"}]}).to_string()
+}
+
+fn chat(path: &str, consumer: &str, usage: Option<(u64, u64)>, stream: bool) -> Request {
+    let body = chat_body();
+    let mut req = Request::new("POST", path)
+        .header("content-type", "application/json")
+        .header("x-portico-consumer", consumer)
+        .header("x-portico-tier", "pro")
+        .body(body);
+    if let Some((p, c)) = usage {
+        req = req.header("x-mock-usage", format!("{p},{c}"));
+    }
+    if stream {
+        req = req.header("x-mock-stream", "1");
+    }
+    req
+}
+
+fn remaining_tokens(r: &Response) -> u64 {
+    r.header("x-ratelimit-remaining-tokens")
+        .unwrap_or_else(|| panic!("no token headers: {:?}", r.headers))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn token_usage_is_settled_from_json_and_from_split_streams_of_both_apis() {
+    let (gw, _up) = quota_gateway(100_000, YEAR);
+    // The estimate is max_tokens (200, lifted by json_to_metadata) plus body bytes / 4.
+    let first = chat("/v1/chat/completions", "u", Some((10, 20)), false).send(gw.addr);
+    assert_eq!(first.status, 200, "{}", first.text());
+    let estimate = 100_000 - remaining_tokens(&first);
+    assert!((200..260).contains(&estimate), "estimate {estimate}");
+
+    // Each next response shows the budget after the previous request settled to its usage.
+    let cases = [
+        ("/v1/messages", Some((7, 5)), true, 30), // after the OpenAI JSON: 30 used
+        ("/v1/chat/completions", Some((40, 2)), true, 12), // after the Anthropic stream
+        ("/v1/messages", Some((1, 1)), false, 42), // after the OpenAI stream
+        ("/v1/chat/completions", None, false, 2), // after the Anthropic JSON
+    ];
+    let mut used = 0;
+    for (path, usage, stream, previous) in cases {
+        used += previous;
+        let r = chat(path, "u", usage, stream).send(gw.addr);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        if stream {
+            assert!(r.text().contains("data: "), "the stream passes through");
+        }
+        thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            remaining_tokens(&r),
+            100_000 - used - estimate,
+            "{path} stream={stream}"
+        );
+    }
+    // The last answer reported no usage and was not a stream: it charged nothing.
+    thread::sleep(Duration::from_millis(50));
+    let r = chat("/v1/chat/completions", "u", None, false).send(gw.addr);
+    assert_eq!(remaining_tokens(&r), 100_000 - used - estimate);
+    assert!(metric(&gw, "portico_ratelimit_responses_without_usage") >= 1);
+    assert!(metric(&gw, "portico_ratelimit_tokens_charged_pro_gpt_test") >= used);
+    gw.assert_no_wasm_panic();
+}
+
+#[test]
+fn concurrent_requests_never_overshoot_the_token_budget() {
+    // The estimate: max_tokens (200) plus a token per 4 bytes of body. The budget fits 10.5.
+    let estimate = 200 + (chat_body().len() as u64).div_ceil(4);
+    let (gw, _up) = quota_gateway(10 * estimate + estimate / 2, YEAR);
+    let request =
+        chat("/v1/chat/completions", "busy", Some((20, estimate - 20)), false).header("x-mock-delay-ms", "400");
+    let responses = burst(&gw, &request, 50);
+    let admitted = count(&responses, 200);
+    assert_eq!(admitted, 10);
+    let refused: Vec<&Response> = responses.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(refused.len(), 50 - admitted);
+    assert!(refused.iter().all(|r| r.error_code() == "token_quota_exceeded"));
+    assert!(refused[0].header("retry-after").is_some());
+}
+
+#[test]
+fn an_exhausted_budget_recovers_after_its_period() {
+    let (gw, _up) = quota_gateway(1_000, 2);
+    let big = || chat("/v1/chat/completions", "e", Some((10, 900)), false);
+    assert_eq!(big().send(gw.addr).status, 200);
+    thread::sleep(Duration::from_millis(50));
+    let r = big().send(gw.addr);
+    assert_eq!(
+        r.status,
+        429,
+        "910 of 1000 used: another ~220 does not fit: {}",
+        r.text()
+    );
+    thread::sleep(Duration::from_millis(2100));
+    assert_eq!(big().send(gw.addr).status, 200, "the budget refilled");
+}
+
+#[test]
+fn bad_configuration_is_refused_with_json_paths() {
+    let upstream = Upstream::start("127.0.0.1:0").unwrap();
+    let config = json!({"rules": [{"name": "Bad Name", "limit": {"requests": 0, "period_seconds": 1}, "key": ["ip"]}], "max_keys": 1});
+    let failure =
+        Gateway::try_start(&EnvoyConfig::new(upstream.addr).wasm("rate-limit", &config)).expect_err("accepted");
+    for expected in [
+        "$.max_keys: must be between 16 and 10000000",
+        "$.rules[0].name: names use a-z, 0-9 and _ only",
+        "$.rules[0].limit: requests, period_seconds and burst must be at least 1",
+        "$.rules[0].key[0]: unknown value \"ip\"",
+    ] {
+        assert!(
+            failure.log.contains(expected),
+            "missing {expected:?} in:\n{}",
+            failure.log
+        );
+    }
+}
+
+#[test]
+fn memory_stays_flat_across_100k_distinct_keys() {
+    let (gw, _up) = gateway(
+        &json!({"max_keys": 1000, "rules": [{"name": "flood", "key": [{"header": "x-client"}], "limit": {"requests": 5, "period_seconds": 60}}]}),
+    );
+    let send = |from: usize, to: usize| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let addr = gw.addr;
+                thread::spawn(move || {
+                    let mut conn = Connection::open(addr).unwrap();
+                    for i in (from + t..to).step_by(8) {
+                        let r = conn.send(&get("/").header("x-client", format!("client-{i}"))).unwrap();
+                        assert!(r.status == 200 || r.status == 429);
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().for_each(|h| h.join().unwrap());
+    };
+    send(0, 10_000);
+    let after_10k = gw.rss_kib();
+    send(10_000, 100_000);
+    let after_100k = gw.rss_kib();
+    eprintln!("Envoy RSS: {after_10k} KiB after 10k keys, {after_100k} KiB after 100k keys");
+    // Stated bound: within 10% (slots are all in use after the first 10k keys).
+    assert!(
+        after_100k * 10 <= after_10k * 11,
+        "RSS grew from {after_10k} to {after_100k} KiB"
+    );
+    gw.assert_no_wasm_panic();
+}
