@@ -6,7 +6,7 @@
 //!
 //! `POST /v1/chat/completions` and `POST /v1/messages` answer like OpenAI and Anthropic model
 //! backends, steered by request headers: `x-mock-usage: PROMPT,COMPLETION` puts usage in the
-//! answer (none without it), `x-mock-delay-ms: N` waits before answering, `x-mock-stream: 1` streams SSE in several flushed chunks with the
+//! answer (none without it), `x-mock-delay-ms: N` waits before answering, `x-mock-stream: 1` streams (and `x-mock-cut: 1` drops the connection halfway), SSE in several flushed chunks with the
 //! usage event split across two of them, `x-mock-status: N` answers an error without usage.
 
 use std::collections::BTreeMap;
@@ -87,13 +87,19 @@ fn serve_connection(stream: TcpStream, jwks: &Mutex<JwksState>) -> std::io::Resu
             writer.write_all(
                 b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
             )?;
-            for part in parts {
+            // x-mock-cut: 1 drops the connection halfway through the stream.
+            let cut = request_header(&request, "x-mock-cut") == Some("1");
+            let keep = if cut { parts.len() / 2 } else { parts.len() };
+            for part in parts.into_iter().take(keep) {
                 writer.write_all(format!("{:x}\r\n", part.len()).as_bytes())?;
                 writer.write_all(&part)?;
                 writer.write_all(b"\r\n")?;
                 writer.flush()?;
                 // Separate writes reach the filter as separate body chunks.
                 thread::sleep(std::time::Duration::from_millis(15));
+            }
+            if cut {
+                return Ok(());
             }
             writer.write_all(b"0\r\n\r\n")?;
             writer.flush()?;

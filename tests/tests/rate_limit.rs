@@ -259,6 +259,26 @@ fn token_usage_is_settled_from_json_and_from_split_streams_of_both_apis() {
 }
 
 #[test]
+fn a_stream_cut_before_its_usage_keeps_the_reservation() {
+    let (gw, _up) = quota_gateway(100_000, YEAR);
+    let estimate = 200 + (chat_body().len() as u64).div_ceil(4);
+    for path in ["/v1/chat/completions", "/v1/messages"] {
+        let cut = chat(path, "cut", Some((5, 5)), true).header("x-mock-cut", "1");
+        // The client sees a truncated stream; what matters is what was charged.
+        let _ = cut.try_send(gw.addr);
+    }
+    thread::sleep(Duration::from_millis(200));
+    let r = chat("/v1/chat/completions", "cut", Some((1, 1)), false).send(gw.addr);
+    assert_eq!(
+        remaining_tokens(&r),
+        100_000 - 3 * estimate,
+        "both cut streams kept their reservation"
+    );
+    assert_eq!(metric(&gw, "portico_ratelimit_responses_without_usage"), 2);
+    gw.assert_no_wasm_panic();
+}
+
+#[test]
 fn concurrent_requests_never_overshoot_the_token_budget() {
     // The estimate: max_tokens (200) plus a token per 4 bytes of body. The budget fits 10.5.
     let estimate = 200 + (chat_body().len() as u64).div_ceil(4);
