@@ -46,6 +46,7 @@ pub fn wasm_path(name: &str) -> PathBuf {
 pub struct EnvoyConfig {
     filters: Vec<Value>,
     clusters: Vec<Value>,
+    route: Value,
 }
 
 impl EnvoyConfig {
@@ -53,7 +54,15 @@ impl EnvoyConfig {
         Self {
             filters: Vec::new(),
             clusters: vec![cluster("upstream", upstream)],
+            route: json!({"cluster": "upstream"}),
         }
+    }
+
+    /// Routes by the cluster named in `header` (what header-routing sets), and removes the
+    /// internal backend-format header before the request leaves, as `envoy/gateway.yaml` does.
+    pub fn route_by_header(mut self, header: &str) -> Self {
+        self.route = json!({"cluster_header": header});
+        self
     }
 
     /// Adds the Portico filter `name` (from `dist/`) with its plugin configuration.
@@ -96,7 +105,8 @@ impl EnvoyConfig {
                             "route_config": {"virtual_hosts": [{
                                 "name": "all",
                                 "domains": ["*"],
-                                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]
+                                "routes": [{"match": {"prefix": "/"}, "route": self.route,
+                                            "request_headers_to_remove": ["x-portico-backend-format"]}]
                             }]},
                             "http_filters": filters
                         }
@@ -113,7 +123,11 @@ impl EnvoyConfig {
 pub fn json_to_metadata(fields: &[&str]) -> Value {
     let rules: Vec<Value> = fields
         .iter()
-        .map(|f| json!({"selectors": [{"key": f}], "on_present": {"metadata_namespace": "portico", "key": f, "type": "STRING"}}))
+        .map(|f| {
+            json!({"selectors": [{"key": f}],
+                   "on_present": {"metadata_namespace": "portico", "key": f, "type": "STRING"},
+                   "on_error": {"metadata_namespace": "portico", "key": "json_error", "value": "true"}})
+        })
         .collect();
     json!({
         "name": "envoy.filters.http.json_to_metadata",

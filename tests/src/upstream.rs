@@ -5,7 +5,7 @@
 //! document whose status and body the owner of the [`Upstream`] can change at any time.
 //!
 //! `POST /v1/chat/completions` and `POST /v1/messages` answer like OpenAI and Anthropic model
-//! backends, steered by request headers: `x-mock-usage: PROMPT,COMPLETION` puts usage in the
+//! backends when a request carries `x-mock-*` headers (else they echo too), steered by them: `x-mock-usage: PROMPT,COMPLETION` puts usage in the
 //! answer (none without it), `x-mock-delay-ms: N` waits before answering, `x-mock-stream: 1` streams (and `x-mock-cut: 1` drops the connection halfway), SSE in several flushed chunks with the
 //! usage event split across two of them, `x-mock-status: N` answers an error without usage.
 
@@ -33,9 +33,19 @@ pub struct Upstream {
     jwks: Arc<Mutex<JwksState>>,
 }
 
+/// What every echo says about the server that answered, so routing tests can tell them apart.
+#[derive(Debug, Clone)]
+struct Identity(Arc<str>);
+
 impl Upstream {
     /// Binds `addr` (port 0 for any free port) and serves on background threads.
     pub fn start(addr: &str) -> std::io::Result<Upstream> {
+        Self::start_named(addr, "upstream")
+    }
+
+    /// Like [`Upstream::start`]; every echo carries `"upstream": name`.
+    pub fn start_named(addr: &str, name: &str) -> std::io::Result<Upstream> {
+        let identity = Identity(Arc::from(name));
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
         let jwks = Arc::new(Mutex::new(JwksState {
@@ -47,8 +57,9 @@ impl Upstream {
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let jwks = Arc::clone(&shared);
+                let identity = identity.clone();
                 thread::spawn(move || {
-                    let _ = serve_connection(stream, &jwks);
+                    let _ = serve_connection(stream, &jwks, &identity);
                 });
             }
         });
@@ -76,7 +87,9 @@ struct Request {
     body: Vec<u8>,
 }
 
-fn serve_connection(stream: TcpStream, jwks: &Mutex<JwksState>) -> std::io::Result<()> {
+fn serve_connection(stream: TcpStream, jwks: &Mutex<JwksState>, identity: &Identity) -> std::io::Result<()> {
+    // Without this, Nagle holds each small write until Envoy's delayed ACK: 40 ms a request.
+    stream.set_nodelay(true)?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;
     while let Some(request) = read_request(&mut reader)? {
@@ -105,14 +118,15 @@ fn serve_connection(stream: TcpStream, jwks: &Mutex<JwksState>) -> std::io::Resu
             writer.flush()?;
             continue;
         }
-        let (status, content_type, body) = respond(&request, jwks);
-        let head = format!(
+        let (status, content_type, body) = respond(&request, jwks, identity);
+        let mut response = format!(
             "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
             reason_phrase(status),
             body.len()
-        );
-        writer.write_all(head.as_bytes())?;
-        writer.write_all(&body)?;
+        )
+        .into_bytes();
+        response.extend_from_slice(&body);
+        writer.write_all(&response)?;
         writer.flush()?;
     }
     Ok(())
@@ -124,7 +138,11 @@ enum Api {
     Anthropic,
 }
 
+/// A model endpoint the test asked to play (any `x-mock-*` header); else the request is echoed.
 fn model_api(request: &Request) -> Option<Api> {
+    if !request.headers.iter().any(|(n, _)| n.starts_with("x-mock-")) {
+        return None;
+    }
     match request.path.split('?').next() {
         Some("/v1/chat/completions") => Some(Api::OpenAi),
         Some("/v1/messages") => Some(Api::Anthropic),
@@ -226,7 +244,7 @@ fn model_stream(request: &Request) -> Option<Vec<Vec<u8>>> {
     Some(parts)
 }
 
-fn respond(request: &Request, jwks: &Mutex<JwksState>) -> (u16, &'static str, Vec<u8>) {
+fn respond(request: &Request, jwks: &Mutex<JwksState>, identity: &Identity) -> (u16, &'static str, Vec<u8>) {
     if let Some((status, body)) = model_answer(request) {
         return (status, "application/json", body);
     }
@@ -247,6 +265,7 @@ fn respond(request: &Request, jwks: &Mutex<JwksState>) -> (u16, &'static str, Ve
             .or_insert_with(|| value.clone());
     }
     let echo = json!({
+        "upstream": &*identity.0,
         "method": request.method,
         "path": request.path,
         "headers": headers,

@@ -21,18 +21,21 @@ fn shipped_envoy_configs_pass_envoy_validate() {
     // Validation also loads each wasm filter and runs its configuration check.
     wasm_path("auth");
     wasm_path("rate-limit");
+    wasm_path("header-routing");
     validate(&root().join("envoy/gateway.yaml")).unwrap_or_else(|e| panic!("envoy/gateway.yaml: {e}"));
 }
 
 #[test]
 fn the_embedded_default_gateway_serves_the_readme_demo() {
-    let upstream = Upstream::start("127.0.0.1:0").unwrap();
+    let upstream = Upstream::start_named("127.0.0.1:0", "demo-a").unwrap();
+    let upstream_b = Upstream::start_named("127.0.0.1:0", "demo-b").unwrap();
     // The shipped file with free ports and absolute wasm paths, so it runs beside other tests.
     let config = fs::read_to_string(root().join("envoy/gateway.yaml"))
         .unwrap()
         .replace("port_value: 10000", "port_value: 0")
         .replace("port_value: 9901", "port_value: 0")
         .replace("port_value: 8081", &format!("port_value: {}", upstream.addr.port()))
+        .replace("port_value: 8082", &format!("port_value: {}", upstream_b.addr.port()))
         .replace("filename: dist/", &format!("filename: {}/dist/", root().display()));
     let gw = Gateway::start_text(&config);
     let key = demo_env("PORTICO_DEMO_KEY");
@@ -53,6 +56,16 @@ fn the_embedded_default_gateway_serves_the_readme_demo() {
     assert_eq!(r.upstream_header("x-portico-tier").as_deref(), Some("pro"));
 
     assert_eq!(get("/public/status").send(gw.addr).status, 200);
+
+    // Routing, as make run shows it.
+    let served = |r: portico_tests::http::Response| r.json()["upstream"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(served(get("/hello").bearer(&token).send(gw.addr)), "demo-a");
+    assert_eq!(
+        served(get("/hello").bearer(&token).header("x-version", "2").send(gw.addr)),
+        "demo-b"
+    );
+    let r = get("/users/42").bearer(&token).send(gw.addr);
+    assert_eq!(r.json()["path"], "/v2/people/42");
 
     // The README's curl loop: the demo key (tier free) gets 5 requests a minute, then 429.
     let statuses: Vec<u16> = (0..5)

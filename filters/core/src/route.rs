@@ -154,6 +154,19 @@ impl Matcher {
         self.0.find(request).is_some()
     }
 
+    /// The captured path parameters (`{id}`, `{*rest}`) when the request matches.
+    pub fn capture(&self, request: &RequestView) -> Option<Vec<(String, String)>> {
+        let (m, _) = self.0.rules.first()?;
+        if !m.accepts(request.method(), &request.host()) {
+            return None;
+        }
+        if m.path.is_none() {
+            return Some(Vec::new());
+        }
+        let found = self.0.router.at(request.path()).ok()?;
+        Some(found.params.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+    }
+
     /// The configured path pattern, if any.
     pub fn pattern(&self) -> Option<&str> {
         self.0.rules.first().and_then(|(m, _)| m.path.as_deref())
@@ -225,6 +238,27 @@ mod tests {
         assert_eq!(found(&t, "GET", "/a", "api.test:80"), Some("r1"));
         assert_eq!(found(&t, "GET", "/a", "other"), Some("r2"));
         assert_eq!(found(&t, "DELETE", "/a", "other"), None);
+    }
+
+    #[test]
+    fn matchers_capture_parameters() {
+        let mut errors = Errors::default();
+        let m = RouteMatch {
+            path: Some("/users/{id}/{*rest}".into()),
+            methods: vec!["GET".into()],
+            hosts: vec![],
+        };
+        let matcher = Matcher::new(m, "$.routes[0]", &mut errors);
+        assert!(errors.is_empty());
+        assert_eq!(
+            matcher.capture(&req("GET", "/users/7/a/b?q=1", "h")),
+            Some(vec![
+                ("id".to_owned(), "7".to_owned()),
+                ("rest".to_owned(), "a/b".to_owned())
+            ])
+        );
+        assert_eq!(matcher.capture(&req("POST", "/users/7/a", "h")), None);
+        assert_eq!(matcher.capture(&req("GET", "/other", "h")), None);
     }
 
     #[test]
