@@ -106,7 +106,7 @@ impl EnvoyConfig {
                                 "name": "all",
                                 "domains": ["*"],
                                 "routes": [{"match": {"prefix": "/"}, "route": self.route,
-                                            "request_headers_to_remove": ["x-portico-backend-format"]}]
+                                            "request_headers_to_remove": ["x-portico-cluster", "x-portico-backend-format"]}]
                             }]},
                             "http_filters": filters
                         }
