@@ -116,6 +116,11 @@ impl<T> RouteTable<T> {
         self.rules.len()
     }
 
+    /// The rule at `index` (as in [`Matched::index`]).
+    pub fn get(&self, index: usize) -> Option<&T> {
+        self.rules.get(index).map(|(_, rule)| rule)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }

@@ -5,7 +5,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::Untranslatable;
+use super::{put, Untranslatable};
 
 fn fail<T>(field: impl Into<String>, reason: impl Into<String>) -> Result<T, Untranslatable> {
     Err(Untranslatable {
@@ -127,7 +127,7 @@ pub fn openai_to_anthropic(body: &Value, default_max_tokens: u64) -> Result<(Val
                 .map_or_else(|| fail(format!("tools[{i}].function.name"), "is required"), Ok)?;
             let mut t = json!({"name": name, "input_schema": f.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object", "properties": {}}))});
             if let Some(d) = f.get("description") {
-                t["description"] = d.clone();
+                put(&mut t, "description", d.clone());
             }
             converted.push(t);
         }
@@ -149,8 +149,8 @@ pub fn openai_to_anthropic(body: &Value, default_max_tokens: u64) -> Result<(Val
             },
             _ => return fail("tool_choice", "must be auto, required, none or a function"),
         };
-        if parallel == Some(false) && c["type"] != "none" {
-            c["disable_parallel_tool_use"] = json!(true);
+        if parallel == Some(false) && c.get("type") != Some(&json!("none")) {
+            put(&mut c, "disable_parallel_tool_use", json!(true));
         }
         out.insert("tool_choice".into(), c);
     } else if parallel == Some(false) && out.contains_key("tools") {
@@ -242,7 +242,7 @@ pub fn openai_to_anthropic(body: &Value, default_max_tokens: u64) -> Result<(Val
 /// Anthropic wants alternating roles: consecutive blocks of one role join one message.
 fn push_blocks(messages: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
     if let Some(last) = messages.last_mut() {
-        if last["role"] == role {
+        if last.get("role").and_then(Value::as_str) == Some(role) {
             if let Some(Value::Array(content)) = last.get_mut("content") {
                 content.extend(blocks);
                 return;
@@ -406,7 +406,9 @@ pub fn anthropic_to_openai(body: &Value) -> Result<(Value, RequestFacts), Untran
                 }
                 if !parts.is_empty() {
                     let content = match parts.as_slice() {
-                        [only] if only["type"] == "text" => only["text"].clone(),
+                        [only] if only.get("type").and_then(Value::as_str) == Some("text") => {
+                            only.get("text").cloned().unwrap_or_default()
+                        }
                         _ => Value::Array(parts),
                     };
                     messages.push(json!({"role": "user", "content": content}));
@@ -437,7 +439,7 @@ pub fn anthropic_to_openai(body: &Value) -> Result<(Value, RequestFacts), Untran
                 }
                 let mut msg = json!({"role": "assistant", "content": if text.is_empty() { Value::Null } else { json!(text.join("")) }});
                 if !calls.is_empty() {
-                    msg["tool_calls"] = Value::Array(calls);
+                    put(&mut msg, "tool_calls", Value::Array(calls));
                 }
                 messages.push(msg);
             }
@@ -476,7 +478,7 @@ pub fn anthropic_to_openai(body: &Value) -> Result<(Value, RequestFacts), Untran
                 let mut f = json!({"name": t.get("name").cloned().unwrap_or(Value::Null),
                                    "parameters": t.get("input_schema").cloned().unwrap_or_else(|| json!({"type": "object"}))});
                 if let Some(d) = t.get("description") {
-                    f["description"] = d.clone();
+                    put(&mut f, "description", d.clone());
                 }
                 json!({"type": "function", "function": f})
             })

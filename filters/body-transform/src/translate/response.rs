@@ -2,6 +2,8 @@
 
 use serde_json::{json, Map, Value};
 
+use super::put;
+
 /// Anthropic `stop_reason` to OpenAI `finish_reason`.
 pub fn finish_reason(stop_reason: Option<&str>) -> &'static str {
     match stop_reason {
@@ -42,7 +44,7 @@ pub fn anthropic_to_openai(msg: &Value, created: u64) -> Value {
     }
     let mut message = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) }});
     if !calls.is_empty() {
-        message["tool_calls"] = Value::Array(calls);
+        put(&mut message, "tool_calls", Value::Array(calls));
     }
     let usage = msg.get("usage");
     let prompt = usage.map_or(0, |u| {
