@@ -5,8 +5,11 @@
 //! document whose status and body the owner of the [`Upstream`] can change at any time.
 //!
 //! `POST /v1/chat/completions` and `POST /v1/messages` answer like OpenAI and Anthropic model
-//! backends when a request carries `x-mock-*` headers (else they echo too), steered by them: `x-mock-usage: PROMPT,COMPLETION` puts usage in the
-//! answer (none without it), `x-mock-delay-ms: N` waits before answering, `x-mock-stream: 1` streams (and `x-mock-cut: 1` drops the connection halfway), SSE in several flushed chunks with the
+//! backends when a request carries `x-mock-*` headers (else they echo too). They check the
+//! request as the real API would (required fields, no foreign fields, `anthropic-version`) and
+//! answer 400 in that API's error shape otherwise; they call the first offered tool unless the
+//! last turn is a tool result. Steered by headers: `x-mock-usage: PROMPT,COMPLETION` puts usage in the
+//! answer (none without it), `x-mock-delay-ms: N` waits before answering, `x-mock-stream: 1` streams (and `x-mock-cut: 1` drops the connection halfway, `x-mock-cut: clean` ends the body there), SSE in several flushed chunks with the
 //! usage event split across two of them, `x-mock-status: N` answers an error without usage.
 
 use std::collections::BTreeMap;
@@ -100,8 +103,10 @@ fn serve_connection(stream: TcpStream, jwks: &Mutex<JwksState>, identity: &Ident
             writer.write_all(
                 b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
             )?;
-            // x-mock-cut: 1 drops the connection halfway through the stream.
-            let cut = request_header(&request, "x-mock-cut") == Some("1");
+            // x-mock-cut: 1 drops the connection halfway through the stream; `clean` ends the
+            // HTTP body properly there, before the API's own end-of-stream event.
+            let cut_mode = request_header(&request, "x-mock-cut");
+            let cut = cut_mode.is_some();
             let keep = if cut { parts.len() / 2 } else { parts.len() };
             for part in parts.into_iter().take(keep) {
                 writer.write_all(format!("{:x}\r\n", part.len()).as_bytes())?;
@@ -111,7 +116,7 @@ fn serve_connection(stream: TcpStream, jwks: &Mutex<JwksState>, identity: &Ident
                 // Separate writes reach the filter as separate body chunks.
                 thread::sleep(std::time::Duration::from_millis(15));
             }
-            if cut {
+            if cut_mode == Some("1") {
                 return Ok(());
             }
             writer.write_all(b"0\r\n\r\n")?;
@@ -132,7 +137,7 @@ fn serve_connection(stream: TcpStream, jwks: &Mutex<JwksState>, identity: &Ident
     Ok(())
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Api {
     OpenAi,
     Anthropic,
@@ -159,50 +164,204 @@ fn mock_usage(request: &Request) -> Option<(u64, u64)> {
     Some((p.trim().parse().ok()?, c.trim().parse().ok()?))
 }
 
+const OPENAI_KEYS: &[&str] = &[
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "stream",
+    "stream_options",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "user",
+    "n",
+    "response_format",
+    "seed",
+    "frequency_penalty",
+    "presence_penalty",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "metadata",
+    "store",
+];
+const ANTHROPIC_KEYS: &[&str] = &[
+    "model",
+    "messages",
+    "system",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop_sequences",
+    "stream",
+    "tools",
+    "tool_choice",
+    "metadata",
+];
+
+/// Checks a request body the way the real API would: required fields, no foreign ones.
+fn validate(api: Api, request: &Request, body: &serde_json::Value) -> Result<(), String> {
+    let obj = body.as_object().ok_or("the body is not a JSON object")?;
+    let (allowed, required): (&[&str], &[&str]) = match api {
+        Api::OpenAi => (OPENAI_KEYS, &["model", "messages"]),
+        Api::Anthropic => (ANTHROPIC_KEYS, &["model", "messages", "max_tokens"]),
+    };
+    if let Some(k) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(format!("{k}: Extra inputs are not permitted"));
+    }
+    if let Some(k) = required.iter().find(|k| !obj.contains_key(**k)) {
+        return Err(format!("{k}: Field required"));
+    }
+    let messages = obj
+        .get("messages")
+        .and_then(|m| m.as_array())
+        .ok_or("messages: must be an array")?;
+    let roles: &[&str] = match api {
+        Api::OpenAi => &["system", "developer", "user", "assistant", "tool"],
+        Api::Anthropic => &["user", "assistant"],
+    };
+    for (i, m) in messages.iter().enumerate() {
+        let role = m.get("role").and_then(|r| r.as_str()).unwrap_or("");
+        if !roles.contains(&role) {
+            return Err(format!("messages.{i}.role: unexpected role {role:?}"));
+        }
+    }
+    if api == Api::Anthropic && request_header(request, "anthropic-version").is_none() {
+        return Err("anthropic-version: header is required".to_owned());
+    }
+    Ok(())
+}
+
+/// A tool the request offers, if the model should call one now (the last turn is not a tool
+/// result).
+fn tool_to_call(api: Api, body: &serde_json::Value) -> Option<String> {
+    let tools = body.get("tools")?.as_array()?;
+    let name = match api {
+        Api::OpenAi => tools.first()?.get("function")?.get("name")?.as_str()?,
+        Api::Anthropic => tools.first()?.get("name")?.as_str()?,
+    };
+    let last = body.get("messages")?.as_array()?.last()?;
+    let answered = match api {
+        Api::OpenAi => last.get("role").and_then(|r| r.as_str()) == Some("tool"),
+        Api::Anthropic => last.get("content").and_then(|c| c.as_array()).is_some_and(|blocks| {
+            blocks
+                .iter()
+                .any(|b| b.get("type").and_then(|t| t.as_str()) == Some("tool_result"))
+        }),
+    };
+    (!answered).then(|| name.to_owned())
+}
+
+fn model_error(api: Api, status: u16, message: &str) -> Vec<u8> {
+    let body = match api {
+        Api::OpenAi => {
+            json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": null}})
+        }
+        Api::Anthropic => {
+            json!({"type": "error", "error": {"type": if status == 400 { "invalid_request_error" } else { "api_error" }, "message": message}})
+        }
+    };
+    body.to_string().into_bytes()
+}
+
 /// A non-streaming model answer, or `None` when the request is not a model call.
 fn model_answer(request: &Request) -> Option<(u16, Vec<u8>)> {
     let api = model_api(request)?;
     if let Some(status) = request_header(request, "x-mock-status").and_then(|s| s.parse::<u16>().ok()) {
-        let body = json!({"error": {"type": "api_error", "message": "mock failure"}});
-        return Some((status, body.to_string().into_bytes()));
+        return Some((status, model_error(api, status, "mock failure")));
+    }
+    let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
+    if let Err(message) = validate(api, request, &body) {
+        return Some((400, model_error(api, 400, &message)));
     }
     let usage = mock_usage(request);
-    let body = match api {
+    let model = body.get("model").cloned().unwrap_or_else(|| json!("mock"));
+    let tool = tool_to_call(api, &body);
+    let answer = match api {
         Api::OpenAi => {
-            let mut v = json!({"id": "chatcmpl-mock", "object": "chat.completion", "model": "mock",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}]});
+            let message = match &tool {
+                Some(name) => json!({"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_mock_1", "type": "function", "function": {"name": name, "arguments": "{\"city\":\"Oslo\"}"}}]}),
+                None => json!({"role": "assistant", "content": "Hello from openai"}),
+            };
+            let finish = if tool.is_some() { "tool_calls" } else { "stop" };
+            let mut v = json!({"id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": model,
+                "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}]});
             if let Some((p, c)) = usage {
                 v["usage"] = json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c});
             }
             v
         }
         Api::Anthropic => {
-            let mut v = json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": "mock",
-                "content": [{"type": "text", "text": "hello"}], "stop_reason": "end_turn"});
+            let content = match &tool {
+                Some(name) => {
+                    json!([{"type": "tool_use", "id": "toolu_mock_1", "name": name, "input": {"city": "Oslo"}}])
+                }
+                None => json!([{"type": "text", "text": "Hello from anthropic"}]),
+            };
+            let stop = if tool.is_some() { "tool_use" } else { "end_turn" };
+            let mut v = json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
+                "content": content, "stop_reason": stop, "stop_sequence": null});
             if let Some((p, c)) = usage {
                 v["usage"] = json!({"input_tokens": p, "output_tokens": c});
             }
             v
         }
     };
-    Some((200, body.to_string().into_bytes()))
+    Some((200, answer.to_string().into_bytes()))
 }
 
 /// The parts of a streamed model answer, each to be flushed on its own.
 fn model_stream(request: &Request) -> Option<Vec<Vec<u8>>> {
     let api = model_api(request)?;
-    if request_header(request, "x-mock-stream") != Some("1") || request_header(request, "x-mock-status").is_some() {
+    let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
+    let wants_stream =
+        request_header(request, "x-mock-stream") == Some("1") || body.get("stream") == Some(&json!(true));
+    if !wants_stream || request_header(request, "x-mock-status").is_some() || validate(api, request, &body).is_err() {
         return None;
     }
     let usage = mock_usage(request);
+    let tool = tool_to_call(api, &body);
+    let model = body.get("model").cloned().unwrap_or_else(|| json!("mock"));
     let mut events: Vec<String> = Vec::new();
     match api {
         Api::OpenAi => {
-            for word in ["Hel", "lo"] {
-                events.push(format!("data: {}\n\n", json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": word}}], "usage": null})));
+            let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
+                format!(
+                    "data: {}\n\n",
+                    json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
+                    "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], "usage": null})
+                )
+            };
+            events.push(chunk(json!({"role": "assistant", "content": ""}), json!(null)));
+            match &tool {
+                Some(name) => {
+                    events.push(chunk(json!({"tool_calls": [{"index": 0, "id": "call_mock_1", "type": "function", "function": {"name": name, "arguments": ""}}]}), json!(null)));
+                    events.push(chunk(
+                        json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}),
+                        json!(null),
+                    ));
+                    events.push(chunk(
+                        json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Oslo\"}"}}]}),
+                        json!(null),
+                    ));
+                    events.push(chunk(json!({}), json!("tool_calls")));
+                }
+                None => {
+                    for word in ["Hel", "lo"] {
+                        events.push(chunk(json!({"content": word}), json!(null)));
+                    }
+                    events.push(chunk(json!({}), json!("stop")));
+                }
             }
             if let Some((p, c)) = usage {
-                events.push(format!("data: {}\n\n", json!({"object": "chat.completion.chunk", "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}})));
+                events.push(format!("data: {}\n\n", json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
+                    "model": model, "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}})));
             }
             events.push("data: [DONE]\n\n".to_owned());
         }
@@ -213,24 +372,46 @@ fn model_stream(request: &Request) -> Option<Vec<Vec<u8>>> {
             } else {
                 json!({})
             };
-            events.push(format!(
-                "event: message_start\ndata: {}\n\n",
-                json!({"type": "message_start", "message": {"id": "msg_mock", "usage": start_usage}})
+            let ev = |name: &str, data: serde_json::Value| format!("event: {name}\ndata: {data}\n\n");
+            events.push(ev(
+                "message_start",
+                json!({"type": "message_start", "message": {"id": "msg_mock", "type": "message", "role": "assistant",
+                "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": start_usage}}),
             ));
-            events.push(format!(
-                "event: content_block_delta\ndata: {}\n\n",
-                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}})
+            match &tool {
+                Some(name) => {
+                    events.push(ev(
+                        "content_block_start",
+                        json!({"type": "content_block_start", "index": 0,
+                        "content_block": {"type": "tool_use", "id": "toolu_mock_1", "name": name, "input": {}}}),
+                    ));
+                    for part in ["{\"city\":", "\"Oslo\"}"] {
+                        events.push(ev(
+                            "content_block_delta",
+                            json!({"type": "content_block_delta", "index": 0,
+                            "delta": {"type": "input_json_delta", "partial_json": part}}),
+                        ));
+                    }
+                }
+                None => {
+                    events.push(ev("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})));
+                    for word in ["Hel", "lo"] {
+                        events.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}})));
+                    }
+                }
+            }
+            events.push(ev(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": 0}),
             ));
             let delta_usage = if usage.is_some() {
                 json!({"output_tokens": c})
             } else {
                 json!({})
             };
-            events.push(format!(
-                "event: message_delta\ndata: {}\n\n",
-                json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": delta_usage})
-            ));
-            events.push("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".to_owned());
+            let stop = if tool.is_some() { "tool_use" } else { "end_turn" };
+            events.push(ev("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": delta_usage})));
+            events.push(ev("message_stop", json!({"type": "message_stop"})));
         }
     }
     // Split every event in two, mid-JSON, so readers must join chunks.

@@ -199,6 +199,7 @@ fn chat(path: &str, consumer: &str, usage: Option<(u64, u64)>, stream: bool) -> 
     let body = chat_body();
     let mut req = Request::new("POST", path)
         .header("content-type", "application/json")
+        .header("anthropic-version", "2023-06-01")
         .header("x-portico-consumer", consumer)
         .header("x-portico-tier", "pro")
         .body(body);

@@ -156,8 +156,12 @@ impl TransformHttp {
         self.config.routes.get(self.rule?)
     }
 
-    fn reject(&self, status: u32, error_type: ErrorType, code: &'static str, message: String) -> Action {
+    fn reject(&mut self, status: u32, error_type: ErrorType, code: &'static str, message: String) -> Action {
         info!("{NAME}: {status} {code}: {message}");
+        // The local reply passes back through this filter's response callbacks: it is already
+        // in the client's shape, so nothing may translate or rewrite it.
+        self.rule = None;
+        self.direction = None;
         let response = ErrorResponse::new(status, error_type, code, message);
         self.send_http_response(response.status, response.header_pairs(), Some(&response.body()));
         Action::Pause

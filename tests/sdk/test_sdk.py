@@ -1,0 +1,134 @@
+"""The official OpenAI and Anthropic SDKs against the gateway, each reaching the other API.
+
+Run by tests/tests/body_transform.rs, which starts the gateway (header-routing and
+body-transform in front of strict mock backends) and sets PORTICO_URL.
+"""
+
+import json
+import os
+
+import anthropic
+import openai
+import pytest
+
+URL = os.environ.get("PORTICO_URL")
+pytestmark = pytest.mark.skipif(not URL, reason="PORTICO_URL is set by the Rust test that starts the gateway")
+
+# The mock backends report this usage; the gateway's credential is irrelevant here (no auth).
+MOCK = {"x-mock-usage": "11,7"}
+WEATHER_OPENAI = {
+    "type": "function",
+    "function": {"name": "weather", "description": "Weather for a city", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+}
+WEATHER_ANTHROPIC = {"name": "weather", "description": "Weather for a city", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+
+
+def openai_client():
+    return openai.OpenAI(base_url=f"{URL}/v1", api_key="gateway-key", default_headers=MOCK, max_retries=0)
+
+
+def anthropic_client():
+    return anthropic.Anthropic(base_url=URL, api_key="gateway-key", default_headers=MOCK, max_retries=0)
+
+
+def test_openai_sdk_to_anthropic_backend():
+    r = openai_client().chat.completions.create(
+        model="claude-test",
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        max_tokens=64,
+        temperature=0.2,
+    )
+    assert isinstance(r, openai.types.chat.ChatCompletion)
+    assert r.choices[0].message.content == "Hello from anthropic"
+    assert r.choices[0].finish_reason == "stop"
+    assert r.usage.prompt_tokens == 11 and r.usage.completion_tokens == 7 and r.usage.total_tokens == 18
+
+
+def test_openai_sdk_streaming_to_anthropic_backend():
+    stream = openai_client().chat.completions.create(
+        model="claude-test",
+        messages=[{"role": "user", "content": "Hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage.total_tokens == 18
+
+
+def test_openai_sdk_tool_call_round_trip():
+    client = openai_client()
+    first = client.chat.completions.create(
+        model="claude-test", messages=[{"role": "user", "content": "Weather in Oslo?"}], tools=[WEATHER_OPENAI], tool_choice="auto"
+    )
+    call = first.choices[0].message.tool_calls[0]
+    assert first.choices[0].finish_reason == "tool_calls"
+    assert call.function.name == "weather" and json.loads(call.function.arguments) == {"city": "Oslo"}
+    # Send the tool result back: history with a tool call and a tool message translates too.
+    second = client.chat.completions.create(
+        model="claude-test",
+        tools=[WEATHER_OPENAI],
+        messages=[
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+            {"role": "tool", "tool_call_id": call.id, "content": "12 C"},
+        ],
+    )
+    assert second.choices[0].message.content == "Hello from anthropic"
+
+
+def test_openai_sdk_gets_typed_errors():
+    with pytest.raises(openai.BadRequestError) as err:
+        openai_client().chat.completions.create(model="claude-test", messages=[{"role": "user", "content": "x"}], temperature=1.9)
+    assert "temperature" in str(err.value)
+
+
+def test_anthropic_sdk_to_openai_backend():
+    r = anthropic_client().messages.create(
+        model="gpt-test", max_tokens=64, system="Be brief.", messages=[{"role": "user", "content": "Hi"}]
+    )
+    assert isinstance(r, anthropic.types.Message)
+    assert r.content[0].text == "Hello from openai"
+    assert r.stop_reason == "end_turn"
+    assert r.usage.input_tokens == 11 and r.usage.output_tokens == 7
+
+
+def test_anthropic_sdk_streaming_to_openai_backend():
+    with anthropic_client().messages.stream(model="gpt-test", max_tokens=64, messages=[{"role": "user", "content": "Hi"}]) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "Hello"
+    assert final.stop_reason == "end_turn"
+    assert final.usage.output_tokens == 7
+
+
+def test_anthropic_sdk_tool_call_round_trip():
+    client = anthropic_client()
+    first = client.messages.create(
+        model="gpt-test", max_tokens=64, tools=[WEATHER_ANTHROPIC], messages=[{"role": "user", "content": "Weather in Oslo?"}]
+    )
+    assert first.stop_reason == "tool_use"
+    use = next(b for b in first.content if b.type == "tool_use")
+    assert use.name == "weather" and use.input == {"city": "Oslo"}
+    second = client.messages.create(
+        model="gpt-test",
+        max_tokens=64,
+        tools=[WEATHER_ANTHROPIC],
+        messages=[
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"role": "assistant", "content": [b.model_dump() for b in first.content]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "12 C"}]},
+        ],
+    )
+    assert second.content[0].text == "Hello from openai"
+
+
+def test_anthropic_sdk_streams_tool_calls():
+    with anthropic_client().messages.stream(
+        model="gpt-test", max_tokens=64, tools=[WEATHER_ANTHROPIC], messages=[{"role": "user", "content": "Weather?"}]
+    ) as stream:
+        final = stream.get_final_message()
+    use = next(b for b in final.content if b.type == "tool_use")
+    assert use.input == {"city": "Oslo"} and final.stop_reason == "tool_use"
