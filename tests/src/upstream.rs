@@ -36,9 +36,19 @@ pub struct Upstream {
     jwks: Arc<Mutex<JwksState>>,
 }
 
-/// What every echo says about the server that answered, so routing tests can tell them apart.
+/// How the server answers model endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Echo, unless a request carries `x-mock-*` headers (tests steer it that way).
+    Echo,
+    /// Always play the model API on its endpoints (the `make run` demo backend).
+    Model,
+}
+
+/// What every echo says about the server that answered, so routing tests can tell them apart,
+/// and how it answers model endpoints.
 #[derive(Debug, Clone)]
-struct Identity(Arc<str>);
+struct Identity(Arc<str>, Mode);
 
 impl Upstream {
     /// Binds `addr` (port 0 for any free port) and serves on background threads.
@@ -48,7 +58,11 @@ impl Upstream {
 
     /// Like [`Upstream::start`]; every echo carries `"upstream": name`.
     pub fn start_named(addr: &str, name: &str) -> std::io::Result<Upstream> {
-        let identity = Identity(Arc::from(name));
+        Self::start_with(addr, name, Mode::Echo)
+    }
+
+    pub fn start_with(addr: &str, name: &str, mode: Mode) -> std::io::Result<Upstream> {
+        let identity = Identity(Arc::from(name), mode);
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
         let jwks = Arc::new(Mutex::new(JwksState {
@@ -99,7 +113,7 @@ fn serve_connection(stream: TcpStream, jwks: &Mutex<JwksState>, identity: &Ident
         if let Some(ms) = request_header(&request, "x-mock-delay-ms").and_then(|v| v.parse::<u64>().ok()) {
             thread::sleep(std::time::Duration::from_millis(ms.min(10_000)));
         }
-        if let Some(parts) = model_stream(&request) {
+        if let Some(parts) = model_stream(&request, identity.1) {
             writer.write_all(
                 b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
             )?;
@@ -143,9 +157,10 @@ enum Api {
     Anthropic,
 }
 
-/// A model endpoint the test asked to play (any `x-mock-*` header); else the request is echoed.
-fn model_api(request: &Request) -> Option<Api> {
-    if !request.headers.iter().any(|(n, _)| n.starts_with("x-mock-")) {
+/// A model endpoint to play: always in [`Mode::Model`], else when the test asked (any
+/// `x-mock-*` header); otherwise the request is echoed.
+fn model_api(request: &Request, mode: Mode) -> Option<Api> {
+    if mode == Mode::Echo && !request.headers.iter().any(|(n, _)| n.starts_with("x-mock-")) {
         return None;
     }
     match request.path.split('?').next() {
@@ -160,7 +175,12 @@ fn request_header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
 }
 
 fn mock_usage(request: &Request) -> Option<(u64, u64)> {
-    let (p, c) = request_header(request, "x-mock-usage")?.split_once(',')?;
+    let Some(given) = request_header(request, "x-mock-usage") else {
+        // Unsteered (the demo backend): a plausible count, a token per 4 bytes of request.
+        let steered = request.headers.iter().any(|(n, _)| n.starts_with("x-mock-"));
+        return (!steered).then_some((request.body.len() as u64 / 4, 2));
+    };
+    let (p, c) = given.split_once(',')?;
     Some((p.trim().parse().ok()?, c.trim().parse().ok()?))
 }
 
@@ -270,8 +290,8 @@ fn model_error(api: Api, status: u16, message: &str) -> Vec<u8> {
 }
 
 /// A non-streaming model answer, or `None` when the request is not a model call.
-fn model_answer(request: &Request) -> Option<(u16, Vec<u8>)> {
-    let api = model_api(request)?;
+fn model_answer(request: &Request, mode: Mode) -> Option<(u16, Vec<u8>)> {
+    let api = model_api(request, mode)?;
     if let Some(status) = request_header(request, "x-mock-status").and_then(|s| s.parse::<u16>().ok()) {
         return Some((status, model_error(api, status, "mock failure")));
     }
@@ -317,8 +337,8 @@ fn model_answer(request: &Request) -> Option<(u16, Vec<u8>)> {
 }
 
 /// The parts of a streamed model answer, each to be flushed on its own.
-fn model_stream(request: &Request) -> Option<Vec<Vec<u8>>> {
-    let api = model_api(request)?;
+fn model_stream(request: &Request, mode: Mode) -> Option<Vec<Vec<u8>>> {
+    let api = model_api(request, mode)?;
     let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
     let wants_stream =
         request_header(request, "x-mock-stream") == Some("1") || body.get("stream") == Some(&json!(true));
@@ -426,7 +446,7 @@ fn model_stream(request: &Request) -> Option<Vec<Vec<u8>>> {
 }
 
 fn respond(request: &Request, jwks: &Mutex<JwksState>, identity: &Identity) -> (u16, &'static str, Vec<u8>) {
-    if let Some((status, body)) = model_answer(request) {
+    if let Some((status, body)) = model_answer(request, identity.1) {
         return (status, "application/json", body);
     }
     if request.method == "GET" && request.path.split('?').next() == Some(JWKS_PATH) {

@@ -22,6 +22,7 @@ fn shipped_envoy_configs_pass_envoy_validate() {
     wasm_path("auth");
     wasm_path("rate-limit");
     wasm_path("header-routing");
+    wasm_path("body-transform");
     validate(&root().join("envoy/gateway.yaml")).unwrap_or_else(|e| panic!("envoy/gateway.yaml: {e}"));
 }
 
@@ -29,6 +30,7 @@ fn shipped_envoy_configs_pass_envoy_validate() {
 fn the_embedded_default_gateway_serves_the_readme_demo() {
     let upstream = Upstream::start_named("127.0.0.1:0", "demo-a").unwrap();
     let upstream_b = Upstream::start_named("127.0.0.1:0", "demo-b").unwrap();
+    let model = Upstream::start_with("127.0.0.1:0", "demo-anthropic", portico_tests::upstream::Mode::Model).unwrap();
     // The shipped file with free ports and absolute wasm paths, so it runs beside other tests.
     let config = fs::read_to_string(root().join("envoy/gateway.yaml"))
         .unwrap()
@@ -36,6 +38,7 @@ fn the_embedded_default_gateway_serves_the_readme_demo() {
         .replace("port_value: 9901", "port_value: 0")
         .replace("port_value: 8081", &format!("port_value: {}", upstream.addr.port()))
         .replace("port_value: 8082", &format!("port_value: {}", upstream_b.addr.port()))
+        .replace("port_value: 8083", &format!("port_value: {}", model.addr.port()))
         .replace("filename: dist/", &format!("filename: {}/dist/", root().display()));
     let gw = Gateway::start_text(&config);
     let key = demo_env("PORTICO_DEMO_KEY");
@@ -66,6 +69,17 @@ fn the_embedded_default_gateway_serves_the_readme_demo() {
     );
     let r = get("/users/42").bearer(&token).send(gw.addr);
     assert_eq!(r.json()["path"], "/v2/people/42");
+
+    // The OpenAI-compatible endpoint, served by the Anthropic-format mock.
+    let r = portico_tests::http::Request::new("POST", "/v1/chat/completions")
+        .bearer(&token)
+        .header("content-type", "application/json")
+        .body(r#"{"model": "fast", "messages": [{"role": "user", "content": "Hi"}]}"#)
+        .send(gw.addr);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["object"], "chat.completion");
+    assert_eq!(r.json()["choices"][0]["message"]["content"], "Hello from anthropic");
+    assert_eq!(r.json()["model"], "claude-haiku-demo");
 
     // The README's curl loop: the demo key (tier free) gets 5 requests a minute, then 429.
     let statuses: Vec<u16> = (0..5)
