@@ -24,6 +24,13 @@ fn shipped_envoy_configs_pass_envoy_validate() {
     wasm_path("header-routing");
     wasm_path("body-transform");
     validate(&root().join("envoy/gateway.yaml")).unwrap_or_else(|e| panic!("envoy/gateway.yaml: {e}"));
+    let mut examples = 0;
+    for entry in fs::read_dir(root().join("envoy/examples")).unwrap() {
+        let path = entry.unwrap().path();
+        validate(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        examples += 1;
+    }
+    assert_eq!(examples, 4, "one example per filter");
 }
 
 #[test]

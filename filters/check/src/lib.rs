@@ -1,0 +1,214 @@
+//! Finds the Portico filters in an Envoy config, an Istio `WasmPlugin` manifest, or a bare
+//! filter configuration, and checks each configuration with the same code the filter runs at
+//! load, so every error is reported with its JSON path before anything is deployed.
+
+use portico_core::config::Errors;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The Portico filters, by the name used in `dist/<name>.wasm` and `portico-<name>` root ids.
+pub const FILTERS: [&str; 4] = ["auth", "rate-limit", "header-routing", "body-transform"];
+
+const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+
+/// Checks one filter's configuration (JSON text).
+pub fn check_filter(filter: &str, configuration: &[u8]) -> Result<(), Errors> {
+    match filter {
+        "auth" => portico_auth::config::Config::from_bytes(configuration).map(drop),
+        "rate-limit" => portico_rate_limit::config::Config::from_bytes(configuration).map(drop),
+        "header-routing" => portico_header_routing::config::Config::from_bytes(configuration).map(drop),
+        "body-transform" => portico_body_transform::config::Config::from_bytes(configuration).map(drop),
+        other => {
+            let mut e = Errors::default();
+            e.push(
+                "$",
+                format!(
+                    "unknown Portico filter {other:?} (expected one of: {})",
+                    FILTERS.join(", ")
+                ),
+            );
+            Err(e)
+        }
+    }
+}
+
+/// One Portico filter configuration found in a document, and what checking it gave.
+#[derive(Debug)]
+pub struct Finding {
+    pub filter: String,
+    /// Where in the document the configuration sits.
+    pub location: String,
+    pub result: Result<(), Errors>,
+}
+
+/// Which filter a name, root id, file name or image URL refers to.
+fn filter_named(text: &str) -> Option<&'static str> {
+    // Longest names first: "header-routing" before nothing shorter can shadow it.
+    FILTERS.iter().copied().find(|f| {
+        text.contains(&format!("portico-{f}"))
+            || text.contains(&format!("{f}.wasm"))
+            || text.contains(&format!("portico/{f}"))
+    })
+}
+
+/// Parses YAML or JSON text, which may hold several YAML documents.
+pub fn parse_documents(text: &str) -> Result<Vec<Value>, String> {
+    let mut docs = Vec::new();
+    for doc in serde_norway::Deserializer::from_str(text) {
+        let value = Value::deserialize(doc).map_err(|e| e.to_string())?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+/// Every Portico filter configuration in `doc`, checked.
+pub fn check_document(doc: &Value) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    if doc.get("kind").and_then(Value::as_str) == Some("WasmPlugin") {
+        let name = doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+        let url = doc.pointer("/spec/url").and_then(Value::as_str).unwrap_or("");
+        let filter = filter_named(&format!("portico-{name} {url}")).map(str::to_owned);
+        let config = doc
+            .pointer("/spec/pluginConfig")
+            .cloned()
+            .unwrap_or(Value::Object(Default::default()));
+        findings.push(match filter {
+            Some(filter) => Finding {
+                result: check_filter(&filter, config.to_string().as_bytes()),
+                filter,
+                location: format!("WasmPlugin {name}"),
+            },
+            None => unknown(format!("WasmPlugin {name}")),
+        });
+        return findings;
+    }
+    walk(doc, "$", &mut findings);
+    findings
+}
+
+fn unknown(location: String) -> Finding {
+    let mut e = Errors::default();
+    e.push(
+        "$",
+        "cannot tell which Portico filter this is (name it portico-<filter> or load dist/<filter>.wasm)",
+    );
+    Finding {
+        filter: "?".to_owned(),
+        location,
+        result: Err(e),
+    }
+}
+
+fn walk(node: &Value, path: &str, findings: &mut Vec<Finding>) {
+    match node {
+        Value::Object(map) => {
+            if map.get("@type").and_then(Value::as_str) == Some(WASM_TYPE) {
+                if let Some(config) = map.get("config") {
+                    findings.push(wasm_finding(config, path));
+                }
+                return;
+            }
+            for (k, v) in map {
+                walk(v, &format!("{path}.{k}"), findings);
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                walk(v, &format!("{path}[{i}]"), findings);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn wasm_finding(config: &Value, path: &str) -> Finding {
+    let text = |p: &str| config.pointer(p).and_then(Value::as_str).unwrap_or("").to_owned();
+    let hint = format!(
+        "{} {} {}",
+        text("/root_id"),
+        text("/name"),
+        text("/vm_config/code/local/filename")
+    );
+    let Some(filter) = filter_named(&hint) else {
+        return unknown(path.to_owned());
+    };
+    let configuration = match config.pointer("/configuration/value") {
+        Some(Value::String(s)) => s.clone(),
+        _ => String::new(),
+    };
+    Finding {
+        filter: filter.to_owned(),
+        location: path.to_owned(),
+        result: check_filter(filter, configuration.as_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ENVOY: &str = r#"
+static_resources:
+  listeners:
+    - filter_chains:
+        - filters:
+            - typed_config:
+                http_filters:
+                  - name: portico.auth
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+                      config:
+                        root_id: portico-auth
+                        configuration:
+                          "@type": type.googleapis.com/google.protobuf.StringValue
+                          value: '{"api_keys": {"consumers": []}}'
+                  - name: portico.rate_limit
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+                      config:
+                        vm_config: {code: {local: {filename: dist/rate-limit.wasm}}}
+                        configuration:
+                          value: '{"rules": [{"name": "r", "limit": {"requests": 1, "period_seconds": 1}}]}'
+"#;
+
+    #[test]
+    fn filters_are_found_in_envoy_configs_and_checked() {
+        let docs = parse_documents(ENVOY).unwrap();
+        let findings = check_document(&docs[0]);
+        assert_eq!(findings.len(), 2);
+        assert_eq!(findings[0].filter, "auth");
+        assert_eq!(
+            findings[0].result.as_ref().unwrap_err().to_string(),
+            "$.api_keys.consumers: must list at least one consumer"
+        );
+        assert!(
+            findings[0].location.ends_with(".http_filters[0].typed_config"),
+            "{}",
+            findings[0].location
+        );
+        assert_eq!(findings[1].filter, "rate-limit");
+        assert!(findings[1].result.is_ok());
+    }
+
+    #[test]
+    fn wasm_plugin_manifests_are_checked_from_plugin_config() {
+        let docs = parse_documents(
+            "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: header-routing}\nspec:\n  url: oci://r/portico/header-routing:1\n  pluginConfig: {routes: []}\n---\n",
+        )
+        .unwrap();
+        let f = &check_document(&docs[0])[0];
+        assert_eq!(f.filter, "header-routing");
+        assert_eq!(
+            f.result.as_ref().unwrap_err().to_string(),
+            "$.routes: list at least one route"
+        );
+    }
+
+    #[test]
+    fn bare_configurations_need_the_filter_named() {
+        assert!(check_filter("body-transform", br#"{"routes": [{"translate": "auto"}]}"#).is_ok());
+        assert!(check_filter("nope", b"{}").is_err());
+    }
+}
