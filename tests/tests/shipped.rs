@@ -88,6 +88,47 @@ fn the_embedded_default_gateway_serves_the_readme_demo() {
     assert_eq!(r.json()["choices"][0]["message"]["content"], "Hello from anthropic");
     assert_eq!(r.json()["model"], "claude-haiku-demo");
 
+    // CORS: a preflight needs no credential; allowed origins get the headers, others do not.
+    let preflight = |origin: &str| {
+        portico_tests::http::Request::new("OPTIONS", "/v1/chat/completions")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization, content-type")
+            .send(gw.addr)
+    };
+    let r = preflight("http://localhost:3000");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("access-control-allow-origin"), Some("http://localhost:3000"));
+    assert!(r.header("access-control-allow-methods").unwrap().contains("POST"));
+    assert!(r
+        .header("access-control-allow-headers")
+        .unwrap()
+        .contains("authorization"));
+    assert_eq!(r.header("access-control-allow-credentials"), None);
+    assert_eq!(
+        preflight("https://evil.example").header("access-control-allow-origin"),
+        None
+    );
+    let r = get("/hello")
+        .bearer(&token)
+        .header("origin", "https://app.example.com")
+        .send(gw.addr);
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example.com"));
+    assert!(r.header("access-control-expose-headers").unwrap().contains("ratelimit"));
+    let r = get("/hello")
+        .bearer(&token)
+        .header("origin", "https://evil.example")
+        .send(gw.addr);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    let r = get("/hello").header("origin", "http://localhost:3000").send(gw.addr);
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("http://localhost:3000"),
+        "refusals readable by the page"
+    );
+
     // The README's curl loop: the demo key (tier free) gets 5 requests a minute, then 429.
     let statuses: Vec<u16> = (0..5)
         .map(|_| get("/hello").header("x-api-key", &key).send(gw.addr).status)
