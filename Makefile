@@ -1,5 +1,5 @@
 # Thin wrappers: the logic lives in scripts/.
-.PHONY: setup build run test lint unit integration api-key clean
+.PHONY: setup build run test lint unit integration compose-test images oci api-key clean
 
 setup:
 	@scripts/setup
@@ -21,7 +21,20 @@ unit: setup
 integration: build
 	cargo test -p portico-tests
 
-test: lint unit integration
+# The docker-compose stack: skipped (with a line saying so) when no Docker engine answers,
+# except under CI=true.
+compose-test: build
+	@scripts/compose-test
+
+# Local container images: Envoy and the demo upstream (FROM scratch).
+images: build
+	@scripts/images runtime
+
+# Each filter as an OCI image in Istio's Wasm format (FROM scratch, plugin.wasm).
+oci: build
+	@scripts/images oci
+
+test: lint unit integration compose-test
 
 # Generates a random API key and prints it with the SHA-256 digest that goes in the config.
 api-key:

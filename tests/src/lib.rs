@@ -3,6 +3,7 @@
 //! upstream binary that `make run` starts.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+pub mod demo;
 pub mod envoy;
 pub mod http;
 pub mod tokens;

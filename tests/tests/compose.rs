@@ -1,0 +1,66 @@
+//! The docker-compose stack (tests/compose/docker-compose.yaml), run by `make compose-test`,
+//! which brings it up and passes the replicas' addresses. Ignored by plain `cargo test`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use portico_tests::demo::{check_demo, demo_env};
+use portico_tests::http::get;
+
+fn replica(n: u8) -> SocketAddr {
+    let var = format!("PORTICO_COMPOSE_{n}");
+    std::env::var(&var)
+        .unwrap_or_else(|_| panic!("{var} is set by `make compose-test`"))
+        .parse()
+        .unwrap()
+}
+
+/// The same scenarios as the local demo test, against each container replica, then one replica
+/// stopped mid-traffic while the other keeps serving. One test, so the two run in order.
+#[test]
+#[ignore = "needs the docker-compose stack: run `make compose-test`"]
+fn replicas_serve_the_demo_and_survive_losing_one() {
+    let (one, two) = (replica(1), replica(2));
+    check_demo(one);
+    check_demo(two);
+
+    let token = demo_env("PORTICO_DEMO_TOKEN");
+    let stopped = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let (token, stopped) = (token.clone(), Arc::clone(&stopped));
+        std::thread::spawn(move || {
+            let mut served = 0;
+            while !stopped.load(Ordering::SeqCst) || served < 40 {
+                let r = get("/hello").bearer(&token).send(two);
+                assert_eq!(
+                    r.status,
+                    200,
+                    "replica 2 failed while replica 1 went away: {}",
+                    r.text()
+                );
+                served += 1;
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            served
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let compose = std::env::var("PORTICO_COMPOSE_CMD").unwrap();
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{compose} stop -t 1 gateway-1"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "could not stop gateway-1");
+    stopped.store(true, Ordering::SeqCst);
+    let served = traffic.join().unwrap();
+    assert!(served >= 40);
+    assert!(
+        get("/hello").bearer(&token).try_send(one).is_err(),
+        "replica 1 still answers after stop"
+    );
+}
