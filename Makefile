@@ -1,5 +1,5 @@
 # Thin wrappers: the logic lives in scripts/.
-.PHONY: setup build run test lint unit integration compose-test images oci api-key clean
+.PHONY: setup build run test lint unit integration compose-test images oci bench api-key clean
 
 setup:
 	@scripts/setup
@@ -35,6 +35,11 @@ oci: build
 	@scripts/images oci
 
 test: lint unit integration compose-test
+
+# Portico against plain Envoy and Envoy's native filters (docs/BENCHMARKS.md, docs/bench.png).
+# BENCH_QUICK=1 for a short run.
+bench: setup
+	@scripts/bench
 
 # Generates a random API key and prints it with the SHA-256 digest that goes in the config.
 api-key:

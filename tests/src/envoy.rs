@@ -190,6 +190,23 @@ pub struct Gateway {
     pub admin: SocketAddr,
 }
 
+/// How to run Envoy: worker threads, and the CPUs to pin it to (`taskset -c`).
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub concurrency: u32,
+    pub cpus: Option<String>,
+}
+
+impl Default for Launch {
+    /// Two workers, so cross-worker behaviour is exercised; no pinning.
+    fn default() -> Self {
+        Launch {
+            concurrency: 2,
+            cpus: None,
+        }
+    }
+}
+
 /// Envoy refused to start.
 #[derive(Debug)]
 pub struct StartFailure {
@@ -222,15 +239,34 @@ impl Gateway {
     }
 
     pub fn try_start_text(config: &str) -> Result<Gateway, StartFailure> {
+        Self::try_start_with(config, &Launch::default())
+    }
+
+    /// Starts Envoy on config text with `launch`'s worker count and CPU pinning.
+    pub fn try_start_with(config: &str, launch: &Launch) -> Result<Gateway, StartFailure> {
         let dir = scratch_dir();
         let config_path = dir.join("envoy.yaml");
         fs::write(&config_path, config).expect("write config");
         let log_path = dir.join("envoy.log");
         let admin_path = dir.join("admin.txt");
-        let child = Command::new(envoy_bin())
+        let mut command = match &launch.cpus {
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpus]).arg(envoy_bin());
+                c
+            }
+            None => Command::new(envoy_bin()),
+        };
+        let child = command
             .arg("-c")
             .arg(&config_path)
-            .args(["--concurrency", "2", "--disable-hot-restart", "--log-level", "warn"])
+            .args([
+                "--concurrency",
+                &launch.concurrency.to_string(),
+                "--disable-hot-restart",
+                "--log-level",
+                "warn",
+            ])
             .args(["--component-log-level", "wasm:info"])
             .arg("--admin-address-path")
             .arg(&admin_path)

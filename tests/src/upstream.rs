@@ -9,7 +9,7 @@
 //! request as the real API would (required fields, no foreign fields, `anthropic-version`) and
 //! answer 400 in that API's error shape otherwise; they call the first offered tool unless the
 //! last turn is a tool result. Steered by headers: `x-mock-usage: PROMPT,COMPLETION` puts usage in the
-//! answer (none without it), `x-mock-delay-ms: N` waits before answering, `x-mock-stream: 1` streams (and `x-mock-cut: 1` drops the connection halfway, `x-mock-cut: clean` ends the body there), SSE in several flushed chunks with the
+//! answer (none without it), `x-mock-delay-ms: N` waits before answering, `x-mock-stream: 1` streams with `x-mock-events: N` text deltas and `x-mock-gap-ms: N` between writes (default 15) (and `x-mock-cut: 1` drops the connection halfway, `x-mock-cut: clean` ends the body there), SSE in several flushed chunks with the
 //! usage event split across two of them, `x-mock-status: N` answers an error without usage.
 
 use std::collections::BTreeMap;
@@ -119,6 +119,10 @@ fn serve_connection(stream: TcpStream, jwks: &Mutex<JwksState>, identity: &Ident
             )?;
             // x-mock-cut: 1 drops the connection halfway through the stream; `clean` ends the
             // HTTP body properly there, before the API's own end-of-stream event.
+            let gap_ms = request_header(&request, "x-mock-gap-ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(15u64)
+                .min(1000);
             let cut_mode = request_header(&request, "x-mock-cut");
             let cut = cut_mode.is_some();
             let keep = if cut { parts.len() / 2 } else { parts.len() };
@@ -128,7 +132,7 @@ fn serve_connection(stream: TcpStream, jwks: &Mutex<JwksState>, identity: &Ident
                 writer.write_all(b"\r\n")?;
                 writer.flush()?;
                 // Separate writes reach the filter as separate body chunks.
-                thread::sleep(std::time::Duration::from_millis(15));
+                thread::sleep(std::time::Duration::from_millis(gap_ms));
             }
             if cut_mode == Some("1") {
                 return Ok(());
@@ -348,6 +352,11 @@ fn model_stream(request: &Request, mode: Mode) -> Option<Vec<Vec<u8>>> {
     let usage = mock_usage(request);
     let tool = tool_to_call(api, &body);
     let model = body.get("model").cloned().unwrap_or_else(|| json!("mock"));
+    // x-mock-events: N streams N text deltas instead of "Hel", "lo".
+    let words: Vec<String> = match request_header(request, "x-mock-events").and_then(|n| n.parse::<usize>().ok()) {
+        Some(n) => (0..n.min(10_000)).map(|i| format!("w{i} ")).collect(),
+        None => vec!["Hel".to_owned(), "lo".to_owned()],
+    };
     let mut events: Vec<String> = Vec::new();
     match api {
         Api::OpenAi => {
@@ -373,7 +382,7 @@ fn model_stream(request: &Request, mode: Mode) -> Option<Vec<Vec<u8>>> {
                     events.push(chunk(json!({}), json!("tool_calls")));
                 }
                 None => {
-                    for word in ["Hel", "lo"] {
+                    for word in &words {
                         events.push(chunk(json!({"content": word}), json!(null)));
                     }
                     events.push(chunk(json!({}), json!("stop")));
@@ -415,7 +424,7 @@ fn model_stream(request: &Request, mode: Mode) -> Option<Vec<Vec<u8>>> {
                 }
                 None => {
                     events.push(ev("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})));
-                    for word in ["Hel", "lo"] {
+                    for word in &words {
                         events.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}})));
                     }
                 }
