@@ -71,10 +71,11 @@ fn exactly_the_limit_passes_under_concurrency_across_workers() {
 
 #[test]
 fn limits_refill_after_the_period() {
-    let (gw, _up) = gateway(&json!({"rules": [{"name": "r", "limit": {"requests": 2, "period_seconds": 1}}]}));
+    // 2 per 4 s: a unit comes back every 2 s, a margin no scheduling hiccup eats.
+    let (gw, _up) = gateway(&json!({"rules": [{"name": "r", "limit": {"requests": 2, "period_seconds": 4}}]}));
     let statuses: Vec<u16> = (0..3).map(|_| get("/").send(gw.addr).status).collect();
     assert_eq!(statuses, vec![200, 200, 429]);
-    thread::sleep(Duration::from_millis(1100));
+    thread::sleep(Duration::from_millis(4100));
     let statuses: Vec<u16> = (0..3).map(|_| get("/").send(gw.addr).status).collect();
     assert_eq!(statuses, vec![200, 200, 429]);
 }
@@ -297,7 +298,9 @@ fn concurrent_requests_never_overshoot_the_token_budget() {
 
 #[test]
 fn an_exhausted_budget_recovers_after_its_period() {
-    let (gw, _up) = quota_gateway(1_000, 2);
+    // 1000 tokens per 8 s refill 125 a second: the second request lacks ~130, over a second of
+    // margin for slow machines.
+    let (gw, _up) = quota_gateway(1_000, 8);
     let big = || chat("/v1/chat/completions", "e", Some((10, 900)), false);
     assert_eq!(big().send(gw.addr).status, 200);
     thread::sleep(Duration::from_millis(50));
@@ -308,7 +311,7 @@ fn an_exhausted_budget_recovers_after_its_period() {
         "910 of 1000 used: another ~220 does not fit: {}",
         r.text()
     );
-    thread::sleep(Duration::from_millis(2100));
+    thread::sleep(Duration::from_millis(8100));
     assert_eq!(big().send(gw.addr).status, 200, "the budget refilled");
 }
 

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use portico_core::config::{parse_json, parse_root, Errors, Node, Object};
+use portico_core::config::{read_bytes, read_value, Errors, Node, Object};
 use portico_core::route::{RouteMatch, RouteTable};
 use serde_json::Value;
 
@@ -154,14 +154,11 @@ const DEFAULT_TIMEOUT_MS: u64 = 5000;
 impl Config {
     /// Parses and checks the plugin configuration bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Config, Errors> {
-        let value = parse_json(bytes)?;
-        Self::from_value(&value)
+        read_bytes(bytes, read_config)
     }
 
     pub fn from_value(value: &Value) -> Result<Config, Errors> {
-        let mut errors = Errors::default();
-        let config = parse_root(value, &mut errors).map(|root| read_config(root, &mut errors));
-        errors.into_result(config)
+        read_value(value, read_config)
     }
 
     pub fn remote_providers(&self) -> impl Iterator<Item = (usize, &RemoteJwks)> {

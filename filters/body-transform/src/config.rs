@@ -1,6 +1,6 @@
 //! The body-transform filter's configuration, checked with JSON paths.
 
-use portico_core::config::{parse_json, parse_root, Errors, Node, Object};
+use portico_core::config::{read_bytes, read_value, Errors, Node, Object};
 use portico_core::route::{RouteMatch, RouteTable};
 use serde_json::Value;
 
@@ -38,15 +38,13 @@ pub struct Rule {
 }
 
 impl Config {
+    /// Parses and checks the plugin configuration bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Config, Errors> {
-        let value = parse_json(bytes)?;
-        Self::from_value(&value)
+        read_bytes(bytes, read)
     }
 
     pub fn from_value(value: &Value) -> Result<Config, Errors> {
-        let mut errors = Errors::default();
-        let config = parse_root(value, &mut errors).map(|root| read(root, &mut errors));
-        errors.into_result(config)
+        read_value(value, read)
     }
 }
 

@@ -16,7 +16,7 @@ pub mod translate;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
-use log::{error, info};
+use log::info;
 use portico_core::request::RequestView;
 use portico_core::response::{ErrorResponse, ErrorType};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -107,9 +107,7 @@ impl RootContext for TransformRoot {
                 true
             }
             Err(errors) => {
-                for e in errors.list() {
-                    error!("{NAME}: invalid configuration: {e}");
-                }
+                errors.log(NAME);
                 false
             }
         }

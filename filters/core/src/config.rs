@@ -53,6 +53,13 @@ impl Errors {
         &self.0
     }
 
+    /// Logs every error, one line each, as Envoy shows them when it refuses a config.
+    pub fn log(&self, filter: &str) {
+        for e in &self.0 {
+            log::error!("{filter}: invalid configuration: {e}");
+        }
+    }
+
     /// `Ok(value)` when nothing was recorded, else every recorded error.
     pub fn into_result<T>(self, value: Option<T>) -> Result<T, Errors> {
         match value {
@@ -108,6 +115,19 @@ fn json_error_kind(e: &serde_json::Error) -> &'static str {
         serde_json::error::Category::Data => "data error",
         serde_json::error::Category::Eof => "unexpected end of input",
     }
+}
+
+/// Parses configuration bytes and reads them with `read`, collecting every error: the whole
+/// entry point of a filter's configuration.
+pub fn read_bytes<T>(bytes: &[u8], read: impl FnOnce(Object<'_>, &mut Errors) -> T) -> Result<T, Errors> {
+    read_value(&parse_json(bytes)?, read)
+}
+
+/// Like [`read_bytes`], from an already parsed document.
+pub fn read_value<T>(value: &Value, read: impl FnOnce(Object<'_>, &mut Errors) -> T) -> Result<T, Errors> {
+    let mut errors = Errors::default();
+    let config = parse_root(value, &mut errors).map(|root| read(root, &mut errors));
+    errors.into_result(config)
 }
 
 /// The top-level object of a configuration.

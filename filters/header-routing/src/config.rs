@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use portico_core::config::{parse_json, parse_root, Errors, Node, Object};
+use portico_core::config::{read_bytes, read_value, Errors, Node, Object};
 use portico_core::route::{Matcher, RouteMatch};
 use serde_json::Value;
 
@@ -132,15 +132,13 @@ pub struct Route {
 const DEFAULT_MAX_BODY: u64 = 1 << 20;
 
 impl Config {
+    /// Parses and checks the plugin configuration bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Config, Errors> {
-        let value = parse_json(bytes)?;
-        Self::from_value(&value)
+        read_bytes(bytes, read)
     }
 
     pub fn from_value(value: &Value) -> Result<Config, Errors> {
-        let mut errors = Errors::default();
-        let config = parse_root(value, &mut errors).map(|root| read(root, &mut errors));
-        errors.into_result(config)
+        read_value(value, read)
     }
 
     pub fn backend(&self, index: usize) -> Option<&Backend> {

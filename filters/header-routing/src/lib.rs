@@ -12,7 +12,7 @@ pub mod decide;
 
 use std::rc::Rc;
 
-use log::{error, info, warn};
+use log::{info, warn};
 use portico_core::request::RequestView;
 use portico_core::response::{ErrorResponse, ErrorType};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -54,9 +54,7 @@ impl RootContext for RoutingRoot {
                 true
             }
             Err(errors) => {
-                for e in errors.list() {
-                    error!("{NAME}: invalid configuration: {e}");
-                }
+                errors.log(NAME);
                 false
             }
         }

@@ -161,9 +161,7 @@ impl RootContext for LimitRoot {
         let config = match Config::from_bytes(&bytes) {
             Ok(config) => config,
             Err(errors) => {
-                for e in errors.list() {
-                    error!("{NAME}: invalid configuration: {e}");
-                }
+                errors.log(NAME);
                 return false;
             }
         };
