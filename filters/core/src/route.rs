@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use matchit::Router;
 
-use crate::config::{Errors, Node};
+use crate::config::{Errors, Node, Object};
 use crate::request::RequestView;
 
 /// The conditions of one rule, as configured under `match`.
@@ -30,6 +30,14 @@ impl RouteMatch {
     /// Reads `{"path": "...", "methods": [...], "hosts": [...]}`.
     pub fn parse(node: &Node<'_>, errors: &mut Errors) -> Option<Self> {
         let mut obj = node.object(errors)?;
+        let m = Self::read_fields(&mut obj, errors);
+        obj.finish(errors);
+        Some(m)
+    }
+
+    /// Reads `path`, `methods` and `hosts` from a `match` object that may hold more fields
+    /// (a filter's own conditions); the caller finishes the object.
+    pub fn read_fields(obj: &mut Object<'_>, errors: &mut Errors) -> Self {
         let path = obj.opt_str("path", errors).map(str::to_owned);
         if let Some(p) = &path {
             if !p.starts_with('/') {
@@ -46,8 +54,7 @@ impl RouteMatch {
             .into_iter()
             .map(|h| h.to_ascii_lowercase())
             .collect();
-        obj.finish(errors);
-        Some(Self { path, methods, hosts })
+        Self { path, methods, hosts }
     }
 
     fn accepts(&self, method: &str, host: &str) -> bool {

@@ -253,20 +253,7 @@ fn read_match(
     let Some(mut obj) = node.object(errors) else {
         return (None, Vec::new(), Vec::new());
     };
-    let path = obj.opt_str("path", errors).map(str::to_owned);
-    if path.as_ref().is_some_and(|p| !p.starts_with('/')) {
-        obj.field_error("path", errors, "must start with '/'");
-    }
-    let methods = obj
-        .string_list("methods", errors)
-        .into_iter()
-        .map(|m| m.to_ascii_uppercase())
-        .collect();
-    let hosts = obj
-        .string_list("hosts", errors)
-        .into_iter()
-        .map(|h| h.to_ascii_lowercase())
-        .collect();
+    let m = RouteMatch::read_fields(&mut obj, errors);
     let tiers = obj.string_list("tiers", errors);
     let mut headers = Vec::new();
     for h in obj.array("headers", errors) {
@@ -291,7 +278,7 @@ fn read_match(
         }
     }
     obj.finish(errors);
-    (Some(RouteMatch { path, methods, hosts }), headers, tiers)
+    (Some(m), headers, tiers)
 }
 
 fn read_backend(node: &Node<'_>, errors: &mut Errors) -> Option<Backend> {
