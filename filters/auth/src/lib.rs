@@ -20,9 +20,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::{error, info, warn};
 use portico_core::identity::{CONSUMER_HEADER, TIER_HEADER};
+use portico_core::metrics::{bump, counter};
 use portico_core::request::{remove_cookie, remove_query_param, RequestView};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, MetricType};
+use proxy_wasm::types::{Action, ContextType};
 
 use crate::authn::{Authenticator, Decision, FetchOutcome, Location};
 use crate::config::Config;
@@ -57,7 +58,6 @@ struct Metrics {
 
 impl Metrics {
     fn define() -> Self {
-        let counter = |name: &str| proxy_wasm::hostcalls::define_metric(MetricType::Counter, name).ok();
         Self {
             allowed: counter("portico_auth_allowed"),
             denied: Reason::ALL
@@ -66,13 +66,6 @@ impl Metrics {
                 .collect(),
             jwks_updated: counter("portico_auth_jwks_updated"),
             jwks_failed: counter("portico_auth_jwks_fetch_failed"),
-        }
-    }
-
-    fn bump(id: Option<u32>) {
-        if let Some(id) = id {
-            // A failed increment only loses a count; it never affects the request.
-            let _ = proxy_wasm::hostcalls::increment_metric(id, 1);
         }
     }
 }
@@ -109,7 +102,7 @@ impl Context for AuthRoot {
         let name = provider_name(&auth, provider);
         match auth.fetch_done(provider, result, now) {
             FetchOutcome::Updated { keys, skipped } => {
-                Metrics::bump(self.metrics.jwks_updated);
+                bump(self.metrics.jwks_updated, 1);
                 info!("{NAME}: provider {name}: loaded {keys} keys from remote JWKS");
                 for s in skipped {
                     warn!("{NAME}: provider {name}: skipped a JWKS key: {s}");
@@ -117,7 +110,7 @@ impl Context for AuthRoot {
             }
             FetchOutcome::Unchanged => {}
             FetchOutcome::Failed(message) => {
-                Metrics::bump(self.metrics.jwks_failed);
+                bump(self.metrics.jwks_failed, 1);
                 warn!("{NAME}: provider {name}: JWKS refresh failed, keeping the last good keys: {message}");
             }
         }
@@ -182,7 +175,7 @@ impl RootContext for AuthRoot {
                 }
                 Err(status) => {
                     auth.fetch_not_sent(provider, now);
-                    Metrics::bump(self.metrics.jwks_failed);
+                    bump(self.metrics.jwks_failed, 1);
                     warn!(
                         "{NAME}: could not call JWKS cluster {:?}: {status:?} (is the cluster defined?)",
                         remote.cluster
@@ -244,7 +237,7 @@ impl HttpContext for AuthHttp {
                     }
                 }
                 self.strip(&strip, &request);
-                Metrics::bump(self.metrics.allowed);
+                bump(self.metrics.allowed, 1);
                 Action::Continue
             }
             Decision::Deny { reason, scopes } => {
@@ -266,7 +259,7 @@ impl AuthHttp {
             request.method(),
             request.path()
         );
-        Metrics::bump(self.metrics.denied.get(&reason).copied());
+        bump(self.metrics.denied.get(&reason).copied(), 1);
         self.send_http_response(response.status, response.header_pairs(), Some(&response.body()));
     }
 

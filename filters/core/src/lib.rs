@@ -1,11 +1,12 @@
 //! Plain-Rust pieces shared by every Portico filter: configuration reading with JSON paths,
 //! the error response shape, the identity header contract, request views and route matching.
 //!
-//! Nothing here calls the proxy-wasm host except `shared::HostStore` (the one place with
-//! `unsafe`, a raw ABI call), so all of it is tested on the native target.
+//! Nothing here calls the proxy-wasm host except `metrics` and `shared::HostStore` (the one
+//! place with `unsafe`, a raw ABI call), so all the rest is tested on the native target.
 
 pub mod config;
 pub mod identity;
+pub mod metrics;
 pub mod request;
 pub mod response;
 pub mod route;

@@ -57,9 +57,16 @@ impl RouteMatch {
         Self { path, methods, hosts }
     }
 
-    fn accepts(&self, method: &str, host: &str) -> bool {
-        (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
-            && (self.hosts.is_empty() || self.hosts.iter().any(|h| h == host))
+    /// `host` is computed only for rules that list hosts: most do not, and it allocates.
+    fn accepts(&self, method: &str, host: &mut Option<String>, request: &RequestView) -> bool {
+        if !self.methods.is_empty() && !self.methods.iter().any(|m| m == method) {
+            return false;
+        }
+        if self.hosts.is_empty() {
+            return true;
+        }
+        let host = host.get_or_insert_with(|| request.host());
+        self.hosts.iter().any(|h| h == host)
     }
 }
 
@@ -135,7 +142,7 @@ impl<T> RouteTable<T> {
     /// The first rule that matches the request, per the module's semantics.
     pub fn find(&self, request: &RequestView) -> Option<Matched<'_, T>> {
         let method = request.method();
-        let host = request.host();
+        let mut host = None;
         let by_path = self.router.at(request.path()).ok().map(|m| m.value.as_slice());
         by_path
             .unwrap_or_default()
@@ -143,7 +150,7 @@ impl<T> RouteTable<T> {
             .chain(self.any_path.iter())
             .find_map(|&index| {
                 let (m, rule) = self.rules.get(index)?;
-                m.accepts(method, &host).then_some(Matched {
+                m.accepts(method, &mut host, request).then_some(Matched {
                     index,
                     rule,
                     pattern: m.path.as_deref(),
@@ -169,7 +176,7 @@ impl Matcher {
     /// The captured path parameters (`{id}`, `{*rest}`) when the request matches.
     pub fn capture(&self, request: &RequestView) -> Option<Vec<(String, String)>> {
         let (m, _) = self.0.rules.first()?;
-        if !m.accepts(request.method(), &request.host()) {
+        if !m.accepts(request.method(), &mut None, request) {
             return None;
         }
         if m.path.is_none() {

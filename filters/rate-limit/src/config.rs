@@ -18,6 +18,8 @@ pub struct Config {
     pub x_ratelimit_headers: bool,
     /// Where Envoy's `json_to_metadata` filter puts lifted body fields.
     pub metadata_namespace: String,
+    /// Some key counts per client address: only then is it read from the host.
+    pub needs_client_ip: bool,
 }
 
 /// What a limit is counted per.
@@ -53,27 +55,32 @@ impl<T> Tiered<T> {
     }
 }
 
+/// What a rule or a token quota applies to and counts per.
 #[derive(Debug)]
-pub struct Rule {
+pub struct Selector {
     pub name: String,
+    /// The shared-data key prefix of its slots, `portico/rate-limit/<name>`.
+    pub prefix: String,
     pub matcher: Matcher,
     pub when: When,
     pub key: Vec<KeyPart>,
-    pub limit: Tiered<Rate>,
+    /// Count and report, never refuse.
     pub dry_run: bool,
 }
 
 #[derive(Debug)]
+pub struct Rule {
+    pub select: Selector,
+    pub limit: Tiered<Rate>,
+}
+
+#[derive(Debug)]
 pub struct Quota {
-    pub name: String,
-    pub matcher: Matcher,
-    pub when: When,
-    pub key: Vec<KeyPart>,
+    pub select: Selector,
     /// Token budgets (for example per minute and per day); all must have room.
     pub budgets: Tiered<Vec<Rate>>,
     /// The estimate of completion tokens when the request does not say `max_tokens`.
     pub default_max_tokens: u64,
-    pub dry_run: bool,
 }
 
 const DEFAULT_MAX_KEYS: u64 = 10_000;
@@ -104,45 +111,22 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
         .unwrap_or("portico")
         .to_owned();
     let mut names: Vec<String> = Vec::new();
-    let mut check_name = |node: &Node<'_>, name: &str, errors: &mut Errors| {
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        {
-            node.error(errors, "names use a-z, 0-9 and _ only (they become metric names)");
-        } else if names.iter().any(|n| n == name) {
-            node.error(errors, format!("duplicate name {name:?}"));
-        }
-        names.push(name.to_owned());
-    };
     let mut rules = Vec::new();
     for node in root.array("rules", errors) {
         let Some(mut obj) = node.object(errors) else {
             continue;
         };
-        let name = obj.req("name", errors).and_then(|n| {
-            let s = n.non_empty_str(errors)?;
-            check_name(&n, s, errors);
-            Some(s.to_owned())
-        });
-        let matcher = read_matcher(&mut obj, errors);
-        let when = obj.opt("when").map(|n| read_when(&n, errors)).unwrap_or_default();
-        let key = read_key(&mut obj, errors);
+        let select = read_selector(&mut obj, &mut names, errors);
         let limit = obj.req("limit", errors).and_then(|n| read_rate(&n, errors));
         let by_tier = read_tiers(&mut obj, errors, read_rate);
-        let dry_run = obj.opt_bool("dry_run", errors).unwrap_or(false);
         obj.finish(errors);
-        if let (Some(name), Some(matcher), Some(limit)) = (name, matcher, limit) {
+        if let (Some(select), Some(limit)) = (select, limit) {
             rules.push(Rule {
-                name,
-                matcher,
-                when,
-                key,
+                select,
                 limit: Tiered {
                     default: limit,
                     by_tier,
                 },
-                dry_run,
             });
         }
     }
@@ -151,31 +135,19 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
         let Some(mut obj) = node.object(errors) else {
             continue;
         };
-        let name = obj.req("name", errors).and_then(|n| {
-            let s = n.non_empty_str(errors)?;
-            check_name(&n, s, errors);
-            Some(s.to_owned())
-        });
-        let matcher = read_matcher(&mut obj, errors);
-        let when = obj.opt("when").map(|n| read_when(&n, errors)).unwrap_or_default();
-        let key = read_key(&mut obj, errors);
+        let select = read_selector(&mut obj, &mut names, errors);
         let budgets = obj.req("budgets", errors).and_then(|n| read_budgets(&n, errors));
         let by_tier = read_tiers(&mut obj, errors, read_budgets);
         let default_max_tokens = obj.opt_u64("default_max_tokens", errors).unwrap_or(1024);
-        let dry_run = obj.opt_bool("dry_run", errors).unwrap_or(false);
         obj.finish(errors);
-        if let (Some(name), Some(matcher), Some(budgets)) = (name, matcher, budgets) {
+        if let (Some(select), Some(budgets)) = (select, budgets) {
             quotas.push(Quota {
-                name,
-                matcher,
-                when,
-                key,
+                select,
                 budgets: Tiered {
                     default: budgets,
                     by_tier,
                 },
                 default_max_tokens,
-                dry_run,
             });
         }
     }
@@ -183,7 +155,13 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
         root.field_error("rules", errors, "configure at least one rule or token quota");
     }
     root.finish(errors);
+    let needs_client_ip = rules
+        .iter()
+        .map(|r| &r.select)
+        .chain(quotas.iter().map(|q| &q.select))
+        .any(|s| s.key.contains(&KeyPart::ClientIp));
     Config {
+        needs_client_ip,
         rules,
         quotas,
         max_keys,
@@ -191,6 +169,36 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
         x_ratelimit_headers,
         metadata_namespace,
     }
+}
+
+/// The fields rules and quotas share. `names` holds the names seen so far: they must be unique.
+fn read_selector(obj: &mut Object<'_>, names: &mut Vec<String>, errors: &mut Errors) -> Option<Selector> {
+    let name = obj.req("name", errors).and_then(|n| {
+        let name = n.non_empty_str(errors)?;
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            n.error(errors, "names use a-z, 0-9 and _ only (they become metric names)");
+        } else if names.iter().any(|x| x == name) {
+            n.error(errors, format!("duplicate name {name:?}"));
+        }
+        names.push(name.to_owned());
+        Some(name.to_owned())
+    });
+    let matcher = read_matcher(obj, errors);
+    let when = obj.opt("when").map(|n| read_when(&n, errors)).unwrap_or_default();
+    let key = read_key(obj, errors);
+    let dry_run = obj.opt_bool("dry_run", errors).unwrap_or(false);
+    let name = name?;
+    Some(Selector {
+        prefix: format!("portico/rate-limit/{name}"),
+        name,
+        matcher: matcher?,
+        when,
+        key,
+        dry_run,
+    })
 }
 
 fn read_matcher(obj: &mut Object<'_>, errors: &mut Errors) -> Option<Matcher> {
@@ -330,14 +338,16 @@ mod tests {
         }))
         .unwrap();
         let r = &c.rules[0];
-        assert_eq!(r.key, vec![KeyPart::Consumer, KeyPart::Header("x-team".into())]);
-        assert_eq!(r.when.headers, vec![("x-beta".into(), Some("1".into()))]);
+        assert_eq!(r.select.key, vec![KeyPart::Consumer, KeyPart::Header("x-team".into())]);
+        assert_eq!(r.select.when.headers, vec![("x-beta".into(), Some("1".into()))]);
+        assert_eq!(r.select.prefix, "portico/rate-limit/per_consumer");
         assert_eq!(r.limit.for_tier(Some("pro")).burst, 20);
         assert_eq!(r.limit.for_tier(Some("gold")).amount, 10);
         assert_eq!(r.limit.for_tier(None).amount, 10);
-        assert!(r.dry_run);
+        assert!(r.select.dry_run);
         assert_eq!(c.quotas[0].default_max_tokens, 1024);
         assert!(c.fail_open);
+        assert!(!c.needs_client_ip, "no key counts per address");
     }
 
     #[test]

@@ -20,10 +20,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{error, info, warn};
 use portico_core::identity::TIER_HEADER;
+use portico_core::metrics::{bump, counter};
 use portico_core::request::RequestView;
 use portico_core::shared::{update, Change, HostStore};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, MetricType};
+use proxy_wasm::types::{Action, ContextType};
 
 use crate::config::Config;
 use crate::plan::{Event, Reservation};
@@ -60,16 +61,6 @@ struct Metrics {
     tokens: RefCell<HashMap<String, Option<u32>>>,
 }
 
-fn counter(name: &str) -> Option<u32> {
-    proxy_wasm::hostcalls::define_metric(MetricType::Counter, name).ok()
-}
-
-fn bump(id: Option<u32>, by: u64) {
-    if let Some(id) = id {
-        let _ = proxy_wasm::hostcalls::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));
-    }
-}
-
 /// Lower-case letters, digits and `_` only, at most 64 characters.
 fn metric_safe(s: &str) -> String {
     s.chars()
@@ -91,8 +82,8 @@ impl Metrics {
                 .map(|e| counter(&format!("portico_ratelimit_{kind}_{name}_{e}")))
         };
         Self {
-            rules: config.rules.iter().map(|r| four("rule", &r.name)).collect(),
-            quotas: config.quotas.iter().map(|q| four("quota", &q.name)).collect(),
+            rules: config.rules.iter().map(|r| four("rule", &r.select.name)).collect(),
+            quotas: config.quotas.iter().map(|q| four("quota", &q.select.name)).collect(),
             no_usage: counter("portico_ratelimit_responses_without_usage"),
             tokens: RefCell::new(HashMap::new()),
         }
@@ -257,9 +248,12 @@ impl LimitHttp {
 impl HttpContext for LimitHttp {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         let view = RequestView::new(self.get_http_request_headers_bytes());
-        let address = self
-            .get_property(vec!["source", "address"])
-            .and_then(|a| String::from_utf8(a).ok());
+        let address = if self.config.needs_client_ip {
+            self.get_property(vec!["source", "address"])
+                .and_then(|a| String::from_utf8(a).ok())
+        } else {
+            None
+        };
         let client_ip = address.as_deref().map(strip_port);
         let body_bytes = view.header_str("content-length").and_then(|v| v.trim().parse().ok());
         let max_tokens = if self.config.quotas.is_empty() {
@@ -280,7 +274,7 @@ impl HttpContext for LimitHttp {
             if *event == Event::StoreError {
                 warn!(
                     "{NAME}: shared data unavailable for rule {:?}",
-                    self.config.rules.get(*i).map(|r| &r.name)
+                    self.config.rules.get(*i).map(|r| &r.select.name)
                 );
             }
         }

@@ -95,66 +95,49 @@ fn key(parts: &[KeyPart], req: &Request<'_>, pattern: Option<&str>) -> String {
     key
 }
 
-/// A charge taken during admission, with the index of the policy state it is reported in.
-type Taken = (Charge, Rate, usize);
-
-/// Refunds every charge, and reports each policy as it stands after its refund.
-fn refund_all<S: Store + ?Sized>(store: &S, taken: &[Taken], policies: &mut [PolicyState], now: u64) {
-    for (charge, rate, policy) in taken {
-        let delta = i64::try_from(charge.cost).unwrap_or(i64::MAX);
-        // A refund that fails leaves the limit stricter, never looser: nothing more to do.
-        if let (Ok((remaining, reset_seconds)), Some(state)) = (
-            slots::adjust(store, charge, rate, now, -delta),
-            policies.get_mut(*policy),
-        ) {
-            state.remaining = remaining;
-            state.reset_seconds = reset_seconds;
-        }
-    }
+/// Why a request is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Shared data failed and the fail mode is closed.
+    Unavailable,
+    Requests,
+    Tokens,
 }
 
-fn reject(
-    status: u32,
-    error_type: ErrorType,
-    code: &'static str,
-    message: &str,
-    headers: &[(&'static str, String)],
-) -> ErrorResponse {
-    headers
-        .iter()
-        .fold(ErrorResponse::new(status, error_type, code, message), |r, (n, v)| {
-            r.with_header(n, v.clone())
-        })
+/// What admission has taken and seen so far: charges (to refund on refusal), the state of
+/// every policy (for the headers), and why it would refuse.
+#[derive(Debug, Default)]
+struct Ledger {
+    /// Each charge with the index of the policy state it is reported in.
+    taken: Vec<(Charge, Rate, usize)>,
+    policies: Vec<PolicyState>,
+    retry_after: Option<u64>,
+    store_failed: bool,
 }
 
-/// Decides a request at `now` (nanoseconds since the epoch).
-pub fn admit<S: Store + ?Sized>(config: &Config, store: &S, salt: &[u8; 32], req: &Request<'_>, now: u64) -> Admission {
-    let tier = req.view.header_str(TIER_HEADER);
-    let mut admission = Admission::default();
-    let mut taken: Vec<Taken> = Vec::new();
-    let mut policies: Vec<PolicyState> = Vec::new();
-    let mut retry_after: Option<u64> = None;
-    let mut store_failed = false;
-
-    for (i, rule) in config.rules.iter().enumerate() {
-        if !rule.matcher.matches(req.view) || !applies(&rule.when, req.view, tier) {
-            continue;
-        }
-        let rate = rule.limit.for_tier(tier);
-        let placement = slots::place(
-            salt,
-            &format!("portico/rate-limit/{}", rule.name),
-            &key(&rule.key, req, rule.matcher.pattern()),
-            config.max_keys,
-        );
-        let event = match slots::consume(store, &placement, rate, now, 1) {
+impl Ledger {
+    /// Takes `cost` units of `rate` for `placement`; a refusal counts unless `dry_run`.
+    #[allow(clippy::too_many_arguments)]
+    fn take<S: Store + ?Sized>(
+        &mut self,
+        store: &S,
+        placement: &slots::Placement,
+        rate: &Rate,
+        now: u64,
+        cost: u64,
+        policy_name: &str,
+        tokens: bool,
+        dry_run: bool,
+    ) -> Event {
+        match slots::consume(store, placement, rate, now, cost) {
             Ok(Outcome::Allowed {
                 charge,
                 remaining,
                 reset_seconds,
             }) => {
-                taken.push((charge, *rate, policies.len()));
-                policies.push(policy(&rule.name, rate, false, remaining, reset_seconds));
+                self.taken.push((charge, *rate, self.policies.len()));
+                self.policies
+                    .push(policy(policy_name, rate, tokens, remaining, reset_seconds));
                 Event::Allowed
             }
             Ok(Outcome::Limited {
@@ -162,143 +145,129 @@ pub fn admit<S: Store + ?Sized>(config: &Config, store: &S, salt: &[u8; 32], req
                 retry_after_seconds,
                 reset_seconds,
             }) => {
-                policies.push(policy(&rule.name, rate, false, remaining, reset_seconds));
-                if rule.dry_run {
+                self.policies
+                    .push(policy(policy_name, rate, tokens, remaining, reset_seconds));
+                if dry_run {
                     Event::DryRunLimited
                 } else {
-                    retry_after = retry_after.max(Some(retry_after_seconds));
+                    self.retry_after = self.retry_after.max(Some(retry_after_seconds));
                     Event::Limited
                 }
             }
             Err(UpdateError::Contention | UpdateError::Host(_)) => {
-                store_failed = true;
+                self.store_failed = true;
                 Event::StoreError
             }
-        };
-        admission.rule_events.push((i, event));
+        }
     }
 
-    let rejected = |status,
-                    error_type,
-                    code,
-                    message,
-                    retry_after: Option<u64>,
-                    taken: &[Taken],
-                    policies: &mut Vec<PolicyState>| {
-        refund_all(store, taken, policies, now);
-        let mut headers = headers::render(policies, config.x_ratelimit_headers);
-        if let Some(seconds) = retry_after {
-            headers.push(("retry-after", seconds.to_string()));
+    /// Why the request must be refused so far, if it must.
+    fn refusal(&self, config: &Config, over: Refusal) -> Option<Refusal> {
+        if self.store_failed && !config.fail_open {
+            Some(Refusal::Unavailable)
+        } else {
+            self.retry_after.map(|_| over)
         }
-        reject(status, error_type, code, message, &headers)
-    };
-    const UNAVAILABLE: &str = "rate limits cannot be checked right now";
-    if store_failed && !config.fail_open {
-        admission.rejection = Some(rejected(
-            503,
-            ErrorType::Api,
-            "rate_limit_unavailable",
-            UNAVAILABLE,
-            None,
-            &taken,
-            &mut policies,
-        ));
-        return admission;
     }
-    if retry_after.is_some() {
-        let message = "too many requests; retry after the time in Retry-After";
-        admission.rejection = Some(rejected(
-            429,
-            ErrorType::RateLimit,
-            "rate_limited",
-            message,
-            retry_after,
-            &taken,
-            &mut policies,
-        ));
+
+    /// Refunds every charge and builds the answer, with the policies as they stand after it.
+    fn refuse<S: Store + ?Sized>(&mut self, config: &Config, store: &S, now: u64, refusal: Refusal) -> ErrorResponse {
+        for (charge, rate, index) in &self.taken {
+            let delta = i64::try_from(charge.cost).unwrap_or(i64::MAX);
+            // A refund that fails leaves the limit stricter, never looser: nothing more to do.
+            if let (Ok((remaining, reset_seconds)), Some(state)) = (
+                slots::adjust(store, charge, rate, now, -delta),
+                self.policies.get_mut(*index),
+            ) {
+                state.remaining = remaining;
+                state.reset_seconds = reset_seconds;
+            }
+        }
+        let (status, error_type, code, message) = match refusal {
+            Refusal::Unavailable => (
+                503,
+                ErrorType::Api,
+                "rate_limit_unavailable",
+                "rate limits cannot be checked right now",
+            ),
+            Refusal::Requests => (
+                429,
+                ErrorType::RateLimit,
+                "rate_limited",
+                "too many requests; retry after the time in Retry-After",
+            ),
+            Refusal::Tokens => (
+                429,
+                ErrorType::RateLimit,
+                "token_quota_exceeded",
+                "the token budget for this period is used up; retry after the time in Retry-After",
+            ),
+        };
+        let mut response = ErrorResponse::new(status, error_type, code, message);
+        for (name, value) in headers::render(&self.policies, config.x_ratelimit_headers) {
+            response = response.with_header(name, value);
+        }
+        match self.retry_after.filter(|_| refusal != Refusal::Unavailable) {
+            Some(seconds) => response.with_header("retry-after", seconds.to_string()),
+            None => response,
+        }
+    }
+}
+
+/// Decides a request at `now` (nanoseconds since the epoch).
+pub fn admit<S: Store + ?Sized>(config: &Config, store: &S, salt: &[u8; 32], req: &Request<'_>, now: u64) -> Admission {
+    let tier = req.view.header_str(TIER_HEADER);
+    let mut admission = Admission::default();
+    let mut ledger = Ledger::default();
+    let selected = |s: &crate::config::Selector| s.matcher.matches(req.view) && applies(&s.when, req.view, tier);
+
+    for (i, rule) in config.rules.iter().enumerate() {
+        let s = &rule.select;
+        if !selected(s) {
+            continue;
+        }
+        let rate = rule.limit.for_tier(tier);
+        let placement = slots::place(salt, &s.prefix, &key(&s.key, req, s.matcher.pattern()), config.max_keys);
+        let event = ledger.take(store, &placement, rate, now, 1, &s.name, false, s.dry_run);
+        admission.rule_events.push((i, event));
+    }
+    if let Some(refusal) = ledger.refusal(config, Refusal::Requests) {
+        admission.rejection = Some(ledger.refuse(config, store, now, refusal));
         return admission;
     }
 
     let prompt_estimate = req.body_bytes.unwrap_or(0).div_ceil(BYTES_PER_TOKEN);
     for (qi, quota) in config.quotas.iter().enumerate() {
-        if !quota.matcher.matches(req.view) || !applies(&quota.when, req.view, tier) {
+        let s = &quota.select;
+        if !selected(s) {
             continue;
         }
         let estimate = prompt_estimate.saturating_add(req.max_tokens.unwrap_or(quota.default_max_tokens));
-        let quota_key = key(&quota.key, req, quota.matcher.pattern());
-        let mut charges = Vec::new();
+        let quota_key = key(&s.key, req, s.matcher.pattern());
+        let first_charge = ledger.taken.len();
         let mut event = Event::Allowed;
         for (bi, rate) in quota.budgets.for_tier(tier).iter().enumerate() {
-            let name = format!("{}_{}s", quota.name, rate.period_seconds);
-            let placement = slots::place(
-                salt,
-                &format!("portico/rate-limit/{}/{bi}", quota.name),
-                &quota_key,
-                config.max_keys,
-            );
-            match slots::consume(store, &placement, rate, now, estimate) {
-                Ok(Outcome::Allowed {
-                    charge,
-                    remaining,
-                    reset_seconds,
-                }) => {
-                    charges.push((charge, *rate, policies.len()));
-                    policies.push(policy(&name, rate, true, remaining, reset_seconds));
-                }
-                Ok(Outcome::Limited {
-                    remaining,
-                    retry_after_seconds,
-                    reset_seconds,
-                }) => {
-                    policies.push(policy(&name, rate, true, remaining, reset_seconds));
-                    if quota.dry_run {
-                        event = Event::DryRunLimited;
-                    } else {
-                        retry_after = retry_after.max(Some(retry_after_seconds));
-                        event = Event::Limited;
-                    }
-                }
-                Err(_) => {
-                    store_failed = true;
-                    event = Event::StoreError;
-                }
+            let placement = slots::place(salt, &format!("{}/{bi}", s.prefix), &quota_key, config.max_keys);
+            let name = format!("{}_{}s", s.name, rate.period_seconds);
+            match ledger.take(store, &placement, rate, now, estimate, &name, true, s.dry_run) {
+                Event::Allowed => {}
+                other => event = other,
             }
         }
         admission.quota_events.push((qi, event));
+        let charges = ledger.taken.get(first_charge..).unwrap_or_default();
         admission.reservations.push(Reservation {
             quota: qi,
             estimate,
             charges: charges.iter().map(|(c, r, _)| (c.clone(), *r)).collect(),
         });
-        taken.extend(charges);
     }
-
-    if store_failed && !config.fail_open {
-        admission.rejection = Some(rejected(
-            503,
-            ErrorType::Api,
-            "rate_limit_unavailable",
-            UNAVAILABLE,
-            None,
-            &taken,
-            &mut policies,
-        ));
-        admission.reservations.clear();
-    } else if retry_after.is_some() {
-        let message = "the token budget for this period is used up; retry after the time in Retry-After";
-        let response = rejected(
-            429,
-            ErrorType::RateLimit,
-            "token_quota_exceeded",
-            message,
-            retry_after,
-            &taken,
-            &mut policies,
-        );
-        admission.rejection = Some(response);
-        admission.reservations.clear();
-    } else {
-        admission.headers = headers::render(&policies, config.x_ratelimit_headers);
+    match ledger.refusal(config, Refusal::Tokens) {
+        Some(refusal) => {
+            admission.rejection = Some(ledger.refuse(config, store, now, refusal));
+            admission.reservations.clear();
+        }
+        None => admission.headers = headers::render(&ledger.policies, config.x_ratelimit_headers),
     }
     admission
 }
