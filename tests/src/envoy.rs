@@ -152,8 +152,8 @@ fn cluster(name: &str, addr: SocketAddr) -> Value {
     })
 }
 
-/// The HTTP filter entry for one Portico wasm filter. All Portico filters share one VM per
-/// worker (same `vm_id`, told apart by `root_id`), and recover from a crash by reloading.
+/// The HTTP filter entry for one Portico wasm filter, in its own VM per worker (its own
+/// `vm_id`: the modules differ), recovering from a crash by reloading (`FAIL_RELOAD`).
 pub fn wasm_filter(name: &str, wasm: &Path, configuration: &Value) -> Value {
     json!({
         "name": format!("portico.{name}"),
