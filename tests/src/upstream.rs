@@ -10,11 +10,14 @@
 //! answer 400 in that API's error shape otherwise; they call the first offered tool unless the
 //! last turn is a tool result. Steered by headers: `x-mock-usage: PROMPT,COMPLETION` puts usage in the
 //! answer (none without it), `x-mock-delay-ms: N` waits before answering, `x-mock-stream: 1` streams with `x-mock-events: N` text deltas and `x-mock-gap-ms: N` between writes (default 15) (and `x-mock-cut: 1` drops the connection halfway, `x-mock-cut: clean` ends the body there), SSE in several flushed chunks with the
-//! usage event split across two of them, `x-mock-status: N` answers an error without usage.
+//! usage event split across two of them, `x-mock-status: N` answers an error without usage,
+//! `x-mock-pad: N` lengthens the answer text by N bytes, `x-mock-cache-control: V` sends that
+//! `cache-control`, `x-mock-header: NAME=VALUE` sends that header. Every non-streamed answer carries `x-upstream-request: N`, its number.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
@@ -34,6 +37,7 @@ struct JwksState {
 pub struct Upstream {
     pub addr: SocketAddr,
     jwks: Arc<Mutex<JwksState>>,
+    served: Arc<AtomicUsize>,
 }
 
 /// How the server answers model endpoints.
@@ -71,16 +75,19 @@ impl Upstream {
             hits: 0,
         }));
         let shared = Arc::clone(&jwks);
+        let served = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&served);
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let jwks = Arc::clone(&shared);
                 let identity = identity.clone();
+                let served = Arc::clone(&counter);
                 thread::spawn(move || {
-                    let _ = serve_connection(stream, &jwks, &identity);
+                    let _ = serve_connection(stream, &jwks, &identity, &served);
                 });
             }
         });
-        Ok(Upstream { addr, jwks })
+        Ok(Upstream { addr, jwks, served })
     }
 
     /// Sets what the JWKS endpoint answers.
@@ -89,6 +96,11 @@ impl Upstream {
             state.status = status;
             state.body = body.into();
         }
+    }
+
+    /// How many complete requests arrived (a request whose body never completed is not one).
+    pub fn requests(&self) -> usize {
+        self.served.load(Ordering::SeqCst)
     }
 
     /// How many times the JWKS endpoint was fetched.
@@ -104,12 +116,18 @@ struct Request {
     body: Vec<u8>,
 }
 
-fn serve_connection(stream: TcpStream, jwks: &Mutex<JwksState>, identity: &Identity) -> std::io::Result<()> {
+fn serve_connection(
+    stream: TcpStream,
+    jwks: &Mutex<JwksState>,
+    identity: &Identity,
+    served: &AtomicUsize,
+) -> std::io::Result<()> {
     // Without this, Nagle holds each small write until Envoy's delayed ACK: 40 ms a request.
     stream.set_nodelay(true)?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;
     while let Some(request) = read_request(&mut reader)? {
+        let number = served.fetch_add(1, Ordering::SeqCst) + 1;
         if let Some(ms) = request_header(&request, "x-mock-delay-ms").and_then(|v| v.parse::<u64>().ok()) {
             thread::sleep(std::time::Duration::from_millis(ms.min(10_000)));
         }
@@ -142,8 +160,17 @@ fn serve_connection(stream: TcpStream, jwks: &Mutex<JwksState>, identity: &Ident
             continue;
         }
         let (status, content_type, body) = respond(&request, jwks, identity);
+        // Which request this answers (a replayed answer shows an earlier number), and a
+        // cache-control header when a test asks for one.
+        let mut extra = format!("x-upstream-request: {number}\r\n");
+        if let Some(cc) = request_header(&request, "x-mock-cache-control") {
+            extra.push_str(&format!("cache-control: {cc}\r\n"));
+        }
+        if let Some((name, value)) = request_header(&request, "x-mock-header").and_then(|h| h.split_once('=')) {
+            extra.push_str(&format!("{name}: {value}\r\n"));
+        }
         let mut response = format!(
-            "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
+            "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n{extra}\r\n",
             reason_phrase(status),
             body.len()
         )
@@ -306,12 +333,19 @@ fn model_answer(request: &Request, mode: Mode) -> Option<(u16, Vec<u8>)> {
     let usage = mock_usage(request);
     let model = body.get("model").cloned().unwrap_or_else(|| json!("mock"));
     let tool = tool_to_call(api, &body);
+    // x-mock-pad: N makes the answer's text N bytes longer.
+    let pad = "x".repeat(
+        request_header(request, "x-mock-pad")
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(0)
+            .min(8 << 20),
+    );
     let answer = match api {
         Api::OpenAi => {
             let message = match &tool {
                 Some(name) => json!({"role": "assistant", "content": null, "tool_calls": [
                     {"id": "call_mock_1", "type": "function", "function": {"name": name, "arguments": "{\"city\":\"Oslo\"}"}}]}),
-                None => json!({"role": "assistant", "content": "Hello from openai"}),
+                None => json!({"role": "assistant", "content": format!("Hello from openai{pad}")}),
             };
             let finish = if tool.is_some() { "tool_calls" } else { "stop" };
             let mut v = json!({"id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": model,
@@ -326,7 +360,7 @@ fn model_answer(request: &Request, mode: Mode) -> Option<(u16, Vec<u8>)> {
                 Some(name) => {
                     json!([{"type": "tool_use", "id": "toolu_mock_1", "name": name, "input": {"city": "Oslo"}}])
                 }
-                None => json!([{"type": "text", "text": "Hello from anthropic"}]),
+                None => json!([{"type": "text", "text": format!("Hello from anthropic{pad}")}]),
             };
             let stop = if tool.is_some() { "tool_use" } else { "end_turn" };
             let mut v = json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": model,

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 /// The Portico filters, by the name used in `dist/<name>.wasm` and `portico-<name>` root ids.
-pub const FILTERS: [&str; 4] = ["auth", "rate-limit", "header-routing", "body-transform"];
+pub const FILTERS: [&str; 5] = ["auth", "rate-limit", "header-routing", "body-transform", "cache"];
 
 const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 
@@ -18,6 +18,7 @@ pub fn check_filter(filter: &str, configuration: &[u8]) -> Result<(), Errors> {
         "rate-limit" => portico_rate_limit::config::Config::from_bytes(configuration).map(drop),
         "header-routing" => portico_header_routing::config::Config::from_bytes(configuration).map(drop),
         "body-transform" => portico_body_transform::config::Config::from_bytes(configuration).map(drop),
+        "cache" => portico_cache::config::Config::from_bytes(configuration).map(drop),
         other => {
             let mut e = Errors::default();
             e.push(

@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: portico check [--filter auth|rate-limit|header-routing|body-transform] FILE...");
+    eprintln!("usage: portico check [--filter auth|rate-limit|header-routing|body-transform|cache] FILE...");
     ExitCode::from(2)
 }
 

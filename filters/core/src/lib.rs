@@ -4,6 +4,7 @@
 //! Nothing here calls the proxy-wasm host except `metrics` and `shared::HostStore` (the one
 //! place with `unsafe`, a raw ABI call), so all the rest is tested on the native target.
 
+pub mod analytics;
 pub mod config;
 pub mod identity;
 pub mod metrics;

@@ -1,0 +1,449 @@
+//! Portico cache: answers repeated, replay-safe inference requests from Envoy shared data.
+//!
+//! It sits last among the Portico filters, just before the router: it sees the consumer and
+//! tier (auth), the chosen cluster and upstream model (header-routing) and the exact body the
+//! upstream would get (after body-transform). A hit is answered from the request body
+//! callback, the only place the whole body is available to a wasm filter; the response then
+//! flows back through body-transform, header-routing, rate-limit and auth exactly as an
+//! upstream answer would, with `x-portico-cache: HIT`, which rate-limit reads to release the
+//! request's token reservation.
+//!
+//! This file is the host shell: [`key`], [`policy`] and [`store`] hold the decisions.
+// Off wasm the host shell below is compiled but never entered; the wasm clippy run checks it.
+#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+
+pub mod config;
+pub mod entry;
+pub mod key;
+pub mod policy;
+pub mod store;
+
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use log::{info, warn};
+use portico_core::analytics::{state, CACHE_HEADER};
+use portico_core::identity::{CONSUMER_HEADER, TIER_HEADER};
+use portico_core::metrics::{bump, counter, gauge, set, Family};
+use portico_core::request::RequestView;
+use portico_core::shared::HostStore;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType};
+
+use crate::config::{Config, Rule, Scope};
+use crate::entry::Entry;
+use crate::key::{Body, Key, Parts};
+use crate::policy::{Directive, Verdict};
+use crate::store::Stored;
+
+const NAME: &str = "portico-cache";
+/// Distinct label sets per metric before the rest count as `other`.
+const MAX_SERIES: usize = 500;
+
+// The entry point exists only in the .wasm: native builds (tests, `portico check`) link
+// several filters together and would clash on its exported symbol.
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(CacheRoot::default()) });
+}}
+
+fn unix_millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+// === Metrics ===
+
+#[derive(Debug)]
+struct Metrics {
+    /// route, status (hit, miss, bypass).
+    requests: Family,
+    /// route, reason.
+    bypasses: Family,
+    /// route, outcome (stored, too_large, not_storable, no_room, failed).
+    stores: Family,
+    evictions: Option<u32>,
+    bytes: Option<u32>,
+    entries: Option<u32>,
+}
+
+impl Metrics {
+    fn define() -> Self {
+        Self {
+            requests: Family::counter("portico_cache_requests_total", MAX_SERIES),
+            bypasses: Family::counter("portico_cache_bypass_total", MAX_SERIES),
+            stores: Family::counter("portico_cache_stores_total", MAX_SERIES),
+            evictions: counter("portico_cache_evictions_total"),
+            bytes: gauge("portico_cache_bytes"),
+            entries: gauge("portico_cache_entries"),
+        }
+    }
+}
+
+// === impl CacheRoot ===
+
+#[derive(Default)]
+struct CacheRoot {
+    config: Option<Rc<Config>>,
+    metrics: Option<Rc<Metrics>>,
+}
+
+impl Context for CacheRoot {}
+
+impl RootContext for CacheRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        match Config::from_bytes(&bytes) {
+            Ok(config) => {
+                self.config = Some(Rc::new(config));
+                self.metrics = Some(Rc::new(Metrics::define()));
+                true
+            }
+            Err(errors) => {
+                errors.log(NAME);
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(CacheHttp {
+            config: self.config.clone()?,
+            metrics: self.metrics.clone()?,
+            phase: Phase::Off,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+// === impl CacheHttp ===
+
+/// What the request carried that the key needs, kept past the headers callback (after which
+/// Envoy no longer gives the request headers).
+#[derive(Debug)]
+struct Pending {
+    rule: usize,
+    scope: String,
+    method: String,
+    path: String,
+    backend: String,
+    vary: Vec<(String, Vec<u8>)>,
+    directive: Directive,
+    opted_in: bool,
+}
+
+enum Phase {
+    /// No cache rule for this request.
+    Off,
+    /// Waiting for the whole request body.
+    Collect(Box<Pending>),
+    /// Going upstream; `store` holds the key and rule when the answer may be stored.
+    Upstream {
+        label: &'static str,
+        store: Option<(Key, usize)>,
+    },
+    /// Keeping the upstream answer to store it at its end.
+    Record {
+        key: Key,
+        rule: usize,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        too_large: bool,
+    },
+    /// Answered from the cache.
+    Hit,
+    Done,
+}
+
+struct CacheHttp {
+    config: Rc<Config>,
+    metrics: Rc<Metrics>,
+    phase: Phase,
+}
+
+impl Context for CacheHttp {}
+
+impl CacheHttp {
+    fn rule(&self, index: usize) -> Option<&Rule> {
+        self.config.routes.get(index)
+    }
+
+    fn rule_name(&self, index: usize) -> &str {
+        self.rule(index).map_or("unknown", |r| r.name.as_str())
+    }
+
+    fn count(&self, rule: usize, status: &'static str) {
+        self.metrics
+            .requests
+            .add(&[("route", self.rule_name(rule)), ("status", status)], 1);
+        let label = match status {
+            "hit" => "HIT",
+            "miss" => "MISS",
+            _ => "BYPASS",
+        };
+        self.set_property(vec![state::CACHE], Some(label.as_bytes()));
+    }
+
+    fn bypass(&mut self, rule: usize, reason: &'static str) {
+        self.count(rule, "bypass");
+        self.metrics
+            .bypasses
+            .add(&[("route", self.rule_name(rule)), ("reason", reason)], 1);
+        self.phase = Phase::Upstream {
+            label: "BYPASS",
+            store: None,
+        };
+    }
+
+    /// Decides on the complete request body; `true` if the request was answered from cache.
+    fn decide(&mut self, pending: &Pending, body: &[u8]) -> bool {
+        let Some(rule) = self.rule(pending.rule) else {
+            self.phase = Phase::Done;
+            return false;
+        };
+        let body = match Body::parse(body) {
+            Ok(body) => body,
+            Err(_) => {
+                self.bypass(pending.rule, "not_json");
+                return false;
+            }
+        };
+        let verdict = policy::judge(rule, pending.directive, pending.opted_in, &body);
+        let parts = Parts {
+            scope_kind: rule.scope.as_str(),
+            scope: &pending.scope,
+            method: &pending.method,
+            path: &pending.path,
+            backend: &pending.backend,
+            vary: pending.vary.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect(),
+        };
+        let key = key::compute(&parts, &body);
+        match verdict {
+            Verdict::Bypass(reason) => {
+                self.bypass(pending.rule, reason);
+                false
+            }
+            Verdict::Refresh => {
+                self.count(pending.rule, "bypass");
+                self.metrics.bypasses.add(
+                    &[("route", self.rule_name(pending.rule)), ("reason", "client_no_cache")],
+                    1,
+                );
+                self.phase = Phase::Upstream {
+                    label: "BYPASS",
+                    store: Some((key, pending.rule)),
+                };
+                false
+            }
+            Verdict::Lookup => {
+                let now = unix_millis(self.get_current_time());
+                match store::lookup(&HostStore, &self.config.limits, &key, now) {
+                    Some(entry) => {
+                        self.count(pending.rule, "hit");
+                        self.answer(&entry, now);
+                        self.phase = Phase::Hit;
+                        true
+                    }
+                    None => {
+                        self.count(pending.rule, "miss");
+                        self.phase = Phase::Upstream {
+                            label: "MISS",
+                            store: Some((key, pending.rule)),
+                        };
+                        false
+                    }
+                }
+            }
+        }
+    }
+
+    fn answer(&self, entry: &Entry, now_ms: u64) {
+        let age = (now_ms.saturating_sub(entry.stored_at_ms) / 1000).to_string();
+        let mut headers: Vec<(&str, &str)> = entry.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        headers.push((CACHE_HEADER, "HIT"));
+        headers.push(("age", &age));
+        self.send_http_response(200, headers, Some(&entry.body));
+    }
+
+    fn finish_record(&mut self) {
+        let Phase::Record {
+            key,
+            rule,
+            headers,
+            body,
+            too_large,
+        } = std::mem::replace(&mut self.phase, Phase::Done)
+        else {
+            return;
+        };
+        let route = self.rule_name(rule).to_owned();
+        let outcome = if too_large {
+            "too_large"
+        } else {
+            let now = unix_millis(self.get_current_time());
+            let ttl_ms = self.rule(rule).map_or(0, |r| r.ttl_seconds.saturating_mul(1000));
+            let entry = Entry {
+                key,
+                stored_at_ms: now,
+                expires_at_ms: now.saturating_add(ttl_ms),
+                headers,
+                body,
+            };
+            match store::insert(&HostStore, &self.config.limits, &key, &entry.encode(), now) {
+                Stored::Stored { evicted } => {
+                    bump(self.metrics.evictions, u64::from(evicted));
+                    "stored"
+                }
+                Stored::TooLarge => "too_large",
+                Stored::NoRoom => "no_room",
+                Stored::Failed => {
+                    warn!("{NAME}: shared data refused a cache entry for route {route}");
+                    "failed"
+                }
+            }
+        };
+        self.metrics.stores.add(&[("route", &route), ("outcome", outcome)], 1);
+        let usage = store::usage(&HostStore);
+        set(self.metrics.bytes, usage.bytes);
+        set(self.metrics.entries, usage.entries);
+    }
+}
+
+fn scope_value(scope: Scope, view: &RequestView) -> String {
+    let header = match scope {
+        Scope::Consumer => CONSUMER_HEADER,
+        Scope::Tier => TIER_HEADER,
+        Scope::Global => return String::new(),
+    };
+    // Requests without an identity share the anonymous scope.
+    view.header_str(header).unwrap_or("").to_owned()
+}
+
+impl HttpContext for CacheHttp {
+    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        let view = RequestView::new(self.get_http_request_headers_bytes());
+        let Some(matched) = self.config.routes.find(&view) else {
+            return Action::Continue;
+        };
+        let rule = matched.rule;
+        let pending = Pending {
+            rule: matched.index,
+            scope: scope_value(rule.scope, &view),
+            method: view.method().to_owned(),
+            path: view.path_and_query().to_owned(),
+            backend: view.header_str(&self.config.backend_header).unwrap_or("").to_owned(),
+            vary: rule
+                .vary
+                .iter()
+                .map(|name| (name.clone(), view.header(name).unwrap_or_default().to_vec()))
+                .collect(),
+            directive: policy::directive(view.header_str("cache-control"), view.header_str("pragma")),
+            opted_in: policy::opted_in(view.header(&rule.opt_in_header)),
+        };
+        if end_of_stream {
+            if self.decide(&pending, b"") {
+                return Action::Pause;
+            }
+            return Action::Continue;
+        }
+        self.phase = Phase::Collect(Box::new(pending));
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Phase::Collect(pending) = &self.phase else {
+            return Action::Continue;
+        };
+        let rule = pending.rule;
+        if u64::try_from(body_size).map_or(true, |n| n > self.config.max_body_bytes) {
+            self.bypass(rule, "body_too_large");
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            // Hold the body until it is complete (json_to_metadata in front already buffered it).
+            return Action::Pause;
+        }
+        let Phase::Collect(pending) = std::mem::replace(&mut self.phase, Phase::Done) else {
+            return Action::Continue;
+        };
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        if self.decide(&pending, &body) {
+            // Answered: the upstream never receives the rest of the request.
+            return Action::Pause;
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Upstream { label, store } => {
+                let headers = self.get_http_response_headers_bytes();
+                if let Some((key, rule)) = store {
+                    let status = headers.iter().find(|(n, _)| n == ":status").map(|(_, v)| v.as_slice());
+                    match policy::storable(status, &headers) {
+                        Ok(kept) => {
+                            self.phase = Phase::Record {
+                                key,
+                                rule,
+                                headers: kept,
+                                body: Vec::new(),
+                                too_large: false,
+                            };
+                        }
+                        Err(reason) => {
+                            info!(
+                                "{NAME}: not storing the answer for route {}: {reason}",
+                                self.rule_name(rule)
+                            );
+                            self.metrics
+                                .stores
+                                .add(&[("route", self.rule_name(rule)), ("outcome", "not_storable")], 1);
+                        }
+                    }
+                }
+                self.set_http_response_header(CACHE_HEADER, Some(label));
+                if end_of_stream {
+                    self.finish_record();
+                }
+            }
+            Phase::Hit => self.phase = Phase::Hit,
+            // Only this filter says whether an answer came from the cache: an upstream that
+            // claims a hit could otherwise dodge the token charge.
+            _ => {
+                if self.get_http_response_header_bytes(CACHE_HEADER).is_some() {
+                    self.set_http_response_header(CACHE_HEADER, None);
+                }
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Phase::Record { body, too_large, .. } = &self.phase else {
+            return Action::Continue;
+        };
+        let limit = usize::try_from(self.config.limits.max_entry_bytes).unwrap_or(usize::MAX);
+        let fits = !*too_large && body.len().saturating_add(body_size) <= limit;
+        let chunk = if fits && body_size > 0 {
+            self.get_http_response_body(0, body_size)
+        } else {
+            None
+        };
+        if let Phase::Record { body, too_large, .. } = &mut self.phase {
+            if fits {
+                body.extend_from_slice(&chunk.unwrap_or_default());
+            } else {
+                *too_large = true;
+                *body = Vec::new();
+            }
+        }
+        if end_of_stream {
+            self.finish_record();
+        }
+        Action::Continue
+    }
+}

@@ -1,0 +1,141 @@
+//! What every filter reports about a request, in one vocabulary: labelled metric names that
+//! Envoy's tag extraction turns into Prometheus labels, the filter-state keys the access log
+//! reads, and how a response status becomes an outcome.
+//!
+//! A metric name carries its labels as `<name>;<label>=<value>;<label>=<value>`. The
+//! `stats_config.stats_tags` in `envoy/gateway.yaml` hold one rule per label in [`LABELS`],
+//! with the regex `(;<label>=([^;]*))`: Envoy removes the first group from the name and keeps
+//! the second as the label's value, so `/stats/prometheus` shows
+//! `portico_requests_total{route="chat",tier="free",...}`. Values are cleaned by
+//! [`label_value`] so that they can never end a label early or start a new one.
+
+/// Every label any Portico metric uses; each needs its tag rule in the Envoy bootstrap.
+pub const LABELS: &[&str] = &[
+    "route", "tier", "model", "backend", "variant", "outcome", "consumer", "kind", "rule", "status", "reason",
+];
+
+/// The `stats_tags` regex for `label`: the first group is cut from the name, the second is
+/// the value.
+pub fn tag_regex(label: &str) -> String {
+    format!("(;{label}=([^;]*))")
+}
+
+/// Filter-state keys (`set_property`), read by the access log as
+/// `%FILTER_STATE(wasm.<key>:PLAIN)%` and by later filters with `get_property`.
+pub mod state {
+    /// Set by auth: the authenticated consumer and tier.
+    pub const CONSUMER: &str = "portico_consumer";
+    pub const TIER: &str = "portico_tier";
+    /// Set by header-routing: the route name, A/B variant, backend and upstream model.
+    pub const ROUTE: &str = "portico_route";
+    pub const VARIANT: &str = "portico_variant";
+    pub const BACKEND: &str = "portico_backend";
+    pub const MODEL: &str = "portico_model";
+    /// Set by rate-limit when a model response reports usage.
+    pub const PROMPT_TOKENS: &str = "portico_prompt_tokens";
+    pub const COMPLETION_TOKENS: &str = "portico_completion_tokens";
+    /// Set by cache: HIT, MISS or BYPASS.
+    pub const CACHE: &str = "portico_cache";
+}
+
+/// The response header the cache sets, which rate-limit reads to release a hit's token
+/// reservation.
+pub const CACHE_HEADER: &str = "x-portico-cache";
+
+/// Longest label value kept; longer ones are cut (model names and routes fit easily).
+const MAX_VALUE: usize = 64;
+
+/// A label value that is safe inside a metric name: letters, digits and `-_.:/@` kept, every
+/// other character `_`, at most 64 characters, and `none` for an empty value.
+pub fn label_value(raw: &str) -> String {
+    let cleaned: String = raw
+        .chars()
+        .take(MAX_VALUE)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/' | '@') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if cleaned.is_empty() {
+        "none".to_owned()
+    } else {
+        cleaned
+    }
+}
+
+/// `name;label=value;...` with every value cleaned.
+pub fn series(name: &str, labels: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(name.len() + labels.len() * 24);
+    out.push_str(name);
+    for (label, value) in labels {
+        out.push(';');
+        out.push_str(label);
+        out.push('=');
+        out.push_str(&label_value(value));
+    }
+    out
+}
+
+/// What happened to a request, from the status the client got (0: no response was sent, the
+/// client or upstream went away first).
+pub fn outcome(status: u32) -> &'static str {
+    match status {
+        0 => "cancelled",
+        100..=399 => "success",
+        401 | 403 => "denied",
+        429 => "rate_limited",
+        400..=499 => "client_error",
+        _ => "server_error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_names_carry_cleaned_labels() {
+        assert_eq!(
+            series("portico_requests_total", &[("route", "chat"), ("tier", "free")]),
+            "portico_requests_total;route=chat;tier=free"
+        );
+        // A hostile value cannot add a label or break the name.
+        assert_eq!(
+            series("m", &[("model", "gpt;tier=admin x")]),
+            "m;model=gpt_tier_admin_x"
+        );
+        assert_eq!(series("m", &[("tier", "")]), "m;tier=none");
+        assert_eq!(label_value(&"x".repeat(500)).len(), 64);
+        assert_eq!(label_value("claude-3.5-sonnet@2024/v1"), "claude-3.5-sonnet@2024/v1");
+        assert_eq!(label_value("é"), "_");
+    }
+
+    #[test]
+    fn statuses_become_outcomes() {
+        let cases = [
+            (200, "success"),
+            (304, "success"),
+            (0, "cancelled"),
+            (401, "denied"),
+            (403, "denied"),
+            (429, "rate_limited"),
+            (400, "client_error"),
+            (413, "client_error"),
+            (500, "server_error"),
+            (503, "server_error"),
+        ];
+        for (status, want) in cases {
+            assert_eq!(outcome(status), want, "status {status}");
+        }
+    }
+
+    #[test]
+    fn every_label_is_one_word() {
+        for label in LABELS {
+            assert!(label.chars().all(|c| c.is_ascii_lowercase()), "{label}");
+        }
+    }
+}

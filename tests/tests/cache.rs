@@ -1,0 +1,336 @@
+//! The cache filter through a real Envoy at `--concurrency 2`, behind json_to_metadata and
+//! rate-limit as in envoy/gateway.yaml, in front of a mock OpenAI-format backend.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::thread;
+use std::time::Duration;
+
+use portico_tests::envoy::{eventually, json_to_metadata, EnvoyConfig, Gateway};
+use portico_tests::http::{Request, Response};
+use portico_tests::upstream::Upstream;
+use serde_json::{json, Value};
+
+const CHAT: &str = "/v1/chat/completions";
+
+fn cache_config(route: Value, limits: Value) -> Value {
+    let mut config = json!({"routes": [route]});
+    if let (Some(config), Some(limits)) = (config.as_object_mut(), limits.as_object()) {
+        config.extend(limits.clone());
+    }
+    config
+}
+
+fn chat_route(ttl_seconds: u64) -> Value {
+    json!({"name": "chat", "match": {"path": CHAT, "methods": ["POST"]}, "ttl_seconds": ttl_seconds})
+}
+
+/// json_to_metadata → rate-limit (optional) → cache → router, routed by `x-portico-cluster`
+/// to one of two clusters that both reach the same mock backend.
+fn gateway(cache: &Value, rate_limit: Option<&Value>) -> (Gateway, Upstream) {
+    let upstream = Upstream::start("127.0.0.1:0").unwrap();
+    let mut envoy = EnvoyConfig::new(upstream.addr)
+        .route_by_header("x-portico-cluster")
+        .cluster("other", upstream.addr)
+        .native(json_to_metadata(&["model", "max_tokens", "stream"]));
+    if let Some(config) = rate_limit {
+        envoy = envoy.wasm("rate-limit", config);
+    }
+    (Gateway::start(&envoy.wasm("cache", cache)), upstream)
+}
+
+fn body(model: &str, system: &str, extra: Value) -> Value {
+    let mut b = json!({
+        "model": model,
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": "What is 2+2?"}],
+        "temperature": 0
+    });
+    if let (Some(b), Some(extra)) = (b.as_object_mut(), extra.as_object()) {
+        b.extend(extra.clone());
+    }
+    b
+}
+
+fn chat(consumer: &str, body: &Value) -> Request {
+    chat_via("upstream", consumer, body)
+}
+
+/// A chat request routed to `cluster`, as header-routing would have named it.
+fn chat_via(cluster: &str, consumer: &str, body: &Value) -> Request {
+    Request::new("POST", CHAT)
+        .header("content-type", "application/json")
+        .header("x-portico-consumer", consumer)
+        .header("x-portico-tier", "pro")
+        .header("x-portico-cluster", cluster)
+        .header("x-mock-usage", "10,20")
+        .body(body.to_string())
+}
+
+fn base() -> Value {
+    body("gpt-test", "Be brief.", json!({}))
+}
+
+fn cache_status(r: &Response) -> &str {
+    r.header("x-portico-cache").unwrap_or("(none)")
+}
+
+/// Which upstream request produced this answer (a replay shows the original's number).
+fn origin(r: &Response) -> String {
+    r.header("x-upstream-request").unwrap_or("(none)").to_owned()
+}
+
+#[test]
+fn a_repeated_request_is_answered_from_the_cache_and_reaches_the_upstream_once() {
+    let (gw, upstream) = gateway(&cache_config(chat_route(300), json!({})), None);
+    let first = chat("alice", &base()).send(gw.addr);
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(cache_status(&first), "MISS");
+    assert_eq!(first.header("age"), None);
+    assert_eq!(upstream.requests(), 1);
+
+    // The same request again, with its keys in another order and other spacing.
+    let reordered = r#"{ "temperature": 0, "model": "gpt-test",
+        "messages": [{"content": "Be brief.", "role": "system"}, {"role": "user", "content": "What is 2+2?"}] }"#;
+    for (i, request) in [chat("alice", &base()), chat("alice", &base()).body(reordered)]
+        .iter()
+        .enumerate()
+    {
+        let hit = request.send(gw.addr);
+        assert_eq!(hit.status, 200, "{}", hit.text());
+        assert_eq!(cache_status(&hit), "HIT", "repeat {i}");
+        assert_eq!(hit.body, first.body, "the stored answer, byte for byte");
+        assert_eq!(hit.header("content-type"), Some("application/json"));
+        assert_eq!(origin(&hit), origin(&first));
+        let age: u64 = hit.header("age").expect("age on a hit").parse().unwrap();
+        assert!(age <= 2, "age {age}");
+    }
+    // Answered in the request body callback: the upstream never received a complete request
+    // for either hit.
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(upstream.requests(), 1);
+
+    assert!(eventually(Duration::from_secs(3), || {
+        gw.metric("portico_cache_requests_total", &[("route", "chat"), ("status", "hit")]) == 2
+            && gw.metric("portico_cache_requests_total", &[("route", "chat"), ("status", "miss")]) == 1
+            && gw.metric("portico_cache_stores_total", &[("outcome", "stored")]) == 1
+    }));
+    gw.assert_no_wasm_panic();
+}
+
+#[test]
+fn consumers_models_system_prompts_parameters_and_backends_never_share_an_entry() {
+    let (gw, upstream) = gateway(&cache_config(chat_route(300), json!({})), None);
+    assert_eq!(cache_status(&chat("alice", &base()).send(gw.addr)), "MISS");
+    assert_eq!(cache_status(&chat("alice", &base()).send(gw.addr)), "HIT");
+
+    let variants: Vec<(&str, Request)> = vec![
+        ("another consumer", chat("bob", &base())),
+        (
+            "another model",
+            chat("alice", &body("gpt-other", "Be brief.", json!({}))),
+        ),
+        (
+            "another system prompt",
+            chat("alice", &body("gpt-test", "Be verbose.", json!({}))),
+        ),
+        (
+            "another parameter",
+            chat("alice", &body("gpt-test", "Be brief.", json!({"max_tokens": 7}))),
+        ),
+        ("another backend", chat_via("other", "alice", &base())),
+    ];
+    for (what, request) in &variants {
+        let before = upstream.requests();
+        let r = request.send(gw.addr);
+        assert_eq!(r.status, 200, "{what}: {}", r.text());
+        assert_eq!(cache_status(&r), "MISS", "{what} must not get another request's answer");
+        assert_eq!(upstream.requests(), before + 1, "{what} went upstream");
+        // Each now has its own entry, with its own answer.
+        let again = request.send(gw.addr);
+        assert_eq!(cache_status(&again), "HIT", "{what}");
+        assert_eq!(again.body, r.body, "{what}");
+    }
+    let other_model = chat("alice", &body("gpt-other", "Be brief.", json!({}))).send(gw.addr);
+    assert_eq!(other_model.json()["model"], "gpt-other");
+    let mine = chat("alice", &base()).send(gw.addr);
+    assert_eq!(mine.json()["model"], "gpt-test");
+    gw.assert_no_wasm_panic();
+}
+
+#[test]
+fn entries_expire_after_their_route_ttl() {
+    let (gw, upstream) = gateway(&cache_config(chat_route(1), json!({})), None);
+    assert_eq!(cache_status(&chat("alice", &base()).send(gw.addr)), "MISS");
+    assert_eq!(cache_status(&chat("alice", &base()).send(gw.addr)), "HIT");
+    thread::sleep(Duration::from_millis(1100));
+    let r = chat("alice", &base()).send(gw.addr);
+    assert_eq!(cache_status(&r), "MISS", "expired after 1 s");
+    assert_eq!(upstream.requests(), 2);
+    assert_eq!(
+        cache_status(&chat("alice", &base()).send(gw.addr)),
+        "HIT",
+        "stored again"
+    );
+}
+
+#[test]
+fn client_and_upstream_cache_directives_and_unsafe_requests_are_honoured() {
+    let route = json!({"name": "chat", "match": {"path": CHAT}, "ttl_seconds": 300, "opt_in_header": "x-cache-ok"});
+    let (gw, upstream) = gateway(&cache_config(route, json!({})), None);
+    let send = |r: Request| r.send(gw.addr);
+
+    // Client no-store: goes upstream, nothing stored.
+    let r = send(chat("a", &base()).header("cache-control", "no-store"));
+    assert_eq!((r.status, cache_status(&r)), (200, "BYPASS"));
+    assert_eq!(
+        cache_status(&send(chat("a", &base()))),
+        "MISS",
+        "no-store stored nothing"
+    );
+    assert_eq!(cache_status(&send(chat("a", &base()))), "HIT");
+
+    // Client no-cache: never answered from the cache, and the fresh answer replaces the entry.
+    let before = upstream.requests();
+    let fresh = send(chat("a", &base()).header("cache-control", "no-cache"));
+    assert_eq!(cache_status(&fresh), "BYPASS");
+    assert_eq!(upstream.requests(), before + 1);
+    let after = send(chat("a", &base()));
+    assert_eq!(cache_status(&after), "HIT");
+    assert_eq!(origin(&after), origin(&fresh), "the refreshed answer is served");
+
+    // Upstream no-store and private: not stored.
+    for cc in ["no-store", "private, max-age=60"] {
+        let b = body("gpt-test", cc, json!({}));
+        for _ in 0..2 {
+            let r = send(chat("a", &b).header("x-mock-cache-control", cc));
+            assert_eq!(cache_status(&r), "MISS", "upstream said {cc}");
+        }
+    }
+
+    // Not replay-safe: a temperature above 0, unless the client opts in; streams never.
+    let warm = body("gpt-test", "Be brief.", json!({"temperature": 0.7}));
+    for _ in 0..2 {
+        assert_eq!(cache_status(&send(chat("a", &warm))), "BYPASS");
+    }
+    assert_eq!(cache_status(&send(chat("a", &warm).header("x-cache-ok", "1"))), "MISS");
+    assert_eq!(cache_status(&send(chat("a", &warm).header("x-cache-ok", "1"))), "HIT");
+    let stream = body("gpt-test", "Be brief.", json!({"stream": true}));
+    for _ in 0..2 {
+        let r = send(chat("a", &stream));
+        assert_eq!((r.status, cache_status(&r)), (200, "BYPASS"));
+        assert!(r.text().contains("data: "), "streamed through");
+    }
+    // Not JSON: passed through, not cached.
+    let r = send(chat("a", &base()).body("not json"));
+    assert_eq!(cache_status(&r), "BYPASS");
+
+    assert!(eventually(Duration::from_secs(3), || {
+        gw.metric("portico_cache_bypass_total", &[("reason", "not_replayable")]) == 2
+            && gw.metric("portico_cache_bypass_total", &[("reason", "stream")]) == 2
+            && gw.metric("portico_cache_bypass_total", &[("reason", "client_no_store")]) == 1
+            && gw.metric("portico_cache_stores_total", &[("outcome", "not_storable")]) == 4
+    }));
+    gw.assert_no_wasm_panic();
+}
+
+#[test]
+fn an_upstream_cannot_claim_its_answer_came_from_the_cache() {
+    let (gw, _upstream) = gateway(&cache_config(chat_route(300), json!({})), None);
+    // Not a cached route: whatever the backend says, no cache header reaches the client.
+    let r = Request::new("GET", "/other")
+        .header("x-portico-cluster", "upstream")
+        .header("x-mock-header", "x-portico-cache=HIT")
+        .send(gw.addr);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-portico-cache"), None);
+    // A cached route: the cache's own verdict replaces the backend's claim.
+    let r = chat("alice", &base())
+        .header("x-mock-header", "x-portico-cache=HIT")
+        .send(gw.addr);
+    assert_eq!(cache_status(&r), "MISS");
+    assert_eq!(r.headers.iter().filter(|(n, _)| n == "x-portico-cache").count(), 1);
+}
+
+#[test]
+fn oversized_entries_are_not_stored_and_the_total_bound_holds_under_many_keys() {
+    let limits = json!({"max_entries": 16, "max_bytes": 8000, "max_entry_bytes": 2000});
+    let (gw, upstream) = gateway(&cache_config(chat_route(300), limits), None);
+
+    let big = chat("a", &base()).header("x-mock-pad", "3000");
+    for _ in 0..2 {
+        assert_eq!(
+            cache_status(&big.send(gw.addr)),
+            "MISS",
+            "over max_entry_bytes: never stored"
+        );
+    }
+
+    let question = |n: usize| body("gpt-test", &format!("Question {n}"), json!({}));
+    for n in 0..60 {
+        let r = chat("a", &question(n)).header("x-mock-pad", "400").send(gw.addr);
+        assert_eq!(cache_status(&r), "MISS", "question {n}");
+    }
+    assert!(eventually(Duration::from_secs(3), || gw
+        .metric("portico_cache_stores_total", &[("outcome", "stored")])
+        == 60));
+    let bytes = gw.metric("portico_cache_bytes", &[]);
+    let entries = gw.metric("portico_cache_entries", &[]);
+    assert!(bytes > 0 && bytes <= 8000, "{bytes} bytes held");
+    assert!(entries > 0 && entries <= 16, "{entries} entries held");
+    assert!(gw.metric("portico_cache_evictions_total", &[]) >= 40);
+    assert_eq!(gw.metric("portico_cache_stores_total", &[("outcome", "too_large")]), 2);
+
+    // The newest answers are kept; the oldest were evicted.
+    let before = upstream.requests();
+    let newest = chat("a", &question(59)).header("x-mock-pad", "400").send(gw.addr);
+    assert_eq!(cache_status(&newest), "HIT");
+    let oldest = chat("a", &question(0)).header("x-mock-pad", "400").send(gw.addr);
+    assert_eq!(cache_status(&oldest), "MISS");
+    assert_eq!(upstream.requests(), before + 1);
+    gw.assert_no_wasm_panic();
+}
+
+#[test]
+fn a_hit_charges_no_tokens_but_counts_against_request_limits() {
+    let rate_limit = json!({
+        "rules": [{"name": "per_consumer", "key": ["consumer"], "limit": {"requests": 3, "period_seconds": 3600}}],
+        "token_quotas": [{"name": "llm", "match": {"path": "/v1/{*rest}"}, "key": ["consumer"],
+                          "budgets": [{"tokens": 100000, "period_seconds": 31536000}]}]
+    });
+    let (gw, upstream) = gateway(&cache_config(chat_route(300), json!({})), Some(&rate_limit));
+    let remaining = |r: &Response| -> u64 {
+        r.header("x-ratelimit-remaining-tokens")
+            .unwrap_or_else(|| panic!("no token headers: {:?}", r.headers))
+            .parse()
+            .unwrap()
+    };
+    let miss = chat("alice", &base()).send(gw.addr);
+    assert_eq!(cache_status(&miss), "MISS");
+    let estimate = 100_000 - remaining(&miss);
+    thread::sleep(Duration::from_millis(50));
+
+    // The miss settled to its usage (10 + 20); each hit reserves its estimate at admission
+    // and releases all of it when the hit comes back.
+    let hit1 = chat("alice", &base()).send(gw.addr);
+    assert_eq!(cache_status(&hit1), "HIT");
+    assert_eq!(remaining(&hit1), 100_000 - 30 - estimate);
+    thread::sleep(Duration::from_millis(50));
+    let hit2 = chat("alice", &base()).send(gw.addr);
+    assert_eq!(cache_status(&hit2), "HIT");
+    assert_eq!(
+        remaining(&hit2),
+        100_000 - 30 - estimate,
+        "the first hit charged nothing"
+    );
+    assert_eq!(upstream.requests(), 1);
+
+    // Hits are requests all the same: the fourth in the hour is refused.
+    let refused = chat("alice", &base()).send(gw.addr);
+    assert_eq!(refused.status, 429, "{}", refused.text());
+
+    // Only the upstream's answer counted tokens.
+    assert!(eventually(Duration::from_secs(3), || {
+        gw.metric("portico_tokens_total", &[("model", "gpt-test"), ("kind", "prompt")]) == 10
+            && gw.metric("portico_tokens_total", &[("model", "gpt-test"), ("kind", "completion")]) == 20
+    }));
+    gw.assert_no_wasm_panic();
+}
