@@ -3,9 +3,53 @@
 
 use std::fs;
 use std::net::SocketAddr;
+use std::path::Path;
 
-use crate::envoy::root;
+use crate::envoy::{root, Gateway};
 use crate::http::{get, Request, Response};
+use crate::upstream::{Mode, Upstream};
+
+/// `envoy/gateway.yaml` as shipped, running on free ports beside its three demo backends.
+#[derive(Debug)]
+pub struct Shipped {
+    pub gw: Gateway,
+    pub backend_a: Upstream,
+    pub backend_b: Upstream,
+    pub model: Upstream,
+}
+
+impl Shipped {
+    /// Starts it; the access log goes to `access_log` instead of stdout when given.
+    pub fn start(access_log: Option<&Path>) -> Shipped {
+        Self::start_edited(access_log, |config| config)
+    }
+
+    /// Like [`Shipped::start`], with the config text changed by `edit` first.
+    #[allow(clippy::unwrap_used)]
+    pub fn start_edited(access_log: Option<&Path>, edit: impl FnOnce(String) -> String) -> Shipped {
+        let backend_a = Upstream::start_named("127.0.0.1:0", "demo-a").unwrap();
+        let backend_b = Upstream::start_named("127.0.0.1:0", "demo-b").unwrap();
+        let model = Upstream::start_with("127.0.0.1:0", "demo-anthropic", Mode::Model).unwrap();
+        // The shipped file with free ports and absolute wasm paths, so it runs beside other tests.
+        let mut config = fs::read_to_string(root().join("envoy/gateway.yaml"))
+            .unwrap()
+            .replace("port_value: 10000", "port_value: 0")
+            .replace("port_value: 9901", "port_value: 0")
+            .replace("port_value: 8081", &format!("port_value: {}", backend_a.addr.port()))
+            .replace("port_value: 8082", &format!("port_value: {}", backend_b.addr.port()))
+            .replace("port_value: 8083", &format!("port_value: {}", model.addr.port()))
+            .replace("filename: dist/", &format!("filename: {}/dist/", root().display()));
+        if let Some(path) = access_log {
+            config = config.replace("path: /dev/stdout", &format!("path: {}", path.display()));
+        }
+        Shipped {
+            gw: Gateway::start_text(&edit(config)),
+            backend_a,
+            backend_b,
+            model,
+        }
+    }
+}
 
 /// `KEY=value` from envoy/demo.env.
 pub fn demo_env(key: &str) -> String {

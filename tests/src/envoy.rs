@@ -88,8 +88,15 @@ impl EnvoyConfig {
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
         }));
+        let tags: Vec<Value> = portico_core::analytics::LABELS
+            .iter()
+            .map(|l| json!({"tag_name": l, "regex": portico_core::analytics::tag_regex(l)}))
+            .collect();
         json!({
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+            // As envoy/gateway.yaml: labelled Portico metrics; histograms show within a second.
+            "stats_config": {"stats_tags": tags},
+            "stats_flush_interval": "1s",
             "static_resources": {
                 "listeners": [{
                     "name": "main",
@@ -116,6 +123,24 @@ impl EnvoyConfig {
             }
         })
     }
+}
+
+/// The sum of the series of `name` in Prometheus text whose labels include all of `labels`.
+pub fn sum_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (label_text, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            let has_all = labels
+                .iter()
+                .all(|(k, v)| label_text.split(',').any(|pair| pair == format!("{k}=\"{v}\"")));
+            has_all.then(|| value.trim().parse::<f64>().ok()).flatten()
+        })
+        .map(|v| v as u64)
+        .sum()
 }
 
 /// Envoy's `json_to_metadata` filter lifting `fields` of JSON request bodies into the
@@ -334,6 +359,12 @@ impl Gateway {
     /// Envoy's stats in Prometheus text format.
     pub fn prometheus(&self) -> String {
         http::get("/stats/prometheus").send(self.admin).text()
+    }
+
+    /// The sum of every series of metric `name` whose labels include all of `labels`
+    /// (histograms: ask for `<name>_count` or `<name>_sum`).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        sum_metric(&self.prometheus(), name, labels)
     }
 
     /// Asserts that no wasm VM crashed while serving.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use portico_tests::envoy::{eventually, EnvoyConfig, Gateway};
+use portico_tests::envoy::{eventually, sum_metric, EnvoyConfig, Gateway};
 use portico_tests::http::{get, Response};
 use portico_tests::tokens::{
     bare_claims, claims, hs256_with_secret, now, raw_token, signers, ALGORITHMS, AUDIENCE, ISSUER,
@@ -321,16 +321,18 @@ fn hostile_and_invalid_tokens_get_stable_errors_and_never_crash_the_vm() {
 
     // Outcomes are counted at /stats/prometheus.
     let stats = gw.prometheus();
-    let metric = |name: &str| -> u64 {
-        stats
-            .lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    };
-    assert!(metric("portico_auth_allowed") >= 16, "{stats}");
-    assert_eq!(metric("portico_auth_denied_token_expired"), 1, "{stats}");
-    assert_eq!(metric("portico_auth_denied_multiple_credentials"), 2, "{stats}");
+    let metric = |labels: &[(&str, &str)]| sum_metric(&stats, "portico_auth_requests_total", labels);
+    assert!(metric(&[("outcome", "allowed")]) >= 16, "{stats}");
+    assert_eq!(
+        metric(&[("outcome", "denied"), ("reason", "token_expired")]),
+        1,
+        "{stats}"
+    );
+    assert_eq!(
+        metric(&[("outcome", "denied"), ("reason", "multiple_credentials")]),
+        2,
+        "{stats}"
+    );
 }
 
 #[test]

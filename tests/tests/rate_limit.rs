@@ -42,12 +42,12 @@ fn count(responses: &[Response], status: u16) -> usize {
     responses.iter().filter(|r| r.status == status).count()
 }
 
-fn metric(gw: &Gateway, name: &str) -> u64 {
-    gw.prometheus()
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+/// `portico_ratelimit_requests_total` for one rule and outcome.
+fn decisions(gw: &Gateway, rule: &str, outcome: &str) -> u64 {
+    gw.metric(
+        "portico_ratelimit_requests_total",
+        &[("rule", rule), ("outcome", outcome)],
+    )
 }
 
 #[test]
@@ -64,8 +64,8 @@ fn exactly_the_limit_passes_under_concurrency_across_workers() {
         responses.iter().map(|r| r.status).collect::<Vec<_>>()
     );
     assert_eq!(count(&responses, 429), 150);
-    assert_eq!(metric(&gw, "portico_ratelimit_rule_per_consumer_allowed"), 50);
-    assert_eq!(metric(&gw, "portico_ratelimit_rule_per_consumer_limited"), 150);
+    assert_eq!(decisions(&gw, "per_consumer", "allowed"), 50);
+    assert_eq!(decisions(&gw, "per_consumer", "limited"), 150);
     gw.assert_no_wasm_panic();
 }
 
@@ -178,8 +178,8 @@ fn dry_run_counts_and_reports_but_never_refuses() {
     let responses: Vec<Response> = (0..5).map(|_| get("/").send(gw.addr)).collect();
     assert!(responses.iter().all(|r| r.status == 200));
     assert_eq!(responses[4].header("x-ratelimit-remaining"), Some("0"));
-    assert_eq!(metric(&gw, "portico_ratelimit_rule_trial_dry_run_limited"), 3);
-    assert_eq!(metric(&gw, "portico_ratelimit_rule_trial_allowed"), 2);
+    assert_eq!(decisions(&gw, "trial", "dry_run_limited"), 3);
+    assert_eq!(decisions(&gw, "trial", "allowed"), 2);
 }
 
 fn quota_gateway(tokens: u64, period: u64) -> (Gateway, Upstream) {
@@ -255,8 +255,8 @@ fn token_usage_is_settled_from_json_and_from_split_streams_of_both_apis() {
     thread::sleep(Duration::from_millis(50));
     let r = chat("/v1/chat/completions", "u", None, false).send(gw.addr);
     assert_eq!(remaining_tokens(&r), 100_000 - used - estimate);
-    assert!(metric(&gw, "portico_ratelimit_responses_without_usage") >= 1);
-    assert!(metric(&gw, "portico_ratelimit_tokens_charged_pro_gpt_test") >= used);
+    assert!(gw.metric("portico_ratelimit_responses_without_usage", &[]) >= 1);
+    assert!(gw.metric("portico_tokens_total", &[("tier", "pro"), ("model", "gpt-test")]) >= used);
     gw.assert_no_wasm_panic();
 }
 
@@ -276,7 +276,7 @@ fn a_stream_cut_before_its_usage_keeps_the_reservation() {
         100_000 - 3 * estimate,
         "both cut streams kept their reservation"
     );
-    assert_eq!(metric(&gw, "portico_ratelimit_responses_without_usage"), 2);
+    assert_eq!(gw.metric("portico_ratelimit_responses_without_usage", &[]), 2);
     gw.assert_no_wasm_panic();
 }
 

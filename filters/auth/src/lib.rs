@@ -19,8 +19,9 @@ use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::{error, info, warn};
+use portico_core::analytics::state;
 use portico_core::identity::{CONSUMER_HEADER, TIER_HEADER};
-use portico_core::metrics::{bump, counter};
+use portico_core::metrics::{bump, counter, Family};
 use portico_core::request::{remove_cookie, remove_query_param, RequestView};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
@@ -47,11 +48,11 @@ fn unix_seconds(time: SystemTime) -> u64 {
 
 // === Metrics ===
 
-/// Counter ids, defined once per VM.
+/// Metric ids, defined once per VM.
 #[derive(Debug, Default)]
 struct Metrics {
-    allowed: Option<u32>,
-    denied: HashMap<Reason, u32>,
+    /// `portico_auth_requests_total{outcome, reason, tier}`.
+    requests: Option<Family>,
     jwks_updated: Option<u32>,
     jwks_failed: Option<u32>,
 }
@@ -59,13 +60,17 @@ struct Metrics {
 impl Metrics {
     fn define() -> Self {
         Self {
-            allowed: counter("portico_auth_allowed"),
-            denied: Reason::ALL
-                .iter()
-                .filter_map(|r| counter(&format!("portico_auth_denied_{}", r.code())).map(|id| (*r, id)))
-                .collect(),
+            // Tiers and reasons are both few; the cap only guards against a tier claim that
+            // takes a new value on every token.
+            requests: Some(Family::counter("portico_auth_requests_total", 200)),
             jwks_updated: counter("portico_auth_jwks_updated"),
             jwks_failed: counter("portico_auth_jwks_fetch_failed"),
+        }
+    }
+
+    fn count(&self, outcome: &str, reason: &str, tier: &str) {
+        if let Some(family) = &self.requests {
+            family.add(&[("outcome", outcome), ("reason", reason), ("tier", tier)], 1);
         }
     }
 }
@@ -227,17 +232,21 @@ impl HttpContext for AuthHttp {
         }
         match decision {
             Decision::Allow { identity, strip } => {
-                if let Some(identity) = identity {
+                let mut tier = "none";
+                if let Some(identity) = &identity {
                     self.set_http_request_header(CONSUMER_HEADER, Some(&identity.consumer));
-                    if let Some(tier) = &identity.tier {
-                        self.set_http_request_header(TIER_HEADER, Some(tier));
+                    self.set_property(vec![state::CONSUMER], Some(identity.consumer.as_bytes()));
+                    if let Some(t) = &identity.tier {
+                        self.set_http_request_header(TIER_HEADER, Some(t));
+                        self.set_property(vec![state::TIER], Some(t.as_bytes()));
+                        tier = t;
                     }
                     for (name, value) in &identity.headers {
                         self.set_http_request_header(name, Some(value));
                     }
                 }
                 self.strip(&strip, &request);
-                bump(self.metrics.allowed, 1);
+                self.metrics.count("allowed", "none", tier);
                 Action::Continue
             }
             Decision::Deny { reason, scopes } => {
@@ -259,7 +268,7 @@ impl AuthHttp {
             request.method(),
             request.path()
         );
-        bump(self.metrics.denied.get(&reason).copied(), 1);
+        self.metrics.count("denied", reason.code(), "none");
         self.send_http_response(response.status, response.header_pairs(), Some(&response.body()));
     }
 

@@ -17,6 +17,8 @@ use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
 use log::info;
+use portico_core::analytics::state;
+use portico_core::metrics::Family;
 use portico_core::request::RequestView;
 use portico_core::response::{ErrorResponse, ErrorType};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -94,6 +96,23 @@ pub fn translated_path(path_and_query: &str, direction: Direction) -> String {
 #[derive(Default)]
 struct TransformRoot {
     config: Option<Rc<Config>>,
+    /// `portico_transform_requests_total{kind, outcome}`: kind is the translation
+    /// (`openai_to_anthropic`, `anthropic_to_openai`) or `rewrite`; outcome is `ok` or the
+    /// error code the client got.
+    metrics: Option<Rc<Family>>,
+}
+
+impl Direction {
+    fn label(self) -> &'static str {
+        match self {
+            Direction::OpenAiToAnthropic => "openai_to_anthropic",
+            Direction::AnthropicToOpenAi => "anthropic_to_openai",
+        }
+    }
+}
+
+fn kind_label(direction: Option<Direction>) -> &'static str {
+    direction.map_or("rewrite", Direction::label)
 }
 
 impl Context for TransformRoot {}
@@ -104,6 +123,7 @@ impl RootContext for TransformRoot {
         match Config::from_bytes(&bytes) {
             Ok(config) => {
                 self.config = Some(Rc::new(config));
+                self.metrics = Some(Rc::new(Family::counter("portico_transform_requests_total", 100)));
                 true
             }
             Err(errors) => {
@@ -116,6 +136,7 @@ impl RootContext for TransformRoot {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(TransformHttp {
             config: self.config.clone()?,
+            metrics: self.metrics.clone()?,
             rule: None,
             direction: None,
             rewrite_request: false,
@@ -143,6 +164,7 @@ enum Response {
 
 struct TransformHttp {
     config: Rc<Config>,
+    metrics: Rc<Family>,
     rule: Option<usize>,
     direction: Option<Direction>,
     rewrite_request: bool,
@@ -161,6 +183,8 @@ impl TransformHttp {
 
     fn reject(&mut self, status: u32, error_type: ErrorType, code: &'static str, message: String) -> Action {
         info!("{NAME}: {status} {code}: {message}");
+        self.metrics
+            .add(&[("kind", kind_label(self.direction)), ("outcome", code)], 1);
         // The local reply passes back through this filter's response callbacks: it is already
         // in the client's shape, so nothing may translate or rewrite it.
         self.rule = None;
@@ -319,6 +343,8 @@ impl HttpContext for TransformHttp {
         match serde_json::to_vec(&value) {
             Ok(bytes) => {
                 self.set_http_request_body(0, body_size, &bytes);
+                self.metrics
+                    .add(&[("kind", kind_label(self.direction)), ("outcome", "ok")], 1);
                 Action::Continue
             }
             Err(_) => self.reject(
@@ -370,7 +396,18 @@ impl HttpContext for TransformHttp {
                 };
                 if end_of_stream {
                     match &mut self.response {
-                        Response::OpenAiStream(t) => out.extend(t.finish()),
+                        Response::OpenAiStream(t) => {
+                            out.extend(t.finish());
+                            // The OpenAI client may not get the usage (it did not ask for it):
+                            // rate-limit, after this filter on the way out, reads it here.
+                            if let Some((prompt, completion)) = t.usage() {
+                                self.set_property(vec![state::PROMPT_TOKENS], Some(prompt.to_string().as_bytes()));
+                                self.set_property(
+                                    vec![state::COMPLETION_TOKENS],
+                                    Some(completion.to_string().as_bytes()),
+                                );
+                            }
+                        }
                         Response::AnthropicStream(t) => out.extend(t.finish()),
                         _ => {}
                     }

@@ -40,13 +40,13 @@ fn every_shipped_configuration_passes() {
         .collect();
     let (ok, out) = run(&args);
     assert!(ok, "{out}");
-    for filter in ["auth", "rate-limit", "header-routing", "body-transform"] {
+    for filter in ["auth", "rate-limit", "header-routing", "body-transform", "cache"] {
         assert!(
             out.contains(&format!("envoy/gateway.yaml: {filter} at ")),
             "{filter} not found in gateway.yaml:\n{out}"
         );
     }
-    assert_eq!(out.lines().filter(|l| l.ends_with(": ok")).count(), 12, "{out}");
+    assert_eq!(out.lines().filter(|l| l.ends_with(": ok")).count(), 15, "{out}");
 }
 
 #[test]

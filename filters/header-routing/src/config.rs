@@ -12,6 +12,8 @@ pub struct Config {
     pub cluster_header: String,
     pub max_body_bytes: u64,
     pub metadata_namespace: String,
+    /// Request series per consumer as well (one series per consumer: opt-in).
+    pub per_consumer_metrics: bool,
     pub backends: Vec<Backend>,
     pub flags: Vec<Flag>,
     pub routes: Vec<Route>,
@@ -152,6 +154,7 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
         .unwrap_or("x-portico-cluster")
         .to_ascii_lowercase();
     let max_body_bytes = root.opt_u64("max_body_bytes", errors).unwrap_or(DEFAULT_MAX_BODY);
+    let per_consumer_metrics = root.opt_bool("per_consumer_metrics", errors).unwrap_or(false);
     let metadata_namespace = root
         .opt_str("metadata_namespace", errors)
         .unwrap_or("portico")
@@ -240,6 +243,7 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
         cluster_header,
         max_body_bytes,
         metadata_namespace,
+        per_consumer_metrics,
         backends,
         flags,
         routes,

@@ -136,6 +136,17 @@ fn is_json(view: &RequestView) -> bool {
     })
 }
 
+/// The route a request falls under (path, methods, hosts, headers, tiers and flags hold),
+/// whether or not it could be served: how requests refused before routing, or by it, are
+/// labelled in metrics.
+pub fn route_of<'c>(config: &'c Config, view: &RequestView) -> Option<&'c crate::config::Route> {
+    let flags = flags_on(config, view);
+    config
+        .routes
+        .iter()
+        .find(|r| r.matcher.matches(view) && conditions_hold(r, view, &flags))
+}
+
 pub fn decide(config: &Config, inputs: &Inputs<'_>) -> Decision {
     let view = inputs.view;
     let flags = flags_on(config, view);

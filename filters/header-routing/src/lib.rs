@@ -11,8 +11,11 @@ pub mod config;
 pub mod decide;
 
 use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
+use portico_core::analytics::{outcome, state};
+use portico_core::metrics::Family;
 use portico_core::request::RequestView;
 use portico_core::response::{ErrorResponse, ErrorType};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -38,9 +41,58 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(RoutingRoot::default()) });
 }}
 
+// === Metrics ===
+
+/// Distinct label sets per metric before the rest count as `other`.
+const MAX_SERIES: usize = 1000;
+
+/// The request series: every request that reaches Envoy's filter chain is counted here once,
+/// in `on_log`, including those refused by auth or rate-limit before this filter ran.
+#[derive(Debug)]
+struct Metrics {
+    /// `portico_requests_total{route, tier, model, backend, variant, outcome}`.
+    requests: Family,
+    /// `portico_request_duration_ms{route, tier, model, backend}`: from the request's first
+    /// byte to the end of the response.
+    duration: Family,
+    /// `portico_time_to_first_token_ms{route, tier, model, backend}`: streamed responses, to
+    /// the first body bytes.
+    ttft: Family,
+    /// `portico_consumer_requests_total{consumer, outcome}`, only when configured.
+    consumers: Option<Family>,
+}
+
+impl Metrics {
+    fn define(config: &Config) -> Self {
+        Self {
+            requests: Family::counter("portico_requests_total", MAX_SERIES),
+            duration: Family::histogram("portico_request_duration_ms", MAX_SERIES),
+            ttft: Family::histogram("portico_time_to_first_token_ms", MAX_SERIES),
+            consumers: config
+                .per_consumer_metrics
+                .then(|| Family::counter("portico_consumer_requests_total", 10_000)),
+        }
+    }
+}
+
+/// What this request is labelled with.
+#[derive(Debug, Default)]
+struct Labels {
+    route: String,
+    backend: String,
+    variant: String,
+    model: String,
+}
+
+fn nanos(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 #[derive(Default)]
 struct RoutingRoot {
     config: Option<Rc<Config>>,
+    metrics: Option<Rc<Metrics>>,
 }
 
 impl Context for RoutingRoot {}
@@ -50,6 +102,7 @@ impl RootContext for RoutingRoot {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         match Config::from_bytes(&bytes) {
             Ok(config) => {
+                self.metrics = Some(Rc::new(Metrics::define(&config)));
                 self.config = Some(Rc::new(config));
                 true
             }
@@ -63,8 +116,12 @@ impl RootContext for RoutingRoot {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(RoutingHttp {
             config: self.config.clone()?,
+            metrics: self.metrics.clone()?,
             echo: Vec::new(),
             rewrite_model: None,
+            labels: None,
+            streaming: false,
+            first_byte_seen: false,
         }))
     }
 
@@ -75,6 +132,11 @@ impl RootContext for RoutingRoot {
 
 struct RoutingHttp {
     config: Rc<Config>,
+    metrics: Rc<Metrics>,
+    /// Set once the request is routed.
+    labels: Option<Labels>,
+    streaming: bool,
+    first_byte_seen: bool,
     /// Headers echoed on the response.
     echo: Vec<(&'static str, String)>,
     /// The upstream model name to write into the JSON body.
@@ -91,6 +153,29 @@ impl RoutingHttp {
             &self.config.metadata_namespace,
             key,
         ])
+    }
+
+    fn property(&self, key: &str) -> Option<String> {
+        self.get_property(vec![key]).and_then(|v| String::from_utf8(v).ok())
+    }
+
+    /// Milliseconds since the request's first byte reached Envoy.
+    fn elapsed_ms(&self) -> Option<u64> {
+        let start: [u8; 8] = self.get_property(vec!["request", "time"])?.try_into().ok()?;
+        let start = u64::try_from(i64::from_le_bytes(start)).ok()?;
+        Some(nanos(self.get_current_time()).saturating_sub(start) / 1_000_000)
+    }
+
+    /// Labels for a request this filter did not route (refused before it ran, or by it).
+    fn unrouted_labels(&self) -> Labels {
+        let view = RequestView::new(self.get_http_request_headers_bytes());
+        let route = decide::route_of(&self.config, &view).map_or_else(|| "none".to_owned(), |r| r.name.clone());
+        Labels {
+            route,
+            backend: "none".to_owned(),
+            variant: "none".to_owned(),
+            model: String::from_utf8(self.metadata("model").unwrap_or_default()).unwrap_or_default(),
+        }
     }
 
     fn respond(&self, response: &ErrorResponse, view: Option<&RequestView>) {
@@ -177,6 +262,27 @@ impl HttpContext for RoutingHttp {
             self.rewrite_model = routed.model;
         }
         self.set_http_request_header(&self.config.cluster_header, Some(&backend.cluster));
+        let labels = Labels {
+            route: self
+                .config
+                .routes
+                .get(routed.route)
+                .map_or_else(String::new, |r| r.name.clone()),
+            backend: backend.name.clone(),
+            variant: routed.variant.clone().unwrap_or_default(),
+            model: self.rewrite_model.clone().or(model).unwrap_or_default(),
+        };
+        for (key, value) in [
+            (state::ROUTE, &labels.route),
+            (state::BACKEND, &labels.backend),
+            (state::VARIANT, &labels.variant),
+            (state::MODEL, &labels.model),
+        ] {
+            if !value.is_empty() {
+                self.set_property(vec![key], Some(value.as_bytes()));
+            }
+        }
+        self.labels = Some(labels);
         // Envoy 1.40 re-evaluates the route after a header change by itself; newer versions
         // will not, so say it explicitly.
         if let Err(status) = proxy_wasm::hostcalls::call_foreign_function("clear_route_cache", None) {
@@ -227,7 +333,70 @@ impl HttpContext for RoutingHttp {
         for (name, value) in &self.echo {
             self.set_http_response_header(name, Some(value));
         }
+        if self.labels.is_some() {
+            self.streaming = self
+                .get_http_response_header_bytes("content-type")
+                .is_some_and(|ct| ct.windows(17).any(|w| w.eq_ignore_ascii_case(b"text/event-stream")));
+        }
         Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        if self.streaming && !self.first_byte_seen && body_size > 0 {
+            self.first_byte_seen = true;
+            if let (Some(ms), Some(l)) = (self.elapsed_ms(), &self.labels) {
+                let tier = self.property(state::TIER).unwrap_or_default();
+                self.metrics.ttft.add(
+                    &[
+                        ("route", &l.route),
+                        ("tier", &tier),
+                        ("model", &l.model),
+                        ("backend", &l.backend),
+                    ],
+                    ms,
+                );
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let status = self
+            .get_http_response_header_bytes(":status")
+            .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u32>().ok())
+            .unwrap_or(0);
+        let labels = match self.labels.take() {
+            Some(labels) => labels,
+            None => self.unrouted_labels(),
+        };
+        let tier = self.property(state::TIER).unwrap_or_default();
+        let outcome = outcome(status);
+        self.metrics.requests.add(
+            &[
+                ("route", &labels.route),
+                ("tier", &tier),
+                ("model", &labels.model),
+                ("backend", &labels.backend),
+                ("variant", &labels.variant),
+                ("outcome", outcome),
+            ],
+            1,
+        );
+        if let Some(ms) = self.elapsed_ms() {
+            self.metrics.duration.add(
+                &[
+                    ("route", &labels.route),
+                    ("tier", &tier),
+                    ("model", &labels.model),
+                    ("backend", &labels.backend),
+                ],
+                ms,
+            );
+        }
+        if let Some(family) = &self.metrics.consumers {
+            let consumer = self.property(state::CONSUMER).unwrap_or_else(|| "anonymous".to_owned());
+            family.add(&[("consumer", &consumer), ("outcome", outcome)], 1);
+        }
     }
 }
 

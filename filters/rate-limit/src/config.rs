@@ -20,6 +20,8 @@ pub struct Config {
     pub metadata_namespace: String,
     /// Some key counts per client address: only then is it read from the host.
     pub needs_client_ip: bool,
+    /// Token series per consumer as well as per tier and model (one series per consumer).
+    pub per_consumer_metrics: bool,
 }
 
 /// What a limit is counted per.
@@ -110,6 +112,7 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
         .opt_str("metadata_namespace", errors)
         .unwrap_or("portico")
         .to_owned();
+    let per_consumer_metrics = root.opt_bool("per_consumer_metrics", errors).unwrap_or(false);
     let mut names: Vec<String> = Vec::new();
     let mut rules = Vec::new();
     for node in root.array("rules", errors) {
@@ -168,6 +171,7 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
         fail_open,
         x_ratelimit_headers,
         metadata_namespace,
+        per_consumer_metrics,
     }
 }
 

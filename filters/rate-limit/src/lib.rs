@@ -13,14 +13,13 @@ pub mod plan;
 pub mod slots;
 pub mod usage;
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{error, info, warn};
-use portico_core::identity::TIER_HEADER;
-use portico_core::metrics::{bump, counter};
+use portico_core::analytics::{state, CACHE_HEADER};
+use portico_core::identity::{CONSUMER_HEADER, TIER_HEADER};
+use portico_core::metrics::{bump, counter, Family};
 use portico_core::request::RequestView;
 use portico_core::shared::{update, Change, HostStore};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -28,14 +27,12 @@ use proxy_wasm::types::{Action, ContextType};
 
 use crate::config::Config;
 use crate::plan::{Event, Reservation};
-use crate::usage::StreamUsage;
+use crate::usage::{StreamUsage, Usage};
 
 const NAME: &str = "portico-rate-limit";
 const SALT_KEY: &str = "portico/rate-limit/salt";
 /// Largest non-streaming response body kept to read its usage.
 const MAX_JSON_BODY: usize = 4 << 20;
-/// Distinct (tier, model) token counters before the rest count as "other".
-const MAX_TOKEN_SERIES: usize = 200;
 
 // The entry point exists only in the .wasm: native builds (tests, `portico check`) link
 // several filters together and would clash on its exported symbol.
@@ -52,68 +49,48 @@ fn unix_nanos(time: SystemTime) -> u64 {
 
 // === Metrics ===
 
-#[derive(Debug, Default)]
-struct Metrics {
-    /// Per rule, then per quota: ids for allowed, limited, dry-run limited, store errors.
-    rules: Vec<[Option<u32>; 4]>,
-    quotas: Vec<[Option<u32>; 4]>,
-    no_usage: Option<u32>,
-    tokens: RefCell<HashMap<String, Option<u32>>>,
-}
+/// Distinct label sets per metric before the rest count as `other`.
+const MAX_SERIES: usize = 500;
 
-/// Lower-case letters, digits and `_` only, at most 64 characters.
-fn metric_safe(s: &str) -> String {
-    s.chars()
-        .take(64)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
+#[derive(Debug)]
+struct Metrics {
+    /// `portico_ratelimit_requests_total{rule, kind, outcome}`: kind is `requests` for rules
+    /// and `tokens` for token quotas.
+    decisions: Family,
+    /// `portico_tokens_total{tier, model, kind}`: kind is `prompt` or `completion`.
+    tokens: Family,
+    /// `portico_consumer_tokens_total{consumer, kind}`, only when configured.
+    consumer_tokens: Option<Family>,
+    no_usage: Option<u32>,
 }
 
 impl Metrics {
     fn define(config: &Config) -> Self {
-        let four = |kind: &str, name: &str| {
-            ["allowed", "limited", "dry_run_limited", "store_errors"]
-                .map(|e| counter(&format!("portico_ratelimit_{kind}_{name}_{e}")))
-        };
         Self {
-            rules: config.rules.iter().map(|r| four("rule", &r.select.name)).collect(),
-            quotas: config.quotas.iter().map(|q| four("quota", &q.select.name)).collect(),
+            decisions: Family::counter("portico_ratelimit_requests_total", MAX_SERIES),
+            tokens: Family::counter("portico_tokens_total", MAX_SERIES),
+            consumer_tokens: config
+                .per_consumer_metrics
+                .then(|| Family::counter("portico_consumer_tokens_total", 5_000)),
             no_usage: counter("portico_ratelimit_responses_without_usage"),
-            tokens: RefCell::new(HashMap::new()),
         }
     }
 
-    fn record(ids: Option<&[Option<u32>; 4]>, event: Event) {
-        let Some(ids) = ids else { return };
-        let slot = match event {
-            Event::Allowed => 0,
-            Event::Limited => 1,
-            Event::DryRunLimited => 2,
-            Event::StoreError => 3,
+    fn record(&self, name: Option<&str>, kind: &str, event: Event) {
+        let outcome = match event {
+            Event::Allowed => "allowed",
+            Event::Limited => "limited",
+            Event::DryRunLimited => "dry_run_limited",
+            Event::StoreError => "store_error",
         };
-        bump(ids.get(slot).copied().flatten(), 1);
-    }
-
-    fn tokens_charged(&self, tier: &str, model: &str, tokens: u64) {
-        let Ok(mut series) = self.tokens.try_borrow_mut() else {
-            return;
-        };
-        let mut name = format!(
-            "portico_ratelimit_tokens_charged_{}_{}",
-            metric_safe(tier),
-            metric_safe(model)
+        self.decisions.add(
+            &[
+                ("rule", name.unwrap_or("unknown")),
+                ("kind", kind),
+                ("outcome", outcome),
+            ],
+            1,
         );
-        if !series.contains_key(&name) && series.len() >= MAX_TOKEN_SERIES {
-            name = "portico_ratelimit_tokens_charged_other".to_owned();
-        }
-        let id = *series.entry(name).or_insert_with_key(|n| counter(n));
-        bump(id, tokens);
     }
 }
 
@@ -123,7 +100,7 @@ impl Metrics {
 struct LimitRoot {
     config: Option<Rc<Config>>,
     salt: [u8; 32],
-    metrics: Rc<Metrics>,
+    metrics: Option<Rc<Metrics>>,
 }
 
 impl Context for LimitRoot {}
@@ -161,7 +138,7 @@ impl RootContext for LimitRoot {
             return false;
         };
         self.salt = salt;
-        self.metrics = Rc::new(Metrics::define(&config));
+        self.metrics = Some(Rc::new(Metrics::define(&config)));
         self.config = Some(Rc::new(config));
         true
     }
@@ -170,10 +147,12 @@ impl RootContext for LimitRoot {
         Some(Box::new(LimitHttp {
             config: self.config.clone()?,
             salt: self.salt,
-            metrics: Rc::clone(&self.metrics),
+            metrics: self.metrics.clone()?,
             headers: Vec::new(),
             reservations: Vec::new(),
+            follow_usage: false,
             tier: String::new(),
+            consumer: String::new(),
             model: String::new(),
             body: Body::Unread,
         }))
@@ -202,7 +181,10 @@ struct LimitHttp {
     metrics: Rc<Metrics>,
     headers: Vec<(&'static str, String)>,
     reservations: Vec<Reservation>,
+    /// A model call: its usage is read for token series, quota or not.
+    follow_usage: bool,
     tier: String,
+    consumer: String,
     model: String,
     body: Body,
 }
@@ -234,13 +216,38 @@ impl LimitHttp {
         (f.is_finite() && f >= 0.0).then_some(f as u64)
     }
 
-    fn settle(&mut self, used: Option<u64>, without_usage: bool) {
+    /// The usage body-transform read from the backend's stream before translating it away.
+    fn translated_usage(&self) -> Option<Usage> {
+        let read =
+            |key: &str| -> Option<u64> { std::str::from_utf8(&self.get_property(vec![key])?).ok()?.parse().ok() };
+        Some(Usage {
+            prompt: read(state::PROMPT_TOKENS)?,
+            completion: read(state::COMPLETION_TOKENS)?,
+        })
+    }
+
+    /// Charges what the response reported (`None`: unknown, keep the reservations) and counts
+    /// the tokens by tier and model.
+    fn settle(&mut self, used: Option<Usage>, without_usage: bool) {
         if without_usage {
             bump(self.metrics.no_usage, 1);
         }
         let now = unix_nanos(self.get_current_time());
-        let charged = plan::settle(&HostStore, &self.reservations, used, now);
-        self.metrics.tokens_charged(&self.tier, &self.model, charged);
+        plan::settle(&HostStore, &self.reservations, used.map(|u| u.total()), now);
+        if let Some(u) = used.filter(|_| !without_usage) {
+            for (kind, n, key) in [
+                ("prompt", u.prompt, state::PROMPT_TOKENS),
+                ("completion", u.completion, state::COMPLETION_TOKENS),
+            ] {
+                self.metrics
+                    .tokens
+                    .add(&[("tier", &self.tier), ("model", &self.model), ("kind", kind)], n);
+                if let Some(family) = &self.metrics.consumer_tokens {
+                    family.add(&[("consumer", &self.consumer), ("kind", kind)], n);
+                }
+                self.set_property(vec![key], Some(n.to_string().as_bytes()));
+            }
+        }
         self.body = Body::Settled;
     }
 }
@@ -270,7 +277,8 @@ impl HttpContext for LimitHttp {
         let now = unix_nanos(self.get_current_time());
         let admission = plan::admit(&self.config, &HostStore, &self.salt, &request, now);
         for (i, event) in &admission.rule_events {
-            Metrics::record(self.metrics.rules.get(*i), *event);
+            let name = self.config.rules.get(*i).map(|r| r.select.name.as_str());
+            self.metrics.record(name, "requests", *event);
             if *event == Event::StoreError {
                 warn!(
                     "{NAME}: shared data unavailable for rule {:?}",
@@ -279,7 +287,8 @@ impl HttpContext for LimitHttp {
             }
         }
         for (i, event) in &admission.quota_events {
-            Metrics::record(self.metrics.quotas.get(*i), *event);
+            let name = self.config.quotas.get(*i).map(|q| q.select.name.as_str());
+            self.metrics.record(name, "tokens", *event);
         }
         if let Some(response) = admission.rejection {
             info!(
@@ -294,12 +303,16 @@ impl HttpContext for LimitHttp {
         }
         self.headers = admission.headers;
         self.reservations = admission.reservations;
-        if !self.reservations.is_empty() {
+        // A model call is one whose body named a model (lifted by json_to_metadata) or that
+        // reserved tokens; header-routing may later name the upstream model instead.
+        let lifted = self.metadata("model").and_then(|m| String::from_utf8(m).ok());
+        self.follow_usage = lifted.is_some() || !self.reservations.is_empty();
+        if self.follow_usage {
             self.tier = view.header_str(TIER_HEADER).unwrap_or("none").to_owned();
-            self.model = self
-                .metadata("model")
-                .and_then(|m| String::from_utf8(m).ok())
-                .unwrap_or_else(|| "unknown".to_owned());
+            if self.config.per_consumer_metrics {
+                self.consumer = view.header_str(CONSUMER_HEADER).unwrap_or("anonymous").to_owned();
+            }
+            self.model = lifted.unwrap_or_else(|| "unknown".to_owned());
         }
         Action::Continue
     }
@@ -308,7 +321,24 @@ impl HttpContext for LimitHttp {
         for (name, value) in &self.headers {
             self.set_http_response_header(name, Some(value));
         }
-        if !self.reservations.is_empty() {
+        if self.follow_usage {
+            // A cache hit replays an earlier answer: the upstream spent nothing, so the
+            // reservation is released and no tokens are counted.
+            let hit = self
+                .get_http_response_header_bytes(CACHE_HEADER)
+                .is_some_and(|v| v == b"HIT");
+            if hit {
+                let now = unix_nanos(self.get_current_time());
+                plan::settle(&HostStore, &self.reservations, Some(0), now);
+                self.body = Body::Settled;
+                return Action::Continue;
+            }
+            if let Some(model) = self
+                .get_property(vec![state::MODEL])
+                .and_then(|m| String::from_utf8(m).ok())
+            {
+                self.model = model;
+            }
             let sse = self
                 .get_http_response_header_bytes("content-type")
                 .is_some_and(|ct| ct.windows(17).any(|w| w.eq_ignore_ascii_case(b"text/event-stream")));
@@ -340,13 +370,13 @@ impl HttpContext for LimitHttp {
         if end_of_stream {
             match std::mem::replace(&mut self.body, Body::Settled) {
                 Body::Stream(stream) => {
-                    let used = stream.usage().map(|u| u.total());
+                    let used = stream.usage().or_else(|| self.translated_usage());
                     self.settle(used, used.is_none());
                 }
                 // A complete response that reports no usage (an error, say) charges nothing.
                 Body::Json(buffer) => match usage::from_json(&buffer) {
-                    Some(u) => self.settle(Some(u.total()), false),
-                    None => self.settle(Some(0), true),
+                    Some(u) => self.settle(Some(u), false),
+                    None => self.settle(Some(Usage::default()), true),
                 },
                 Body::JsonTooLarge => self.settle(None, true),
                 Body::Unread | Body::Settled => {}
@@ -357,7 +387,7 @@ impl HttpContext for LimitHttp {
 
     fn on_log(&mut self) {
         // The stream ended early (client gone, upstream reset, no body): keep the reservation.
-        if !self.reservations.is_empty() && !matches!(self.body, Body::Settled) {
+        if self.follow_usage && !matches!(self.body, Body::Settled) {
             self.settle(None, true);
         }
     }

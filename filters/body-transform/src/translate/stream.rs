@@ -55,6 +55,12 @@ impl AnthropicToOpenAi {
         }
     }
 
+    /// The usage the backend reported, once it has (the client may not see it: OpenAI sends
+    /// usage on streams only when asked).
+    pub fn usage(&self) -> Option<(u64, u64)> {
+        (self.prompt_tokens > 0 || self.completion_tokens > 0).then_some((self.prompt_tokens, self.completion_tokens))
+    }
+
     fn chunk(&self, delta: Value, finish: Option<&str>) -> Vec<u8> {
         data_line(&json!({
             "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,

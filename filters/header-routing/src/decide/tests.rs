@@ -287,3 +287,15 @@ fn buckets_are_uniform_enough_over_10k_keys() {
     }
     assert!(counts.iter().all(|c| (900..=1100).contains(c)), "{counts:?}");
 }
+
+#[test]
+fn requests_refused_before_routing_are_labelled_with_their_route() {
+    let c = config(base());
+    let name = |v: &RequestView| route_of(&c, v).map(|r| r.name.as_str());
+    assert_eq!(name(&view("GET", "/users/7", &[])), Some("users"));
+    assert_eq!(name(&view("GET", "/api/x", &[("x-version", "2")])), Some("v2"));
+    // Header and tier conditions count, as in routing.
+    assert_ne!(name(&view("GET", "/api/x", &[])), Some("v2"));
+    assert_ne!(name(&view("GET", "/pro/x", &[])), Some("pro"));
+    assert_eq!(name(&view("GET", "/pro/x", &[("x-portico-tier", "pro")])), Some("pro"));
+}
