@@ -3,9 +3,8 @@
 
 use std::fs;
 
-use portico_tests::demo::{check_demo, demo_env};
-use portico_tests::envoy::{root, validate, wasm_path, Gateway};
-use portico_tests::upstream::Upstream;
+use portico_tests::demo::{check_demo, demo_env, Shipped};
+use portico_tests::envoy::{root, validate, wasm_path};
 
 #[test]
 fn shipped_envoy_configs_pass_envoy_validate() {
@@ -14,6 +13,7 @@ fn shipped_envoy_configs_pass_envoy_validate() {
     wasm_path("rate-limit");
     wasm_path("header-routing");
     wasm_path("body-transform");
+    wasm_path("cache");
     validate(&root().join("envoy/gateway.yaml")).unwrap_or_else(|e| panic!("envoy/gateway.yaml: {e}"));
     let mut examples = 0;
     for entry in fs::read_dir(root().join("envoy/examples")).unwrap() {
@@ -21,26 +21,14 @@ fn shipped_envoy_configs_pass_envoy_validate() {
         validate(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         examples += 1;
     }
-    assert_eq!(examples, 4, "one example per filter");
+    assert_eq!(examples, 5, "one example per filter");
 }
 
 #[test]
 fn the_embedded_default_gateway_serves_the_readme_demo() {
-    let upstream = Upstream::start_named("127.0.0.1:0", "demo-a").unwrap();
-    let upstream_b = Upstream::start_named("127.0.0.1:0", "demo-b").unwrap();
-    let model = Upstream::start_with("127.0.0.1:0", "demo-anthropic", portico_tests::upstream::Mode::Model).unwrap();
-    // The shipped file with free ports and absolute wasm paths, so it runs beside other tests.
-    let config = fs::read_to_string(root().join("envoy/gateway.yaml"))
-        .unwrap()
-        .replace("port_value: 10000", "port_value: 0")
-        .replace("port_value: 9901", "port_value: 0")
-        .replace("port_value: 8081", &format!("port_value: {}", upstream.addr.port()))
-        .replace("port_value: 8082", &format!("port_value: {}", upstream_b.addr.port()))
-        .replace("port_value: 8083", &format!("port_value: {}", model.addr.port()))
-        .replace("filename: dist/", &format!("filename: {}/dist/", root().display()));
-    let gw = Gateway::start_text(&config);
-    check_demo(gw.addr);
-    gw.assert_no_wasm_panic();
+    let shipped = Shipped::start(None);
+    check_demo(shipped.gw.addr);
+    shipped.gw.assert_no_wasm_panic();
 }
 
 #[test]
@@ -52,5 +40,20 @@ fn the_readme_shows_the_demo_credentials_that_work() {
     }
     for command in ["make run", "make test"] {
         assert!(readme.contains(command), "README.md does not document `{command}`");
+    }
+}
+
+#[test]
+fn the_gateway_turns_every_portico_metric_label_into_a_prometheus_label() {
+    let gateway = fs::read_to_string(root().join("envoy/gateway.yaml")).unwrap();
+    for label in portico_core::analytics::LABELS {
+        let rule = format!(
+            "{{ tag_name: {label}, regex: \"{}\" }}",
+            portico_core::analytics::tag_regex(label)
+        );
+        assert!(
+            gateway.contains(&rule),
+            "envoy/gateway.yaml lacks the stats tag rule {rule}"
+        );
     }
 }
