@@ -1,6 +1,7 @@
 //! The configuration and demo that ship with Portico work as the README says.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
+use std::collections::BTreeSet;
 use std::fs;
 
 use portico_tests::demo::{check_demo, demo_env, Shipped};
@@ -54,6 +55,76 @@ fn the_gateway_turns_every_portico_metric_label_into_a_prometheus_label() {
         assert!(
             gateway.contains(&rule),
             "envoy/gateway.yaml lacks the stats tag rule {rule}"
+        );
+    }
+}
+
+/// Metric names the filters define: every `"portico_…"` string literal in their host shells.
+fn defined_metrics() -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for filter in ["auth", "rate-limit", "header-routing", "body-transform", "cache"] {
+        let source = fs::read_to_string(root().join(format!("filters/{filter}/src/lib.rs"))).unwrap();
+        for piece in source.split("\"portico_").skip(1) {
+            let name: String = piece.chars().take_while(|c| *c != '"').collect();
+            if name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                names.insert(format!("portico_{name}"));
+            }
+        }
+    }
+    names
+}
+
+/// Every `portico_…` metric a PromQL text names, without histogram suffixes.
+fn referenced_metrics(promql: &str) -> BTreeSet<String> {
+    promql
+        .split("portico_")
+        .skip(1)
+        .map(|rest| {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            let name = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .map_or(name.clone(), str::to_owned);
+            format!("portico_{name}")
+        })
+        .collect()
+}
+
+#[test]
+fn the_dashboard_and_the_readme_query_only_metrics_the_filters_define() {
+    let defined = defined_metrics();
+    for expected in [
+        "portico_requests_total",
+        "portico_tokens_total",
+        "portico_cache_requests_total",
+    ] {
+        assert!(defined.contains(expected), "{defined:?}");
+    }
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(root().join("envoy/grafana-dashboard.json")).unwrap()).unwrap();
+    let mut exprs = String::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push_str(target["expr"].as_str().unwrap());
+            exprs.push('\n');
+        }
+    }
+    let readme = fs::read_to_string(root().join("README.md")).unwrap();
+    let promql: String = readme
+        .split("```promql")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .collect();
+    for (what, text) in [("envoy/grafana-dashboard.json", &exprs), ("README.md", &promql)] {
+        let used = referenced_metrics(text);
+        assert!(used.len() >= 5, "{what} queries too little: {used:?}");
+        let unknown: Vec<&String> = used.difference(&defined).collect();
+        assert!(
+            unknown.is_empty(),
+            "{what} queries metrics no filter defines: {unknown:?}"
         );
     }
 }
