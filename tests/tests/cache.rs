@@ -99,6 +99,8 @@ fn a_repeated_request_is_answered_from_the_cache_and_reaches_the_upstream_once()
         assert_eq!(cache_status(&hit), "HIT", "repeat {i}");
         assert_eq!(hit.body, first.body, "the stored answer, byte for byte");
         assert_eq!(hit.header("content-type"), Some("application/json"));
+        let content_types = hit.headers.iter().filter(|(n, _)| n == "content-type").count();
+        assert_eq!(content_types, 1, "{:?}", hit.headers);
         assert_eq!(origin(&hit), origin(&first));
         let age: u64 = hit.header("age").expect("age on a hit").parse().unwrap();
         assert!(age <= 2, "age {age}");

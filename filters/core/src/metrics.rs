@@ -57,10 +57,9 @@ impl Family {
     /// Adds `by` to a counter series, or records `by` in a histogram series.
     pub fn add(&self, labels: &[(&str, &str)], by: u64) {
         let Some(id) = self.id(labels) else { return };
-        let by = i64::try_from(by).unwrap_or(i64::MAX);
         let _ = match self.kind {
-            MetricType::Histogram => proxy_wasm::hostcalls::record_metric(id, u64::try_from(by).unwrap_or(0)),
-            _ => proxy_wasm::hostcalls::increment_metric(id, by),
+            MetricType::Histogram => proxy_wasm::hostcalls::record_metric(id, by),
+            _ => proxy_wasm::hostcalls::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX)),
         };
     }
 

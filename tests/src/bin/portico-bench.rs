@@ -293,6 +293,16 @@ fn main() {
         Case {
             name: "Portico model route, OpenAI->Anthropic",
             config: chain(base()),
+            script: Some(chat_script.clone()),
+            headers: vec![],
+            path: "/v1/chat/completions",
+        },
+        Case {
+            name: "Portico model route, cache hits",
+            config: chain(base()).wasm(
+                "cache",
+                &json!({"routes": [{"name": "models", "match": {"path": "/v1/{*rest}", "methods": ["POST"]}, "ttl_seconds": 3600}]}),
+            ),
             script: Some(chat_script),
             headers: vec![],
             path: "/v1/chat/completions",
@@ -437,7 +447,7 @@ fn main() {
         .unwrap();
     }
     let mut sizes = String::new();
-    for f in ["auth", "rate-limit", "header-routing", "body-transform"] {
+    for f in ["auth", "rate-limit", "header-routing", "body-transform", "cache"] {
         let bytes = std::fs::metadata(wasm_path(f)).map(|m| m.len()).unwrap_or(0);
         writeln!(
             sizes,
