@@ -52,6 +52,10 @@ fn a_scripted_mix_of_traffic_shows_in_prometheus_and_the_json_access_log() {
     assert_eq!(miss.header("x-portico-cache"), Some("MISS"));
     let hit = expect(chat(free, "fast", false).send(addr), 200, "repeated chat");
     assert_eq!(hit.header("x-portico-cache"), Some("HIT"));
+    // The stored Anthropic answer is translated for this OpenAI client as a live one was.
+    assert_eq!(hit.json()["object"], "chat.completion", "{}", hit.text());
+    assert_eq!(hit.json()["choices"], miss.json()["choices"]);
+    assert_eq!(hit.json()["usage"], miss.json()["usage"]);
     expect(chat(free, "smart", false).send(addr), 403, "model not on the free plan");
     let variant = expect(get("/ab").header(free.0, free.1).send(addr), 200, "ab")
         .header("x-portico-variant")
