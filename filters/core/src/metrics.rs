@@ -6,7 +6,9 @@
 //! (models, tiers, consumers), and an unbounded number of series would exhaust Envoy's stats.
 
 use std::cell::RefCell;
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 
 use proxy_wasm::types::MetricType;
 
@@ -25,12 +27,18 @@ pub fn bump(id: Option<u32>, by: u64) {
 }
 
 /// Series of one metric with labels, defined on first use.
+///
+/// Series are found by a hash of their raw label values, so counting an existing series
+/// builds no string; the cleaned name is built once, when the series is defined.
 #[derive(Debug)]
 pub struct Family {
     name: &'static str,
     kind: MetricType,
     max_series: usize,
-    ids: RefCell<HashMap<String, Option<u32>>>,
+    hasher: RandomState,
+    ids: RefCell<HashMap<u64, Option<u32>>>,
+    /// The series every label set past `max_series` counts in.
+    other: RefCell<Option<Option<u32>>>,
 }
 
 impl Family {
@@ -50,7 +58,9 @@ impl Family {
             name,
             kind,
             max_series,
+            hasher: RandomState::new(),
             ids: RefCell::new(HashMap::new()),
+            other: RefCell::new(None),
         }
     }
 
@@ -63,16 +73,33 @@ impl Family {
         };
     }
 
+    fn define(&self, labels: &[(&str, &str)]) -> Option<u32> {
+        proxy_wasm::hostcalls::define_metric(self.kind, &series(self.name, labels)).ok()
+    }
+
     fn id(&self, labels: &[(&str, &str)]) -> Option<u32> {
-        let mut ids = self.ids.try_borrow_mut().ok()?;
-        let mut name = series(self.name, labels);
-        if !ids.contains_key(&name) && ids.len() >= self.max_series {
-            let other: Vec<(&str, &str)> = labels.iter().map(|(label, _)| (*label, "other")).collect();
-            name = series(self.name, &other);
+        let mut h = self.hasher.build_hasher();
+        for (label, value) in labels {
+            h.write(label.as_bytes());
+            h.write_u8(0xff);
+            h.write(value.as_bytes());
+            h.write_u8(0xff);
         }
-        let kind = self.kind;
-        *ids.entry(name)
-            .or_insert_with_key(|n| proxy_wasm::hostcalls::define_metric(kind, n).ok())
+        let key = h.finish();
+        let mut ids = self.ids.try_borrow_mut().ok()?;
+        if let Some(id) = ids.get(&key) {
+            return *id;
+        }
+        if ids.len() < self.max_series {
+            let id = self.define(labels);
+            ids.insert(key, id);
+            return id;
+        }
+        let mut other = self.other.try_borrow_mut().ok()?;
+        *other.get_or_insert_with(|| {
+            let others: Vec<(&str, &str)> = labels.iter().map(|(label, _)| (*label, "other")).collect();
+            self.define(&others)
+        })
     }
 }
 

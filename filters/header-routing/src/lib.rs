@@ -15,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
 use portico_core::analytics::{outcome, state};
+use portico_core::identity::TIER_HEADER;
 use portico_core::metrics::Family;
 use portico_core::request::RequestView;
 use portico_core::response::{ErrorResponse, ErrorType};
@@ -79,6 +80,7 @@ impl Metrics {
 #[derive(Debug, Default)]
 struct Labels {
     route: String,
+    tier: String,
     backend: String,
     variant: String,
     model: String,
@@ -172,6 +174,8 @@ impl RoutingHttp {
         let route = decide::route_of(&self.config, &view).map_or_else(|| "none".to_owned(), |r| r.name.clone());
         Labels {
             route,
+            // Set by auth only for an authenticated request.
+            tier: self.property(state::TIER).unwrap_or_default(),
             backend: "none".to_owned(),
             variant: "none".to_owned(),
             model: String::from_utf8(self.metadata("model").unwrap_or_default()).unwrap_or_default(),
@@ -268,6 +272,8 @@ impl HttpContext for RoutingHttp {
                 .routes
                 .get(routed.route)
                 .map_or_else(String::new, |r| r.name.clone()),
+            // Auth's header (it removes any copy a client sent), read without a host call.
+            tier: view.header_str(TIER_HEADER).unwrap_or_default().to_owned(),
             backend: backend.name.clone(),
             variant: routed.variant.clone().unwrap_or_default(),
             model: self.rewrite_model.clone().or(model).unwrap_or_default(),
@@ -345,11 +351,10 @@ impl HttpContext for RoutingHttp {
         if self.streaming && !self.first_byte_seen && body_size > 0 {
             self.first_byte_seen = true;
             if let (Some(ms), Some(l)) = (self.elapsed_ms(), &self.labels) {
-                let tier = self.property(state::TIER).unwrap_or_default();
                 self.metrics.ttft.add(
                     &[
                         ("route", &l.route),
-                        ("tier", &tier),
+                        ("tier", &l.tier),
                         ("model", &l.model),
                         ("backend", &l.backend),
                     ],
@@ -369,12 +374,12 @@ impl HttpContext for RoutingHttp {
             Some(labels) => labels,
             None => self.unrouted_labels(),
         };
-        let tier = self.property(state::TIER).unwrap_or_default();
+        let tier = labels.tier.as_str();
         let outcome = outcome(status);
         self.metrics.requests.add(
             &[
                 ("route", &labels.route),
-                ("tier", &tier),
+                ("tier", tier),
                 ("model", &labels.model),
                 ("backend", &labels.backend),
                 ("variant", &labels.variant),
@@ -386,7 +391,7 @@ impl HttpContext for RoutingHttp {
             self.metrics.duration.add(
                 &[
                     ("route", &labels.route),
-                    ("tier", &tier),
+                    ("tier", tier),
                     ("model", &labels.model),
                     ("backend", &labels.backend),
                 ],
