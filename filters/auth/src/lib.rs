@@ -16,10 +16,11 @@ pub mod token;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use log::{error, info, warn};
 use portico_core::analytics::state;
+use portico_core::clock::unix_seconds;
 use portico_core::identity::{CONSUMER_HEADER, TIER_HEADER};
 use portico_core::metrics::{bump, counter, Family};
 use portico_core::request::{remove_cookie, remove_query_param, RequestView};
@@ -41,10 +42,6 @@ proxy_wasm::main! {{
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(AuthRoot::default()) });
 }}
-
-fn unix_seconds(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
 
 // === Metrics ===
 

@@ -58,10 +58,7 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
     }
     for node in nodes {
         let Some(mut obj) = node.object(errors) else { continue };
-        let m = match obj.opt("match") {
-            Some(n) => RouteMatch::parse(&n, errors),
-            None => Some(RouteMatch::default()),
-        };
+        let m = RouteMatch::parse_or_any(obj.opt("match"), errors);
         let translate = obj
             .opt("translate")
             .and_then(|n| n.one_of(&["none", "openai_to_anthropic", "anthropic_to_openai", "auto"], errors))

@@ -14,13 +14,14 @@ pub mod ops;
 pub mod translate;
 
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
 
 use log::info;
 use portico_core::analytics::state;
+use portico_core::clock::unix_seconds;
 use portico_core::metrics::Family;
 use portico_core::request::RequestView;
 use portico_core::response::{ErrorResponse, ErrorType};
+use portico_core::sse::is_event_stream;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 use serde_json::Value;
@@ -195,9 +196,7 @@ impl TransformHttp {
     }
 
     fn now(&self) -> u64 {
-        self.get_current_time()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
+        unix_seconds(self.get_current_time())
     }
 
     fn header_ops(&self, ops: &ops::HeaderOps, request: bool, view: Option<&RequestView>) {
@@ -368,7 +367,7 @@ impl HttpContext for TransformHttp {
             .unwrap_or(200);
         let sse = self
             .get_http_response_header_bytes("content-type")
-            .is_some_and(|ct| ct.windows(17).any(|w| w.eq_ignore_ascii_case(b"text/event-stream")));
+            .is_some_and(|ct| is_event_stream(&ct));
         self.response = match (self.direction, sse) {
             (Some(Direction::OpenAiToAnthropic), true) => {
                 Response::OpenAiStream(Box::new(AnthropicToOpenAi::new(self.now(), self.facts.include_usage)))

@@ -106,10 +106,7 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
     }
     for (i, node) in nodes.into_iter().enumerate() {
         let Some(mut obj) = node.object(errors) else { continue };
-        let m = match obj.opt("match") {
-            Some(n) => RouteMatch::parse(&n, errors),
-            None => Some(RouteMatch::default()),
-        };
+        let m = RouteMatch::parse_or_any(obj.opt("match"), errors);
         let name = obj
             .opt_str("name", errors)
             .map_or_else(|| format!("route{i}"), str::to_owned);

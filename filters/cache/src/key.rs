@@ -22,10 +22,12 @@ pub struct Parts<'a> {
 
 pub type Key = [u8; 32];
 
-/// A parsed request body: its canonical form and the fields that decide replay.
+/// A parsed request body and the fields that decide replay. Its canonical form is written
+/// only when a key is needed (a bypassed request never pays for it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Body {
-    pub canonical: Vec<u8>,
+    /// `None` for an empty body.
+    value: Option<Value>,
     pub model: String,
     pub streaming: bool,
     /// `temperature` absent, null or 0.
@@ -43,15 +45,13 @@ impl Body {
     pub fn parse(bytes: &[u8]) -> Result<Body, Unkeyable> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Body {
-                canonical: Vec::new(),
+                value: None,
                 model: String::new(),
                 streaming: false,
                 deterministic: true,
             });
         }
         let value: Value = serde_json::from_slice(bytes).map_err(|_| Unkeyable::NotJson)?;
-        let mut canonical = Vec::with_capacity(bytes.len());
-        write_canonical(&value, &mut canonical);
         let field = |name: &str| value.as_object().and_then(|o| o.get(name));
         let temperature_zero = match field("temperature") {
             None | Some(Value::Null) => true,
@@ -59,11 +59,20 @@ impl Body {
             Some(_) => false,
         };
         Ok(Body {
-            canonical,
             model: field("model").and_then(Value::as_str).unwrap_or_default().to_owned(),
             streaming: field("stream") == Some(&Value::Bool(true)),
             deterministic: temperature_zero,
+            value: Some(value),
         })
+    }
+
+    /// The body as canonical JSON; empty for an empty body.
+    pub fn canonical(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Some(value) = &self.value {
+            write_canonical(value, &mut out);
+        }
+        out
     }
 }
 
@@ -126,7 +135,7 @@ pub fn compute(parts: &Parts<'_>, body: &Body) -> Key {
         field(name.as_bytes());
         field(value);
     }
-    field(&body.canonical);
+    field(&body.canonical());
     h.finalize()
 }
 
@@ -209,7 +218,7 @@ mod tests {
         assert!(!Body::parse(br#"{"temperature":"0"}"#).unwrap().deterministic);
         assert!(Body::parse(br#"{"stream":true}"#).unwrap().streaming);
         assert!(!Body::parse(br#"{"stream":"true"}"#).unwrap().streaming);
-        assert!(Body::parse(b"  ").unwrap().canonical.is_empty());
+        assert!(Body::parse(b"  ").unwrap().canonical().is_empty());
     }
 
     #[test]

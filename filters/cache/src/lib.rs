@@ -19,10 +19,10 @@ pub mod policy;
 pub mod store;
 
 use std::rc::Rc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
 use portico_core::analytics::{state, CACHE_HEADER};
+use portico_core::clock::unix_millis;
 use portico_core::identity::{CONSUMER_HEADER, TIER_HEADER};
 use portico_core::metrics::{bump, counter, gauge, set, Family};
 use portico_core::request::RequestView;
@@ -47,11 +47,6 @@ proxy_wasm::main! {{
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(CacheRoot::default()) });
 }}
-
-fn unix_millis(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 // === Metrics ===
 
@@ -137,7 +132,7 @@ struct Pending {
 }
 
 enum Phase {
-    /// No cache rule for this request.
+    /// Nothing (more) to do: no cache rule, or the answer is stored.
     Off,
     /// Waiting for the whole request body.
     Collect(Box<Pending>),
@@ -156,7 +151,6 @@ enum Phase {
     },
     /// Answered from the cache.
     Hit,
-    Done,
 }
 
 struct CacheHttp {
@@ -188,31 +182,36 @@ impl CacheHttp {
         self.set_property(vec![state::CACHE], Some(label.as_bytes()));
     }
 
-    fn bypass(&mut self, rule: usize, reason: &'static str) {
+    /// Goes upstream without a lookup; `store` keeps the fresh answer (client `no-cache`).
+    fn bypass(&mut self, rule: usize, reason: &'static str, store: Option<Key>) {
         self.count(rule, "bypass");
         self.metrics
             .bypasses
             .add(&[("route", self.rule_name(rule)), ("reason", reason)], 1);
         self.phase = Phase::Upstream {
             label: "BYPASS",
-            store: None,
+            store: store.map(|key| (key, rule)),
         };
     }
 
     /// Decides on the complete request body; `true` if the request was answered from cache.
     fn decide(&mut self, pending: &Pending, body: &[u8]) -> bool {
         let Some(rule) = self.rule(pending.rule) else {
-            self.phase = Phase::Done;
+            self.phase = Phase::Off;
             return false;
         };
         let body = match Body::parse(body) {
             Ok(body) => body,
             Err(_) => {
-                self.bypass(pending.rule, "not_json");
+                self.bypass(pending.rule, "not_json", None);
                 return false;
             }
         };
         let verdict = policy::judge(rule, pending.directive, pending.opted_in, &body);
+        if let Verdict::Bypass(reason) = verdict {
+            self.bypass(pending.rule, reason, None);
+            return false;
+        }
         let parts = Parts {
             scope_kind: rule.scope.as_str(),
             scope: &pending.scope,
@@ -222,41 +221,25 @@ impl CacheHttp {
             vary: pending.vary.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect(),
         };
         let key = key::compute(&parts, &body);
-        match verdict {
-            Verdict::Bypass(reason) => {
-                self.bypass(pending.rule, reason);
-                false
+        if verdict == Verdict::Refresh {
+            self.bypass(pending.rule, "client_no_cache", Some(key));
+            return false;
+        }
+        let now = unix_millis(self.get_current_time());
+        match store::lookup(&HostStore, &self.config.limits, &key, now) {
+            Some(entry) => {
+                self.count(pending.rule, "hit");
+                self.answer(&entry, now);
+                self.phase = Phase::Hit;
+                true
             }
-            Verdict::Refresh => {
-                self.count(pending.rule, "bypass");
-                self.metrics.bypasses.add(
-                    &[("route", self.rule_name(pending.rule)), ("reason", "client_no_cache")],
-                    1,
-                );
+            None => {
+                self.count(pending.rule, "miss");
                 self.phase = Phase::Upstream {
-                    label: "BYPASS",
+                    label: "MISS",
                     store: Some((key, pending.rule)),
                 };
                 false
-            }
-            Verdict::Lookup => {
-                let now = unix_millis(self.get_current_time());
-                match store::lookup(&HostStore, &self.config.limits, &key, now) {
-                    Some(entry) => {
-                        self.count(pending.rule, "hit");
-                        self.answer(&entry, now);
-                        self.phase = Phase::Hit;
-                        true
-                    }
-                    None => {
-                        self.count(pending.rule, "miss");
-                        self.phase = Phase::Upstream {
-                            label: "MISS",
-                            store: Some((key, pending.rule)),
-                        };
-                        false
-                    }
-                }
             }
         }
     }
@@ -276,7 +259,7 @@ impl CacheHttp {
             headers,
             body,
             too_large,
-        } = std::mem::replace(&mut self.phase, Phase::Done)
+        } = std::mem::replace(&mut self.phase, Phase::Off)
         else {
             return;
         };
@@ -360,14 +343,14 @@ impl HttpContext for CacheHttp {
         };
         let rule = pending.rule;
         if u64::try_from(body_size).map_or(true, |n| n > self.config.max_body_bytes) {
-            self.bypass(rule, "body_too_large");
+            self.bypass(rule, "body_too_large", None);
             return Action::Continue;
         }
         if !end_of_stream {
             // Hold the body until it is complete (json_to_metadata in front already buffered it).
             return Action::Pause;
         }
-        let Phase::Collect(pending) = std::mem::replace(&mut self.phase, Phase::Done) else {
+        let Phase::Collect(pending) = std::mem::replace(&mut self.phase, Phase::Off) else {
             return Action::Continue;
         };
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
@@ -379,7 +362,7 @@ impl HttpContext for CacheHttp {
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
-        match std::mem::replace(&mut self.phase, Phase::Done) {
+        match std::mem::replace(&mut self.phase, Phase::Off) {
             Phase::Upstream { label, store } => {
                 let headers = self.get_http_response_headers_bytes();
                 if let Some((key, rule)) = store {

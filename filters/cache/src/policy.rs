@@ -1,5 +1,7 @@
 //! Which requests the cache answers or fills, and which responses it keeps.
 
+use portico_core::sse::is_event_stream;
+
 use crate::config::{Replay, Rule};
 use crate::key::Body;
 
@@ -103,9 +105,7 @@ pub fn storable(status: Option<&[u8]>, headers: &[(String, Vec<u8>)]) -> Result<
                 }
             }
             "set-cookie" => return Err("set_cookie"),
-            "content-type" if text.is_some_and(|t| t.to_ascii_lowercase().contains("text/event-stream")) => {
-                return Err("stream")
-            }
+            "content-type" if is_event_stream(value) => return Err("stream"),
             _ => {}
         }
         if name.starts_with(':')

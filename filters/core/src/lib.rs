@@ -5,6 +5,7 @@
 //! place with `unsafe`, a raw ABI call), so all the rest is tested on the native target.
 
 pub mod analytics;
+pub mod clock;
 pub mod config;
 pub mod identity;
 pub mod metrics;

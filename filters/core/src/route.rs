@@ -35,6 +35,14 @@ impl RouteMatch {
         Some(m)
     }
 
+    /// Reads an optional `match`: absent, it matches every request.
+    pub fn parse_or_any(node: Option<Node<'_>>, errors: &mut Errors) -> Option<Self> {
+        match node {
+            Some(n) => Self::parse(&n, errors),
+            None => Some(Self::default()),
+        }
+    }
+
     /// Reads `path`, `methods` and `hosts` from a `match` object that may hold more fields
     /// (a filter's own conditions); the caller finishes the object.
     pub fn read_fields(obj: &mut Object<'_>, errors: &mut Errors) -> Self {

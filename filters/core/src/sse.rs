@@ -9,6 +9,14 @@
 //! the reader's limit is discarded with its event (counted in `oversized`), so memory stays
 //! bounded whatever the upstream sends.
 
+/// Whether a `content-type` value names an SSE stream (`text/event-stream`, any case, with or
+/// without parameters).
+pub fn is_event_stream(content_type: &[u8]) -> bool {
+    content_type
+        .windows(17)
+        .any(|w| w.eq_ignore_ascii_case(b"text/event-stream"))
+}
+
 /// One dispatched event.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Event {
@@ -119,6 +127,14 @@ impl SseReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_stream_content_types_are_recognised() {
+        assert!(is_event_stream(b"text/event-stream"));
+        assert!(is_event_stream(b"Text/Event-Stream; charset=utf-8"));
+        assert!(!is_event_stream(b"application/json"));
+        assert!(!is_event_stream(b"text/event"));
+    }
 
     fn all(reader: &mut SseReader, chunks: &[&[u8]]) -> Vec<Event> {
         chunks.iter().flat_map(|c| reader.push(c)).collect()

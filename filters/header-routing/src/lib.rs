@@ -11,14 +11,15 @@ pub mod config;
 pub mod decide;
 
 use std::rc::Rc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
 use portico_core::analytics::{outcome, state};
+use portico_core::clock::unix_nanos;
 use portico_core::identity::TIER_HEADER;
 use portico_core::metrics::Family;
 use portico_core::request::RequestView;
 use portico_core::response::{ErrorResponse, ErrorType};
+use portico_core::sse::is_event_stream;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 
@@ -84,11 +85,6 @@ struct Labels {
     backend: String,
     variant: String,
     model: String,
-}
-
-fn nanos(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 #[derive(Default)]
@@ -165,7 +161,7 @@ impl RoutingHttp {
     fn elapsed_ms(&self) -> Option<u64> {
         let start: [u8; 8] = self.get_property(vec!["request", "time"])?.try_into().ok()?;
         let start = u64::try_from(i64::from_le_bytes(start)).ok()?;
-        Some(nanos(self.get_current_time()).saturating_sub(start) / 1_000_000)
+        Some(unix_nanos(self.get_current_time()).saturating_sub(start) / 1_000_000)
     }
 
     /// Labels for a request this filter did not route (refused before it ran, or by it).
@@ -342,7 +338,7 @@ impl HttpContext for RoutingHttp {
         if self.labels.is_some() {
             self.streaming = self
                 .get_http_response_header_bytes("content-type")
-                .is_some_and(|ct| ct.windows(17).any(|w| w.eq_ignore_ascii_case(b"text/event-stream")));
+                .is_some_and(|ct| is_event_stream(&ct));
         }
         Action::Continue
     }

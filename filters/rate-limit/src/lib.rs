@@ -14,14 +14,15 @@ pub mod slots;
 pub mod usage;
 
 use std::rc::Rc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{error, info, warn};
 use portico_core::analytics::{state, CACHE_HEADER};
+use portico_core::clock::unix_nanos;
 use portico_core::identity::{CONSUMER_HEADER, TIER_HEADER};
 use portico_core::metrics::{bump, counter, Family};
 use portico_core::request::RequestView;
 use portico_core::shared::{update, Change, HostStore};
+use portico_core::sse::is_event_stream;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 
@@ -41,11 +42,6 @@ proxy_wasm::main! {{
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(LimitRoot::default()) });
 }}
-
-fn unix_nanos(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
 
 // === Metrics ===
 
@@ -341,7 +337,7 @@ impl HttpContext for LimitHttp {
             }
             let sse = self
                 .get_http_response_header_bytes("content-type")
-                .is_some_and(|ct| ct.windows(17).any(|w| w.eq_ignore_ascii_case(b"text/event-stream")));
+                .is_some_and(|ct| is_event_stream(&ct));
             self.body = if sse {
                 Body::Stream(Box::default())
             } else {
