@@ -17,8 +17,19 @@
 //! ```
 
 use std::fmt;
+use std::ops::RangeInclusive;
 
 use serde_json::{Map, Value};
+
+// === Bounds ===
+
+/// The largest request or response body any filter may be configured to read: a body is
+/// buffered in the Wasm VM's memory, so a limit of gigabytes would never be one.
+pub const MAX_BODY_BYTES: u64 = 64 << 20;
+/// The longest period, TTL or window any filter accepts: 365 days.
+pub const MAX_PERIOD_SECONDS: u64 = 365 * 24 * 3600;
+/// The largest completion-token estimate (`default_max_tokens`) a filter accepts.
+pub const MAX_TOKENS: u64 = 1_000_000;
 
 /// One problem in a configuration, at a JSON path such as `$.routes[2].match.path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,6 +217,16 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// An integer within `range`; outside it, an error naming the bounds.
+    pub fn u64_in(&self, range: RangeInclusive<u64>, errors: &mut Errors) -> Option<u64> {
+        let n = self.u64(errors)?;
+        if range.contains(&n) {
+            return Some(n);
+        }
+        self.error(errors, format!("must be between {} and {}", range.start(), range.end()));
+        None
+    }
+
     pub fn bool(&self, errors: &mut Errors) -> Option<bool> {
         match self.value {
             Value::Bool(b) => Some(*b),
@@ -315,6 +336,11 @@ impl<'a> Object<'a> {
         self.opt(key)?.u64(errors)
     }
 
+    /// An optional integer field within `range` (see [`Node::u64_in`]).
+    pub fn opt_u64_in(&mut self, key: &'a str, range: RangeInclusive<u64>, errors: &mut Errors) -> Option<u64> {
+        self.opt(key)?.u64_in(range, errors)
+    }
+
     pub fn opt_bool(&mut self, key: &'a str, errors: &mut Errors) -> Option<bool> {
         self.opt(key)?.bool(errors)
     }
@@ -369,7 +395,7 @@ mod tests {
             let _ = root.req_str("name", &mut errors);
             for item in root.array("items", &mut errors) {
                 if let Some(mut obj) = item.object(&mut errors) {
-                    let _ = obj.opt_u64("n", &mut errors);
+                    let _ = obj.opt_u64_in("n", 1..=9, &mut errors);
                     let _ = obj.opt("mode").and_then(|m| m.one_of(&["a", "b"], &mut errors));
                     obj.finish(&mut errors);
                 }
@@ -388,7 +414,7 @@ mod tests {
     #[test]
     fn every_error_is_reported_with_its_path() {
         let errors = read(json!({
-            "items": [{"n": -1}, {"mode": "c", "typo": true}, 3],
+            "items": [{"n": -1}, {"mode": "c", "typo": true}, 3, {"n": 10}],
             "nmae": "x"
         }));
         assert_eq!(
@@ -398,6 +424,7 @@ mod tests {
              $.items[1].mode: unknown value \"c\", expected one of: a, b; \
              $.items[1].typo: unknown field; \
              $.items[2]: expected an object; \
+             $.items[3].n: must be between 1 and 9; \
              $.nmae: unknown field"
         );
     }

@@ -1,5 +1,6 @@
 //! Plain-Rust pieces shared by every Portico filter: configuration reading with JSON paths,
-//! the error response shape, the identity header contract, request views and route matching.
+//! the header names and values configuration may write, the error response shape, the
+//! identity header contract, request views and route matching.
 //!
 //! Nothing here calls the proxy-wasm host except `metrics` and `shared::HostStore` (the one
 //! place with `unsafe`, a raw ABI call), so all the rest is tested on the native target.
@@ -7,6 +8,7 @@
 pub mod analytics;
 pub mod clock;
 pub mod config;
+pub mod header;
 pub mod identity;
 pub mod metrics;
 pub mod request;
