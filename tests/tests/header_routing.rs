@@ -29,7 +29,7 @@ fn setup() -> Setup {
             {"name": "anthropic", "cluster": "anthropic", "format": "anthropic", "credential": {"api_key": "ak-upstream-anthropic"}}
         ],
         "flags": [
-            {"name": "beta", "tiers": ["pro"], "consumers": ["vip"]},
+            {"name": "beta", "tiers": ["pro"], "consumers": ["apikey:vip"]},
             {"name": "half", "percent": 50}
         ],
         "routes": [
@@ -140,7 +140,7 @@ fn tiers_and_flags_gate_routes() {
     );
     for req in [
         get("/beta").header("x-portico-tier", "pro"),
-        get("/beta").header("x-portico-consumer", "vip"),
+        get("/beta").header("x-portico-consumer", "apikey:vip"),
     ] {
         let r = req.send(s.gw.addr);
         assert_eq!(served_by(&r), "b");

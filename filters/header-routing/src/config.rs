@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 
-use portico_core::config::{read_bytes, read_value, Errors, Node, Object};
+use portico_core::config::{read_bytes, read_value, Errors, Node, Object, MAX_BODY_BYTES};
+use portico_core::header::{value_problem, write_problem, Writer};
 use portico_core::route::{Matcher, RouteMatch};
 use serde_json::Value;
 
@@ -132,6 +133,11 @@ pub struct Route {
 }
 
 const DEFAULT_MAX_BODY: u64 = 1 << 20;
+/// The largest split weight: weights are relative, so a million gives a resolution finer than
+/// the 10,000 buckets callers are spread over, and sums stay far from any overflow.
+pub const MAX_WEIGHT: u64 = 1_000_000;
+/// Callers are spread over this many buckets by splits and percentage flags.
+pub const BUCKETS: u64 = 10_000;
 
 impl Config {
     /// Parses and checks the plugin configuration bytes.
@@ -150,10 +156,12 @@ impl Config {
 
 fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
     let cluster_header = root
-        .opt_str("cluster_header", errors)
-        .unwrap_or("x-portico-cluster")
-        .to_ascii_lowercase();
-    let max_body_bytes = root.opt_u64("max_body_bytes", errors).unwrap_or(DEFAULT_MAX_BODY);
+        .opt("cluster_header")
+        .and_then(|n| n.writable_header_name(Writer::Portico, errors))
+        .unwrap_or_else(|| "x-portico-cluster".to_owned());
+    let max_body_bytes = root
+        .opt_u64_in("max_body_bytes", 1..=MAX_BODY_BYTES, errors)
+        .unwrap_or(DEFAULT_MAX_BODY);
     let per_consumer_metrics = root.opt_bool("per_consumer_metrics", errors).unwrap_or(false);
     let metadata_namespace = root
         .opt_str("metadata_namespace", errors)
@@ -187,7 +195,13 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
         .iter()
         .filter_map(|n| read_flag(n, errors))
         .collect();
+    for (i, f) in flags.iter().enumerate() {
+        if flags.iter().take(i).any(|x| x.name == f.name) {
+            errors.push(&format!("$.flags[{i}].name"), format!("duplicate flag {:?}", f.name));
+        }
+    }
     let mut routes = Vec::new();
+    let mut route_names: Vec<String> = Vec::new();
     let route_nodes = root.array("routes", errors);
     if route_nodes.is_empty() {
         root.field_error("routes", errors, "list at least one route");
@@ -195,10 +209,18 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
     for node in route_nodes {
         let Some(mut obj) = node.object(errors) else { continue };
         let name = obj.req_str("name", errors).unwrap_or_default().to_owned();
+        if !name.is_empty() {
+            // The name seeds the route's sticky choices and labels its metrics: one per route.
+            if route_names.contains(&name) {
+                obj.field_error("name", errors, format!("duplicate route {name:?}"));
+            }
+            route_names.push(name.clone());
+        }
         let (m, headers, tiers) = match obj.opt("match") {
             Some(n) => read_match(&n, errors),
             None => (Some(RouteMatch::default()), Vec::new(), Vec::new()),
         };
+        let pattern = m.as_ref().and_then(|m| m.path.clone());
         let matcher = m.map(|m| Matcher::new(m, obj.path(), errors));
         let require_flag = obj.opt("require_flag").and_then(|n| {
             let f = n.non_empty_str(errors)?;
@@ -208,8 +230,8 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
             Some(f.to_owned())
         });
         let rewrite = obj.opt_str("rewrite", errors).map(str::to_owned);
-        if rewrite.as_ref().is_some_and(|r| !r.starts_with('/')) {
-            obj.field_error("rewrite", errors, "must start with '/'");
+        if let Some(problem) = rewrite.as_deref().and_then(|r| rewrite_problem(r, pattern.as_deref())) {
+            obj.field_error("rewrite", errors, problem);
         }
         let backend = obj.opt("backend");
         let split = obj.opt("split");
@@ -262,7 +284,7 @@ fn read_match(
     let mut headers = Vec::new();
     for h in obj.array("headers", errors) {
         let Some(mut ho) = h.object(errors) else { continue };
-        let name = ho.req_str("name", errors).map(str::to_ascii_lowercase);
+        let name = ho.req("name", errors).and_then(|n| n.header_name(errors));
         let exact = ho.opt("exact").and_then(|n| n.str(errors)).map(str::to_owned);
         let prefix = ho.opt("prefix").and_then(|n| n.str(errors)).map(str::to_owned);
         let present = ho.opt_bool("present", errors);
@@ -290,52 +312,55 @@ fn read_backend(node: &Node<'_>, errors: &mut Errors) -> Option<Backend> {
     let name = obj.req_str("name", errors).map(str::to_owned);
     let cluster = obj.req_str("cluster", errors).map(str::to_owned);
     let host_rewrite = obj.opt_str("host_rewrite", errors).map(str::to_owned);
+    if let Some(problem) = host_rewrite.as_deref().and_then(authority_problem) {
+        obj.field_error("host_rewrite", errors, problem);
+    }
     let path_prefix = obj.opt_str("path_prefix", errors).map(str::to_owned);
-    if path_prefix
-        .as_ref()
-        .is_some_and(|p| !p.starts_with('/') || p.ends_with('/'))
-    {
-        obj.field_error("path_prefix", errors, "must start with '/' and not end with one");
+    if let Some(p) = &path_prefix {
+        if !p.starts_with('/') || p.ends_with('/') {
+            obj.field_error("path_prefix", errors, "must start with '/' and not end with one");
+        } else if let Some(problem) = path_problem(p) {
+            obj.field_error("path_prefix", errors, problem);
+        }
     }
     let mut add_headers = Vec::new();
     let mut remove_headers = Vec::new();
     if let Some(mut h) = obj.opt("headers").and_then(|n| n.object(errors)) {
         if let Some(mut add) = h.opt("add").and_then(|n| n.object(errors)) {
             for (k, v) in add.entries() {
-                if let Some(v) = v.str(errors) {
-                    add_headers.push((k.to_ascii_lowercase(), v.to_owned()));
+                let name_ok = v.report(write_problem(k, Writer::Operation), errors);
+                if let Some(v) = v.header_value(errors).filter(|_| name_ok) {
+                    add_headers.push((k.to_ascii_lowercase(), v));
                 }
             }
             add.finish(errors);
         }
-        remove_headers = h
-            .string_list("remove", errors)
-            .into_iter()
-            .map(|s| s.to_ascii_lowercase())
-            .collect();
+        for n in h.array("remove", errors) {
+            remove_headers.extend(n.writable_header_name(Writer::Operation, errors));
+        }
         h.finish(errors);
     }
     let credential = obj.opt("credential").and_then(|n| {
         let mut c = n.object(errors)?;
-        let bearer = c
-            .opt_str("bearer", errors)
-            .map(|t| ("authorization".to_owned(), format!("Bearer {t}")));
-        let api_key = c
-            .opt_str("api_key", errors)
-            .map(|k| ("x-api-key".to_owned(), k.to_owned()));
-        let header = c.opt_str("header", errors).map(str::to_ascii_lowercase);
-        let value = c.opt_str("value", errors).map(str::to_owned);
-        let custom = header.zip(value);
+        let bearer = secret(&mut c, "bearer", errors).map(|t| ("authorization".to_owned(), format!("Bearer {t}")));
+        let api_key = secret(&mut c, "api_key", errors).map(|k| ("x-api-key".to_owned(), k));
+        let header = c
+            .opt("header")
+            .and_then(|h| h.writable_header_name(Writer::Operation, errors));
+        let value = secret(&mut c, "value", errors);
         c.finish(errors);
-        let mut given: Vec<(String, String)> = [bearer, api_key, custom].into_iter().flatten().collect();
-        if given.len() != 1 {
+        // Which form was given is read from the keys, so a bad value is reported once, by itself.
+        let has = |key: &str| n.value().get(key).is_some_and(|v| !v.is_null());
+        let forms = [has("bearer"), has("api_key"), has("header") && has("value")];
+        let partial = has("header") != has("value");
+        if partial || forms.iter().filter(|f| **f).count() != 1 {
             n.error(
                 errors,
                 "give exactly one of `bearer`, `api_key`, or `header` with `value`",
             );
             return None;
         }
-        given.pop()
+        bearer.or(api_key).or_else(|| header.zip(value))
     });
     let format = obj
         .opt("format")
@@ -362,13 +387,14 @@ fn read_sticky(node: Option<Node<'_>>, errors: &mut Errors) -> StickyKey {
             let Some(mut obj) = node.object(errors) else {
                 return StickyKey::Consumer;
             };
-            let header = obj
-                .opt_str("header", errors)
-                .map(|h| StickyKey::Header(h.to_ascii_lowercase()));
-            let cookie = obj.opt_str("cookie", errors).map(|c| StickyKey::Cookie(c.to_owned()));
+            let header = obj.opt("header");
+            let cookie = obj.opt("cookie");
             obj.finish(errors);
             match (header, cookie) {
-                (Some(k), None) | (None, Some(k)) => k,
+                (Some(h), None) => h.header_name(errors).map_or(StickyKey::Consumer, StickyKey::Header),
+                (None, Some(c)) => c
+                    .non_empty_str(errors)
+                    .map_or(StickyKey::Consumer, |c| StickyKey::Cookie(c.to_owned())),
                 _ => {
                     node.error(errors, "give exactly one of `header` or `cookie`");
                     StickyKey::Consumer
@@ -399,7 +425,20 @@ fn read_flag(node: &Node<'_>, errors: &mut Errors) -> Option<Flag> {
         );
     }
     let tiers = obj.string_list("tiers", errors);
-    let consumers = obj.string_list("consumers", errors);
+    let mut consumers = Vec::new();
+    for n in obj.array("consumers", errors) {
+        let Some(id) = n.non_empty_str(errors) else { continue };
+        match id.split_once(':') {
+            Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => consumers.push(id.to_owned()),
+            _ => n.error(
+                errors,
+                format!(
+                    "{id:?} has no namespace: consumer ids are \"<namespace>:<name>\" as auth sets them in \
+                     x-portico-consumer (for example \"apikey:demo\" or \"idp:user-1001\")"
+                ),
+            ),
+        }
+    }
     let percent = obj.opt("percent").and_then(|n| {
         let p = n.value().as_f64().filter(|p| (0.0..=100.0).contains(p));
         if p.is_none() {
@@ -408,9 +447,16 @@ fn read_flag(node: &Node<'_>, errors: &mut Errors) -> Option<Flag> {
         p
     });
     let by = read_sticky(obj.opt("by"), errors);
-    obj.finish(errors);
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let rollout_bp = (percent.unwrap_or(0.0) * 100.0).round() as u32;
+    if percent.is_some_and(|p| p > 0.0) && rollout_bp == 0 {
+        obj.field_error(
+            "percent",
+            errors,
+            "below the rollout's resolution of 0.01 percent: no caller would get the flag",
+        );
+    }
+    obj.finish(errors);
     Some(Flag {
         name: name?,
         tiers,
@@ -427,9 +473,9 @@ fn read_split(
 ) -> Option<Split> {
     let mut obj = node.object(errors)?;
     let by = read_sticky(obj.opt("by"), errors);
-    let override_header = obj.opt_str("override_header", errors).map(str::to_ascii_lowercase);
-    let mut variants = Vec::new();
-    let mut total: u64 = 0;
+    let override_header = obj.opt("override_header").and_then(|n| n.header_name(errors));
+    let mut variants: Vec<(String, usize, Option<String>, u64, String)> = Vec::new();
+    let mut names: Vec<String> = Vec::new();
     let items = obj.array("variants", errors);
     if items.is_empty() {
         obj.field_error("variants", errors, "list at least one variant");
@@ -437,52 +483,160 @@ fn read_split(
     for item in items {
         let Some(mut v) = item.object(errors) else { continue };
         let name = v.req_str("name", errors).map(str::to_owned);
-        if name.as_ref().is_some_and(|n| {
-            !n.bytes()
+        if let Some(n) = &name {
+            if !n
+                .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
-        }) {
-            v.field_error(
-                "name",
-                errors,
-                "variant names use letters, digits, '.', '-' and '_' (they travel in a header)",
-            );
+            {
+                v.field_error(
+                    "name",
+                    errors,
+                    "variant names use letters, digits, '.', '-' and '_' (they travel in a header)",
+                );
+            } else if names.contains(n) {
+                v.field_error("name", errors, format!("duplicate variant {n:?}"));
+            }
+            names.push(n.clone());
         }
         let backend = v.req("backend", errors).and_then(|n| backend_index(&n, errors));
         let model = v.opt_str("model", errors).map(str::to_owned);
-        let weight = v.req("weight", errors).and_then(|n| n.u64(errors));
+        let weight = v.req("weight", errors).and_then(|n| n.u64_in(0..=MAX_WEIGHT, errors));
         v.finish(errors);
-        total += weight.unwrap_or(0);
         if let (Some(name), Some(backend), Some(weight)) = (name, backend, weight) {
-            variants.push((name, backend, model, weight));
+            variants.push((name, backend, model, weight, item.path().to_owned()));
         }
     }
     obj.finish(errors);
-    if total == 0 {
+    let total = variants
+        .iter()
+        .try_fold(0u64, |sum, (.., weight, _)| sum.checked_add(*weight));
+    let Some(total) = total.filter(|t| *t > 0) else {
         node.error(errors, "variant weights must add up to more than 0");
         return None;
-    }
-    // Weights are relative: scale them to 10000 basis points, the last variant taking the rest.
+    };
+    // Weights are relative: variant i serves the buckets below its cumulative share of BUCKETS,
+    // the last one up to BUCKETS. u128 holds every product of bounded weights.
     let mut acc: u64 = 0;
+    let mut lower: u32 = 0;
     let count = variants.len();
-    let variants = variants
-        .into_iter()
-        .enumerate()
-        .map(|(i, (name, backend, model, weight))| {
-            acc += weight;
-            let upper = if i + 1 == count { 10_000 } else { acc * 10_000 / total };
-            Variant {
-                name,
-                backend,
-                model,
-                upper_bp: u32::try_from(upper).unwrap_or(10_000),
-            }
-        })
-        .collect();
+    let mut out = Vec::with_capacity(count);
+    for (i, (name, backend, model, weight, path)) in variants.into_iter().enumerate() {
+        acc = acc.saturating_add(weight);
+        let upper = if i + 1 == count {
+            BUCKETS
+        } else {
+            u64::try_from(u128::from(acc) * u128::from(BUCKETS) / u128::from(total)).unwrap_or(BUCKETS)
+        };
+        let upper_bp = u32::try_from(upper.min(BUCKETS)).unwrap_or(0);
+        if weight > 0 && upper_bp == lower {
+            errors.push(
+                &format!("{path}.weight"),
+                format!(
+                    "{weight} of {total} is below the split's resolution of 1/{BUCKETS}: no caller \
+                     would get this variant (weight 0 turns a variant off on purpose)"
+                ),
+            );
+        }
+        lower = upper_bp;
+        out.push(Variant {
+            name,
+            backend,
+            model,
+            upper_bp,
+        });
+    }
     Some(Split {
         by,
-        variants,
+        variants: out,
         override_header,
     })
+}
+
+/// A credential secret: a non-empty string that is a header value.
+fn secret<'a>(c: &mut Object<'a>, key: &'a str, errors: &mut Errors) -> Option<String> {
+    let node = c.opt(key)?;
+    let value = node.non_empty_str(errors)?;
+    node.report(value_problem(value), errors).then(|| value.to_owned())
+}
+
+/// Why `host` cannot be the `:authority` sent upstream, if it cannot.
+fn authority_problem(host: &str) -> Option<String> {
+    let bad = host
+        .chars()
+        .find(|c| !c.is_ascii_alphanumeric() && !"-._~!$&'()*+,;=:[]%".contains(*c))?;
+    Some(format!(
+        "contains {bad:?}: give a host with an optional port, such as api.example.com or 10.0.0.1:8443"
+    ))
+}
+
+/// Why `path` cannot be (part of) the `:path` sent upstream, if it cannot.
+fn path_problem(path: &str) -> Option<String> {
+    let bad = path.chars().find(|c| !c.is_ascii_graphic() || *c == '?' || *c == '#')?;
+    Some(if bad == '?' || bad == '#' {
+        format!("contains {bad:?}: the client's query string is kept, so a path here cannot carry one")
+    } else {
+        format!("contains {bad:?}, which a request path cannot hold as it is (percent-encode it)")
+    })
+}
+
+/// The parameter names of a matchit pattern: `id` for `{id}`, `rest` for `{*rest}` (`{{` and
+/// `}}` are literal braces).
+fn pattern_params(pattern: &str) -> Vec<&str> {
+    let mut params = Vec::new();
+    let mut rest = pattern;
+    while let Some(open) = rest.find('{') {
+        let after = rest.get(open + 1..).unwrap_or("");
+        if let Some(escaped) = after.strip_prefix('{') {
+            rest = escaped;
+            continue;
+        }
+        let Some(close) = after.find('}') else { break };
+        params.push(after.get(..close).unwrap_or("").trim_start_matches('*'));
+        rest = after.get(close + 1..).unwrap_or("");
+    }
+    params
+}
+
+/// Why `template` cannot rewrite the path of a route with path pattern `pattern`, if it cannot.
+/// Every placeholder must name a parameter the pattern captures: one it does not is sent
+/// upstream literally.
+fn rewrite_problem(template: &str, pattern: Option<&str>) -> Option<String> {
+    if !template.starts_with('/') {
+        return Some("must start with '/'".to_owned());
+    }
+    if let Some(problem) = path_problem(template) {
+        return Some(problem);
+    }
+    let Some(pattern) = pattern else {
+        return Some(
+            "needs the route's `match.path` pattern: its {param} captures fill the template, and without one every request would go to the same path".to_owned(),
+        );
+    };
+    let known = pattern_params(pattern);
+    let mut rest = template;
+    while let Some(open) = rest.find(['{', '}']) {
+        let after = rest.get(open + 1..).unwrap_or("");
+        if rest.get(open..=open) == Some("}") {
+            return Some("has a '}' without its '{'".to_owned());
+        }
+        let Some(close) = after.find('}') else {
+            return Some("has a '{' without its '}'".to_owned());
+        };
+        let name = after.get(..close).unwrap_or("");
+        let param = name.strip_prefix('*').unwrap_or(name);
+        if !known.contains(&param) {
+            let have = if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.iter().map(|k| format!("{{{k}}}")).collect::<Vec<_>>().join(", ")
+            };
+            return Some(format!(
+                "{{{name}}} is not a parameter of the path pattern {pattern:?} (it has: {have})"
+            ));
+        }
+        rest = after.get(close + 1..).unwrap_or("");
+    }
+    None
 }
 
 fn read_models(
@@ -532,3 +686,6 @@ fn read_models(
     obj.finish(errors);
     Some(ModelRoute { models, tiers })
 }
+
+#[cfg(test)]
+mod tests;

@@ -51,7 +51,7 @@ fn base() -> Value {
             {"name": "ant", "cluster": "anthropic", "format": "anthropic", "credential": {"api_key": "ak-up"}}
         ],
         "flags": [
-            {"name": "beta", "tiers": ["pro"], "consumers": ["vip"]},
+            {"name": "beta", "tiers": ["pro"], "consumers": ["apikey:vip"]},
             {"name": "half", "percent": 50}
         ],
         "routes": [
@@ -124,7 +124,10 @@ fn tier_routes_and_flag_gates() {
         1
     );
     assert_eq!(code(route(&c, &view("GET", "/beta", &[]))).0, 404);
-    let r = routed(route(&c, &view("GET", "/beta", &[("x-portico-consumer", "vip")])));
+    let r = routed(route(
+        &c,
+        &view("GET", "/beta", &[("x-portico-consumer", "apikey:vip")]),
+    ));
     assert!(r.flags.contains(&"beta".to_owned()));
 }
 
