@@ -1,6 +1,7 @@
 //! The body-transform filter's configuration, checked with JSON paths.
 
-use portico_core::config::{read_bytes, read_value, Errors, Node, Object};
+use portico_core::config::{read_bytes, read_value, Errors, Node, Object, MAX_BODY_BYTES, MAX_TOKENS};
+use portico_core::header::{write_problem, Writer};
 use portico_core::route::{RouteMatch, RouteTable};
 use serde_json::Value;
 
@@ -49,8 +50,12 @@ impl Config {
 }
 
 fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
-    let max_body_bytes = root.opt_u64("max_body_bytes", errors).unwrap_or(1 << 20);
-    let default_max_tokens = root.opt_u64("default_max_tokens", errors).unwrap_or(4096);
+    let max_body_bytes = root
+        .opt_u64_in("max_body_bytes", 1..=MAX_BODY_BYTES, errors)
+        .unwrap_or(1 << 20);
+    let default_max_tokens = root
+        .opt_u64_in("default_max_tokens", 1..=MAX_TOKENS, errors)
+        .unwrap_or(4096);
     let mut rules = Vec::new();
     let nodes = root.array("routes", errors);
     if nodes.is_empty() {
@@ -106,15 +111,24 @@ fn read_side(node: &Node<'_>, errors: &mut Errors) -> Side {
     Side { headers, body }
 }
 
-fn pairs(node: Option<Node<'_>>, errors: &mut Errors) -> Vec<(String, String)> {
+/// Header name to value (`add`, `set`), or old name to new name (`rename`: `renames`). Every
+/// name is one a header operation may write, every value one that cannot split the message.
+fn pairs(node: Option<Node<'_>>, renames: bool, errors: &mut Errors) -> Vec<(String, String)> {
     let Some(mut obj) = node.and_then(|n| n.object(errors)) else {
         return Vec::new();
     };
-    let out = obj
-        .entries()
-        .into_iter()
-        .filter_map(|(k, v)| v.str(errors).map(|v| (k.to_ascii_lowercase(), v.to_owned())))
-        .collect();
+    let mut out = Vec::new();
+    for (k, v) in obj.entries() {
+        let name_ok = v.report(write_problem(k, Writer::Operation), errors);
+        let value = if renames {
+            v.writable_header_name(Writer::Operation, errors)
+        } else {
+            v.header_value(errors)
+        };
+        if let Some(value) = value.filter(|_| name_ok) {
+            out.push((k.to_ascii_lowercase(), value));
+        }
+    }
     obj.finish(errors);
     out
 }
@@ -124,17 +138,14 @@ fn read_headers(node: &Node<'_>, errors: &mut Errors) -> HeaderOps {
         return HeaderOps::default();
     };
     let ops = HeaderOps {
-        add: pairs(obj.opt("add"), errors),
-        set: pairs(obj.opt("set"), errors),
+        add: pairs(obj.opt("add"), false, errors),
+        set: pairs(obj.opt("set"), false, errors),
         remove: obj
-            .string_list("remove", errors)
-            .into_iter()
-            .map(|h| h.to_ascii_lowercase())
+            .array("remove", errors)
+            .iter()
+            .filter_map(|n| n.writable_header_name(Writer::Operation, errors))
             .collect(),
-        rename: pairs(obj.opt("rename"), errors)
-            .into_iter()
-            .map(|(k, v)| (k, v.to_ascii_lowercase()))
-            .collect(),
+        rename: pairs(obj.opt("rename"), true, errors),
     };
     obj.finish(errors);
     ops
@@ -158,13 +169,14 @@ fn read_op(node: &Node<'_>, errors: &mut Errors) -> Option<BodyOp> {
     let path = obj.req("path", errors);
     let path = pointer(path, errors);
     let value = obj.opt("value").map(|n| n.value().clone());
-    let from_header = obj.opt_str("from_header", errors).map(str::to_ascii_lowercase);
+    // Present (outer) and valid (inner) apart, so a bad name is reported once, by itself.
+    let from_header = obj.opt("from_header").map(|n| n.header_name(errors));
     let from = pointer(obj.opt("from"), errors);
     obj.finish(errors);
     match (op?, path?) {
         (0, path) => match (value, from_header) {
             (Some(v), None) => Some(BodyOp::Set(path, Source::Value(v))),
-            (None, Some(h)) => Some(BodyOp::Set(path, Source::Header(h))),
+            (None, Some(h)) => h.map(|h| BodyOp::Set(path, Source::Header(h))),
             _ => {
                 node.error(errors, "`set` takes exactly one of `value` or `from_header`");
                 None
@@ -178,5 +190,140 @@ fn read_op(node: &Node<'_>, errors: &mut Errors) -> Option<BodyOp> {
                 None
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn errors_of(v: &Value) -> String {
+        Config::from_value(v).err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    fn route(side: &str, headers: Value) -> Value {
+        json!({"routes": [{side: {"headers": headers}}]})
+    }
+
+    #[test]
+    fn every_refused_configuration_names_its_path_and_reason() {
+        let cases: Vec<(&str, Value, &str)> = vec![
+            (
+                "response header value with CR LF (response splitting)",
+                route("response", json!({"set": {"x-a": "a\r\nb"}})),
+                "$.routes[0].response.headers.set[\"x-a\"]: header value contains '\\r', a control character HTTP does not allow in a value (CR and LF would split the message)",
+            ),
+            (
+                "request header value with NUL",
+                route("request", json!({"add": {"x-a": "a\u{0}"}})),
+                "$.routes[0].request.headers.add[\"x-a\"]: header value contains '\\0', a control character HTTP does not allow in a value (CR and LF would split the message)",
+            ),
+            (
+                "header name with a space",
+                route("request", json!({"add": {"x a": "1"}})),
+                "$.routes[0].request.headers.add[\"x a\"]: header name \"x a\" contains ' ', which HTTP does not allow in a name (use letters, digits and !#$%&'*+-.^_`|~)",
+            ),
+            (
+                "removing :path",
+                route("request", json!({"remove": [":path"]})),
+                "$.routes[0].request.headers.remove[0]: \":path\" is a pseudo-header, which header operations cannot change: change the path with header-routing's `rewrite` or `path_prefix`",
+            ),
+            (
+                "removing :status",
+                route("response", json!({"remove": [":status"]})),
+                "$.routes[0].response.headers.remove[0]: \":status\" is a pseudo-header, which header operations cannot change",
+            ),
+            (
+                "setting :method",
+                route("request", json!({"set": {":method": "DELETE"}})),
+                "$.routes[0].request.headers.set[\":method\"]: \":method\" is a pseudo-header, which header operations cannot change",
+            ),
+            (
+                "renaming :authority",
+                route("request", json!({"rename": {":authority": "x-host"}})),
+                "$.routes[0].request.headers.rename[\":authority\"]: \":authority\" is the request's authority, which header operations cannot change: use header-routing's `host_rewrite`",
+            ),
+            (
+                "renaming into :scheme",
+                route("request", json!({"rename": {"x-scheme": ":scheme"}})),
+                "$.routes[0].request.headers.rename[\"x-scheme\"]: \":scheme\" is a pseudo-header, which header operations cannot change",
+            ),
+            (
+                "renaming into a name with a space",
+                route("response", json!({"rename": {"x-old": "x new"}})),
+                "$.routes[0].response.headers.rename[\"x-old\"]: header name \"x new\" contains ' ', which HTTP does not allow in a name (use letters, digits and !#$%&'*+-.^_`|~)",
+            ),
+            (
+                "setting content-length",
+                route("response", json!({"set": {"content-length": "5"}})),
+                "$.routes[0].response.headers.set[\"content-length\"]: \"content-length\" frames the message or manages the connection, which Envoy owns: header operations cannot change it",
+            ),
+            (
+                "adding connection",
+                route("request", json!({"add": {"Connection": "close"}})),
+                "$.routes[0].request.headers.add.Connection: \"connection\" frames the message or manages the connection, which Envoy owns: header operations cannot change it",
+            ),
+            (
+                "setting the tier auth set",
+                route("request", json!({"set": {"x-portico-tier": "pro"}})),
+                "$.routes[0].request.headers.set[\"x-portico-tier\"]: \"x-portico-tier\" is Portico's own header (x-portico- headers carry identity and routing between its filters): header operations cannot change it",
+            ),
+            (
+                "removing the cache status rate-limit reads",
+                route("response", json!({"remove": ["x-portico-cache"]})),
+                "$.routes[0].response.headers.remove[0]: \"x-portico-cache\" is Portico's own header (x-portico- headers carry identity and routing between its filters): header operations cannot change it",
+            ),
+            (
+                "from_header that can never be present",
+                json!({"routes": [{"request": {"body": [{"op": "set", "path": "/u", "from_header": "x user"}]}}]}),
+                "$.routes[0].request.body[0].from_header: header name \"x user\" contains ' ', which HTTP does not allow in a name (use letters, digits and !#$%&'*+-.^_`|~)",
+            ),
+            (
+                "max_body_bytes of 0",
+                json!({"max_body_bytes": 0, "routes": [{}]}),
+                "$.max_body_bytes: must be between 1 and 67108864",
+            ),
+            (
+                "max_body_bytes beyond the bound",
+                json!({"max_body_bytes": 1_u64 << 32, "routes": [{}]}),
+                "$.max_body_bytes: must be between 1 and 67108864",
+            ),
+            (
+                "default_max_tokens of 0 (Anthropic refuses max_tokens 0)",
+                json!({"default_max_tokens": 0, "routes": [{}]}),
+                "$.default_max_tokens: must be between 1 and 1000000",
+            ),
+            (
+                "absurd default_max_tokens",
+                json!({"default_max_tokens": u64::MAX, "routes": [{}]}),
+                "$.default_max_tokens: must be between 1 and 1000000",
+            ),
+        ];
+        for (name, config, want) in cases {
+            assert_eq!(errors_of(&config), want, "case: {name}");
+        }
+    }
+
+    #[test]
+    fn valid_header_operations_are_kept_lower_cased() {
+        let c = Config::from_value(&json!({"routes": [{"request": {"headers": {
+            "add": {"X-A": "1"}, "set": {"x-b": "tab\tok"}, "remove": ["X-Debug"], "rename": {"X-Old": "X-New"}
+        }}, "response": {"headers": {"set": {"cache-control": "no-store"}}}}]}))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let rule = c.routes.get(0).unwrap_or_else(|| panic!("no rule"));
+        assert_eq!(
+            rule.request.headers,
+            HeaderOps {
+                add: vec![("x-a".into(), "1".into())],
+                set: vec![("x-b".into(), "tab\tok".into())],
+                remove: vec!["x-debug".into()],
+                rename: vec![("x-old".into(), "x-new".into())],
+            }
+        );
+        assert_eq!(
+            rule.response.headers.set,
+            vec![("cache-control".into(), "no-store".into())]
+        );
     }
 }
