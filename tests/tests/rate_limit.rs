@@ -324,7 +324,7 @@ fn bad_configuration_is_refused_with_json_paths() {
     for expected in [
         "$.max_keys: must be between 16 and 10000000",
         "$.rules[0].name: names use a-z, 0-9 and _ only",
-        "$.rules[0].limit: requests, period_seconds and burst must be at least 1",
+        "$.rules[0].limit.requests: must be between 1 and 1000000: at most 1000000 per second of period_seconds",
         "$.rules[0].key[0]: unknown value \"ip\"",
     ] {
         assert!(

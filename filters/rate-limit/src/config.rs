@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use portico_core::config::{read_bytes, read_value, Errors, Node, Object};
+use portico_core::config::{read_bytes, read_value, Errors, Node, Object, MAX_PERIOD_SECONDS, MAX_TOKENS};
 use portico_core::route::{Matcher, RouteMatch};
 use serde_json::Value;
 
@@ -86,6 +86,9 @@ pub struct Quota {
 }
 
 const DEFAULT_MAX_KEYS: u64 = 10_000;
+/// The fastest rate a limit or budget may allow: GCRA keeps time in whole nanoseconds per
+/// unit, so at a million a second its rounding stays below 0.1%.
+pub const MAX_PER_SECOND: u64 = 1_000_000;
 
 impl Config {
     /// Parses and checks the plugin configuration bytes.
@@ -141,7 +144,25 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
         let select = read_selector(&mut obj, &mut names, errors);
         let budgets = obj.req("budgets", errors).and_then(|n| read_budgets(&n, errors));
         let by_tier = read_tiers(&mut obj, errors, read_budgets);
-        let default_max_tokens = obj.opt_u64("default_max_tokens", errors).unwrap_or(1024);
+        let default_max_tokens = obj
+            .opt_u64_in("default_max_tokens", 1..=MAX_TOKENS, errors)
+            .unwrap_or(1024);
+        let smallest = budgets
+            .iter()
+            .flatten()
+            .chain(by_tier.values().flatten())
+            .map(|b| b.burst)
+            .min();
+        if let Some(smallest) = smallest.filter(|s| default_max_tokens > *s) {
+            obj.field_error(
+                "default_max_tokens",
+                errors,
+                format!(
+                    "{default_max_tokens} is more than the smallest budget ({smallest} tokens): every request \
+                     that does not say max_tokens would be refused"
+                ),
+            );
+        }
         obj.finish(errors);
         if let (Some(select), Some(budgets)) = (select, budgets) {
             quotas.push(Quota {
@@ -223,7 +244,7 @@ fn read_when(node: &Node<'_>, errors: &mut Errors) -> When {
         let Some(mut ho) = h.object(errors) else {
             continue;
         };
-        let name = ho.req_str("name", errors).map(str::to_ascii_lowercase);
+        let name = ho.req("name", errors).and_then(|n| n.header_name(errors));
         let value = ho.opt("value").and_then(|v| v.str(errors)).map(str::to_owned);
         ho.finish(errors);
         if let Some(name) = name {
@@ -249,8 +270,9 @@ fn read_key(obj: &mut Object<'_>, errors: &mut Errors) -> Vec<KeyPart> {
                 }),
             Value::Object(_) => item.object(errors).and_then(|mut o| {
                 let name = o
-                    .req_str("header", errors)
-                    .map(|h| KeyPart::Header(h.to_ascii_lowercase()));
+                    .req("header", errors)
+                    .and_then(|h| h.header_name(errors))
+                    .map(KeyPart::Header);
                 o.finish(errors);
                 name
             }),
@@ -267,14 +289,56 @@ fn read_key(obj: &mut Object<'_>, errors: &mut Errors) -> Vec<KeyPart> {
     parts
 }
 
+/// `period_seconds`, then the amount per period (`requests` or `tokens`) within
+/// [`MAX_PER_SECOND`] of it.
+fn read_amount_and_period(obj: &mut Object<'_>, amount: &'static str, errors: &mut Errors) -> Option<(u64, u64)> {
+    let period = obj
+        .req("period_seconds", errors)
+        .and_then(|n| n.u64_in(1..=MAX_PERIOD_SECONDS, errors));
+    let node = obj.req(amount, errors)?;
+    let n = node.u64(errors)?;
+    let max = period.unwrap_or(MAX_PERIOD_SECONDS).saturating_mul(MAX_PER_SECOND);
+    if !(1..=max).contains(&n) {
+        node.error(
+            errors,
+            format!("must be between 1 and {max}: at most {MAX_PER_SECOND} per second of period_seconds"),
+        );
+        return None;
+    }
+    Some((n, period?))
+}
+
 fn read_rate(node: &Node<'_>, errors: &mut Errors) -> Option<Rate> {
     let mut obj = node.object(errors)?;
-    let requests = obj.req("requests", errors).and_then(|n| n.u64(errors));
-    let period = obj.req("period_seconds", errors).and_then(|n| n.u64(errors));
-    let burst = obj.opt_u64("burst", errors);
+    let amount = read_amount_and_period(&mut obj, "requests", errors);
+    let burst = obj.opt("burst");
+    let burst = match (burst, amount) {
+        (None, Some((requests, _))) => Some(requests),
+        (None, None) => None,
+        (Some(n), None) => {
+            let _ = n.u64(errors);
+            None
+        }
+        (Some(n), Some((requests, period))) => {
+            // A full bucket must refill within the longest period: a larger one never empties
+            // in any sense an operator could reason about, and its nanoseconds would overflow.
+            let max = u128::from(requests) * u128::from(MAX_PERIOD_SECONDS) / u128::from(period);
+            let max = u64::try_from(max).unwrap_or(u64::MAX);
+            n.u64(errors).filter(|b| {
+                let ok = (1..=max).contains(b);
+                if !ok {
+                    n.error(
+                        errors,
+                        format!("must be between 1 and {max}: a full bucket must refill within {MAX_PERIOD_SECONDS} seconds"),
+                    );
+                }
+                ok
+            })
+        }
+    };
     obj.finish(errors);
-    let (requests, period) = (requests?, period?);
-    let rate = Rate::new(requests, period, burst.unwrap_or(requests));
+    let ((requests, period), burst) = (amount?, burst?);
+    let rate = Rate::new(requests, period, burst);
     if rate.is_none() {
         node.error(errors, "requests, period_seconds and burst must be at least 1");
     }
@@ -291,10 +355,9 @@ fn read_budgets(node: &Node<'_>, errors: &mut Errors) -> Option<Vec<Rate>> {
         let Some(mut obj) = item.object(errors) else {
             continue;
         };
-        let tokens = obj.req("tokens", errors).and_then(|n| n.u64(errors));
-        let period = obj.req("period_seconds", errors).and_then(|n| n.u64(errors));
+        let amount = read_amount_and_period(&mut obj, "tokens", errors);
         obj.finish(errors);
-        if let (Some(tokens), Some(period)) = (tokens, period) {
+        if let Some((tokens, period)) = amount {
             match Rate::new(tokens, period, tokens) {
                 Some(rate) => budgets.push(rate),
                 None => item.error(errors, "tokens and period_seconds must be at least 1"),
@@ -338,7 +401,7 @@ mod tests {
                 "tiers": {"pro": {"requests": 100, "period_seconds": 60, "burst": 20}},
                 "dry_run": true
             }],
-            "token_quotas": [{"name": "llm", "key": ["consumer"], "budgets": [{"tokens": 1000, "period_seconds": 60}]}]
+            "token_quotas": [{"name": "llm", "key": ["consumer"], "budgets": [{"tokens": 100000, "period_seconds": 60}]}]
         }))
         .unwrap();
         let r = &c.rules[0];
@@ -371,12 +434,136 @@ mod tests {
             "$.fail_mode: unknown value \"sideways\", expected one of: open, closed; \
              $.rules[0].name: names use a-z, 0-9 and _ only (they become metric names); \
              $.rules[0].key[0]: unknown value \"ip\", expected one of: consumer, tier, client_ip, route, path; \
-             $.rules[0].limit: requests, period_seconds and burst must be at least 1; \
+             $.rules[0].limit.requests: must be between 1 and 1000000: at most 1000000 per second of period_seconds; \
              $.rules[1].limit.period_seconds: required field is missing; \
              $.rules[1].tiers.pro.requests: expected a non-negative integer; \
              $.token_quotas[0].name: duplicate name \"x\"; \
              $.token_quotas[0].budgets: list at least one budget"
         );
+    }
+
+    fn errors_of(v: &Value) -> String {
+        Config::from_value(v).err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    fn rule(limit: Value) -> Value {
+        json!({"rules": [{"name": "r", "limit": limit}]})
+    }
+
+    fn quota(extra: Value) -> Value {
+        let mut q = json!({"name": "q", "budgets": [{"tokens": 100_000, "period_seconds": 60}]});
+        if let (Some(q), Value::Object(extra)) = (q.as_object_mut(), extra) {
+            q.extend(extra);
+        }
+        json!({"token_quotas": [q]})
+    }
+
+    #[test]
+    fn zero_and_absurd_sizes_and_periods_are_refused() {
+        let cases: Vec<(&str, Value, &str)> = vec![
+            (
+                "requests 0",
+                rule(json!({"requests": 0, "period_seconds": 60})),
+                "$.rules[0].limit.requests: must be between 1 and 60000000: at most 1000000 per second of period_seconds",
+            ),
+            (
+                "period 0",
+                rule(json!({"requests": 1, "period_seconds": 0})),
+                "$.rules[0].limit.period_seconds: must be between 1 and 31536000",
+            ),
+            (
+                "period beyond 365 days (its nanoseconds saturated)",
+                rule(json!({"requests": 1, "period_seconds": 31_536_001})),
+                "$.rules[0].limit.period_seconds: must be between 1 and 31536000",
+            ),
+            (
+                "a rate faster than a million a second",
+                rule(json!({"requests": 2_000_001, "period_seconds": 2})),
+                "$.rules[0].limit.requests: must be between 1 and 2000000: at most 1000000 per second of period_seconds",
+            ),
+            (
+                "burst 0",
+                rule(json!({"requests": 10, "period_seconds": 60, "burst": 0})),
+                "$.rules[0].limit.burst: must be between 1 and 5256000: a full bucket must refill within 31536000 seconds",
+            ),
+            (
+                "a burst that would take more than 365 days to refill",
+                rule(json!({"requests": 1, "period_seconds": 31_536_000, "burst": 2})),
+                "$.rules[0].limit.burst: must be between 1 and 1: a full bucket must refill within 31536000 seconds",
+            ),
+            (
+                "a tier's absurd period",
+                json!({"rules": [{"name": "r", "limit": {"requests": 1, "period_seconds": 1},
+                                  "tiers": {"pro": {"requests": 1, "period_seconds": u64::MAX}}}]}),
+                "$.rules[0].tiers.pro.period_seconds: must be between 1 and 31536000",
+            ),
+            (
+                "budget tokens 0",
+                json!({"token_quotas": [{"name": "q", "budgets": [{"tokens": 0, "period_seconds": 60}]}]}),
+                "$.token_quotas[0].budgets[0].tokens: must be between 1 and 60000000: at most 1000000 per second of period_seconds",
+            ),
+            (
+                "budget period beyond 365 days",
+                json!({"token_quotas": [{"name": "q", "budgets": [{"tokens": 10, "period_seconds": 40_000_000}]}]}),
+                "$.token_quotas[0].budgets[0].period_seconds: must be between 1 and 31536000",
+            ),
+            (
+                "default_max_tokens 0",
+                quota(json!({"default_max_tokens": 0})),
+                "$.token_quotas[0].default_max_tokens: must be between 1 and 1000000",
+            ),
+            (
+                "absurd default_max_tokens",
+                quota(json!({"default_max_tokens": 1_000_001})),
+                "$.token_quotas[0].default_max_tokens: must be between 1 and 1000000",
+            ),
+            (
+                "default_max_tokens no budget can ever hold",
+                quota(json!({"default_max_tokens": 4096, "tiers": {"free": [{"tokens": 1000, "period_seconds": 60}]}})),
+                "$.token_quotas[0].default_max_tokens: 4096 is more than the smallest budget (1000 tokens): every request that does not say max_tokens would be refused",
+            ),
+            (
+                "max_keys 0",
+                json!({"max_keys": 0, "rules": [{"name": "r", "limit": {"requests": 1, "period_seconds": 1}}]}),
+                "$.max_keys: must be between 16 and 10000000",
+            ),
+            (
+                "when header that can never be present",
+                json!({"rules": [{"name": "r", "when": {"headers": [{"name": "x beta"}]}, "limit": {"requests": 1, "period_seconds": 1}}]}),
+                "$.rules[0].when.headers[0].name: header name \"x beta\" contains ' ', which HTTP does not allow in a name (use letters, digits and !#$%&'*+-.^_`|~)",
+            ),
+            (
+                "key header that can never be present",
+                json!({"rules": [{"name": "r", "key": [{"header": "x\tteam"}], "limit": {"requests": 1, "period_seconds": 1}}]}),
+                "$.rules[0].key[0].header: header name \"x\\tteam\" contains '\\t', which HTTP does not allow in a name (use letters, digits and !#$%&'*+-.^_`|~)",
+            ),
+            (
+                "duplicate rule and quota names",
+                json!({"rules": [{"name": "r", "limit": {"requests": 1, "period_seconds": 1}},
+                                 {"name": "r", "limit": {"requests": 1, "period_seconds": 1}}],
+                       "token_quotas": [{"name": "r", "budgets": [{"tokens": 10000, "period_seconds": 1}]}]}),
+                "$.rules[1].name: duplicate name \"r\"; $.token_quotas[0].name: duplicate name \"r\"",
+            ),
+        ];
+        for (name, config, want) in cases {
+            assert_eq!(errors_of(&config), want, "case: {name}");
+        }
+    }
+
+    #[test]
+    fn limits_at_the_bounds_are_accepted() {
+        let c = Config::from_value(&json!({
+            "rules": [
+                {"name": "fast", "limit": {"requests": MAX_PER_SECOND, "period_seconds": 1, "burst": MAX_PER_SECOND * MAX_PERIOD_SECONDS}},
+                {"name": "slow", "limit": {"requests": 1, "period_seconds": MAX_PERIOD_SECONDS, "burst": 1}}
+            ],
+            "token_quotas": [{"name": "q", "default_max_tokens": MAX_TOKENS,
+                              "budgets": [{"tokens": MAX_TOKENS, "period_seconds": MAX_PERIOD_SECONDS}]}]
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.rules[0].limit.default.burst, MAX_PER_SECOND * MAX_PERIOD_SECONDS);
+        assert_eq!(c.rules[1].limit.default.period_seconds, MAX_PERIOD_SECONDS);
+        assert_eq!(c.quotas[0].default_max_tokens, MAX_TOKENS);
     }
 
     #[test]
