@@ -1,11 +1,13 @@
 //! The cache filter's configuration, checked with JSON paths.
 
-use portico_core::config::{read_bytes, read_value, Errors, Object};
+use portico_core::config::{read_bytes, read_value, Errors, Object, MAX_BODY_BYTES, MAX_PERIOD_SECONDS};
 use portico_core::route::{RouteMatch, RouteTable};
 use serde_json::Value;
 
 /// Most slots one cache may use: each is a shared-data key that Envoy keeps for its lifetime.
 const MAX_ENTRIES_LIMIT: u64 = 1 << 20;
+/// Most bytes one cache may hold: shared data lives in Envoy's memory for its lifetime.
+const MAX_BYTES_LIMIT: u64 = 1 << 30;
 
 #[derive(Debug)]
 pub struct Config {
@@ -89,17 +91,29 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
             format!("must be between 1 and {MAX_ENTRIES_LIMIT}"),
         );
     }
-    let max_bytes = root.opt_u64("max_bytes", errors).unwrap_or(64 << 20);
-    let max_entry_bytes = root.opt_u64("max_entry_bytes", errors).unwrap_or(1 << 20);
-    if max_entry_bytes == 0 || max_entry_bytes > max_bytes {
-        root.field_error("max_entry_bytes", errors, "must be at least 1 and at most max_bytes");
+    let max_bytes = root
+        .opt_u64_in("max_bytes", 1..=MAX_BYTES_LIMIT, errors)
+        .unwrap_or(64 << 20);
+    // An entry is read whole into the VM's memory, like a body.
+    let max_entry_bytes = root
+        .opt_u64_in("max_entry_bytes", 1..=MAX_BODY_BYTES, errors)
+        .unwrap_or(1 << 20);
+    if max_entry_bytes > max_bytes {
+        root.field_error(
+            "max_entry_bytes",
+            errors,
+            format!("{max_entry_bytes} is more than max_bytes ({max_bytes}): no entry could be stored"),
+        );
     }
-    let max_body_bytes = root.opt_u64("max_body_bytes", errors).unwrap_or(1 << 20);
+    let max_body_bytes = root
+        .opt_u64_in("max_body_bytes", 1..=MAX_BODY_BYTES, errors)
+        .unwrap_or(1 << 20);
     let backend_header = root
-        .opt_str("backend_header", errors)
-        .unwrap_or("x-portico-cluster")
-        .to_ascii_lowercase();
+        .opt("backend_header")
+        .and_then(|n| n.header_name(errors))
+        .unwrap_or_else(|| "x-portico-cluster".to_owned());
     let mut rules = Vec::new();
+    let mut names: Vec<String> = Vec::new();
     let nodes = root.array("routes", errors);
     if nodes.is_empty() {
         root.field_error("routes", errors, "list at least one route");
@@ -110,10 +124,22 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
         let name = obj
             .opt_str("name", errors)
             .map_or_else(|| format!("route{i}"), str::to_owned);
-        let ttl_seconds = obj.opt_u64("ttl_seconds", errors).unwrap_or(300);
-        if ttl_seconds == 0 {
-            obj.field_error("ttl_seconds", errors, "must be at least 1");
+        // The name labels the route's metrics: two routes under one name would mix their counts.
+        if names.contains(&name) {
+            let at = if obj.opt("name").is_some() {
+                format!("{}.name", obj.path())
+            } else {
+                obj.path().to_owned()
+            };
+            errors.push(
+                &at,
+                format!("duplicate route name {name:?} (a route without `name` is called route<index>)"),
+            );
         }
+        names.push(name.clone());
+        let ttl_seconds = obj
+            .opt_u64_in("ttl_seconds", 1..=MAX_PERIOD_SECONDS, errors)
+            .unwrap_or(300);
         let scope = obj
             .opt("scope")
             .and_then(|n| n.one_of(&["consumer", "tier", "global"], errors))
@@ -131,15 +157,15 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
                 _ => Replay::Deterministic,
             });
         let opt_in_header = obj
-            .opt_str("opt_in_header", errors)
-            .unwrap_or("x-portico-cache-replay")
-            .to_ascii_lowercase();
+            .opt("opt_in_header")
+            .and_then(|n| n.header_name(errors))
+            .unwrap_or_else(|| "x-portico-cache-replay".to_owned());
         let vary = match obj.opt("vary") {
             Some(n) => n
-                .string_list(errors)
+                .array(errors)
                 .unwrap_or_default()
-                .into_iter()
-                .map(|h| h.to_ascii_lowercase())
+                .iter()
+                .filter_map(|h| h.header_name(errors))
                 .collect(),
             None => [
                 "anthropic-version",
@@ -221,14 +247,85 @@ mod tests {
         let joined = errors.join("\n");
         for want in [
             "$.max_entries: must be between 1",
-            "$.max_entry_bytes: must be at least 1 and at most max_bytes",
+            "$.max_entry_bytes: 1000 is more than max_bytes (100): no entry could be stored",
             "$.routes[0].scope",
             "$.routes[0].replay",
-            "$.routes[0].ttl_seconds: must be at least 1",
+            "$.routes[0].ttl_seconds: must be between 1 and 31536000",
             "$.routes[0].ttl",
         ] {
             assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
         }
         assert!(errors_of(json!({})).iter().any(|e| e.starts_with("$.routes")));
+    }
+
+    #[test]
+    fn zero_absurd_and_duplicate_settings_are_refused_with_their_paths() {
+        let route = json!({"match": {"path": "/v1/chat/completions"}});
+        let cases: Vec<(&str, Value, &str)> = vec![
+            ("max_bytes 0", json!({"max_bytes": 0, "routes": [route]}), "$.max_bytes: must be between 1 and 1073741824"),
+            (
+                "max_bytes beyond 1 GiB",
+                json!({"max_bytes": 1_u64 << 31, "routes": [route]}),
+                "$.max_bytes: must be between 1 and 1073741824",
+            ),
+            (
+                "max_entry_bytes 0",
+                json!({"max_entry_bytes": 0, "routes": [route]}),
+                "$.max_entry_bytes: must be between 1 and 67108864",
+            ),
+            (
+                "max_entry_bytes above max_bytes",
+                json!({"max_bytes": 1000, "max_entry_bytes": 1001, "routes": [route]}),
+                "$.max_entry_bytes: 1001 is more than max_bytes (1000): no entry could be stored",
+            ),
+            (
+                "max_body_bytes 0",
+                json!({"max_body_bytes": 0, "routes": [route]}),
+                "$.max_body_bytes: must be between 1 and 67108864",
+            ),
+            (
+                "max_body_bytes beyond 64 MiB",
+                json!({"max_body_bytes": u64::MAX, "routes": [route]}),
+                "$.max_body_bytes: must be between 1 and 67108864",
+            ),
+            (
+                "max_entries beyond the slots shared data can hold",
+                json!({"max_entries": (1_u64 << 20) + 1, "routes": [route]}),
+                "$.max_entries: must be between 1 and 1048576",
+            ),
+            (
+                "ttl beyond 365 days",
+                json!({"routes": [{"ttl_seconds": 31_536_001}]}),
+                "$.routes[0].ttl_seconds: must be between 1 and 31536000",
+            ),
+            (
+                "duplicate route names",
+                json!({"routes": [{"name": "chat"}, {"name": "chat"}]}),
+                "$.routes[1].name: duplicate route name \"chat\" (a route without `name` is called route<index>)",
+            ),
+            (
+                "a name that an unnamed route already has",
+                json!({"routes": [{"name": "route1"}, {}]}),
+                "$.routes[1]: duplicate route name \"route1\" (a route without `name` is called route<index>)",
+            ),
+            (
+                "vary header that can never be present",
+                json!({"routes": [{"vary": ["openai beta"]}]}),
+                "$.routes[0].vary[0]: header name \"openai beta\" contains ' ', which HTTP does not allow in a name (use letters, digits and !#$%&'*+-.^_`|~)",
+            ),
+            (
+                "opt-in header that can never be present",
+                json!({"routes": [{"opt_in_header": "x replay"}]}),
+                "$.routes[0].opt_in_header: header name \"x replay\" contains ' ', which HTTP does not allow in a name (use letters, digits and !#$%&'*+-.^_`|~)",
+            ),
+            (
+                "backend header that can never be present",
+                json!({"backend_header": "x:cluster", "routes": [{}]}),
+                "$.backend_header: header name \"x:cluster\" contains ':', which HTTP does not allow in a name (use letters, digits and !#$%&'*+-.^_`|~)",
+            ),
+        ];
+        for (name, config, want) in cases {
+            assert_eq!(errors_of(config).join("; "), want, "case: {name}");
+        }
     }
 }
