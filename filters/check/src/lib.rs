@@ -1,6 +1,10 @@
 //! Finds the Portico filters in an Envoy config, an Istio `WasmPlugin` manifest, or a bare
 //! filter configuration, and checks each configuration with the same code the filter runs at
 //! load, so every error is reported with its JSON path before anything is deployed.
+//!
+//! In an Envoy config it also checks what Envoy cannot, because it sits inside Portico's JSON:
+//! every cluster a filter names (header-routing backends, auth's remote JWKS) must be one of
+//! the config's static clusters.
 
 use portico_core::config::Errors;
 use serde::Deserialize;
@@ -13,12 +17,40 @@ const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.
 
 /// Checks one filter's configuration (JSON text).
 pub fn check_filter(filter: &str, configuration: &[u8]) -> Result<(), Errors> {
+    read_filter(filter, configuration).map(drop)
+}
+
+/// An Envoy cluster that a filter configuration names, at a JSON path in that configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterRef {
+    pub path: String,
+    pub cluster: String,
+}
+
+/// Checks one filter's configuration; a valid one gives the clusters it names.
+fn read_filter(filter: &str, configuration: &[u8]) -> Result<Vec<ClusterRef>, Errors> {
     match filter {
-        "auth" => portico_auth::config::Config::from_bytes(configuration).map(drop),
-        "rate-limit" => portico_rate_limit::config::Config::from_bytes(configuration).map(drop),
-        "header-routing" => portico_header_routing::config::Config::from_bytes(configuration).map(drop),
-        "body-transform" => portico_body_transform::config::Config::from_bytes(configuration).map(drop),
-        "cache" => portico_cache::config::Config::from_bytes(configuration).map(drop),
+        "auth" => portico_auth::config::Config::from_bytes(configuration).map(|c| {
+            c.remote_providers()
+                .map(|(i, remote)| ClusterRef {
+                    path: format!("$.jwt.providers[{i}].remote_jwks.cluster"),
+                    cluster: remote.cluster.clone(),
+                })
+                .collect()
+        }),
+        "rate-limit" => portico_rate_limit::config::Config::from_bytes(configuration).map(|_| Vec::new()),
+        "header-routing" => portico_header_routing::config::Config::from_bytes(configuration).map(|c| {
+            c.backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| ClusterRef {
+                    path: format!("$.backends[{i}].cluster"),
+                    cluster: b.cluster.clone(),
+                })
+                .collect()
+        }),
+        "body-transform" => portico_body_transform::config::Config::from_bytes(configuration).map(|_| Vec::new()),
+        "cache" => portico_cache::config::Config::from_bytes(configuration).map(|_| Vec::new()),
         other => {
             let mut e = Errors::default();
             e.push(
@@ -40,6 +72,61 @@ pub struct Finding {
     /// Where in the document the configuration sits.
     pub location: String,
     pub result: Result<(), Errors>,
+    /// What could not be checked, and why.
+    pub note: Option<String>,
+}
+
+/// The clusters a document defines, as far as the checker can know them.
+#[derive(Debug)]
+enum Clusters {
+    Static(Vec<String>),
+    /// Defined elsewhere (CDS, Istio): why names cannot be checked.
+    Unknown(&'static str),
+}
+
+impl Clusters {
+    fn of_envoy(doc: &Value) -> Clusters {
+        let dynamic = [
+            "/dynamic_resources/cds_config",
+            "/dynamic_resources/cds_resources_locator",
+        ];
+        if dynamic.iter().any(|p| doc.pointer(p).is_some()) {
+            return Clusters::Unknown("clusters come from CDS: cluster names not checked");
+        }
+        match doc.pointer("/static_resources/clusters").and_then(Value::as_array) {
+            Some(list) => Clusters::Static(
+                list.iter()
+                    .filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_owned))
+                    .collect(),
+            ),
+            None => Clusters::Unknown("no static_resources.clusters in this document: cluster names not checked"),
+        }
+    }
+
+    /// A finding for a configuration read as `read`: every cluster it names must exist.
+    fn finding(&self, filter: &str, location: String, read: Result<Vec<ClusterRef>, Errors>) -> Finding {
+        let (result, note) = match (read, self) {
+            (Err(e), _) => (Err(e), None),
+            (Ok(refs), _) if refs.is_empty() => (Ok(()), None),
+            (Ok(_), Clusters::Unknown(why)) => (Ok(()), Some((*why).to_owned())),
+            (Ok(refs), Clusters::Static(names)) => {
+                let mut errors = Errors::default();
+                for r in refs.iter().filter(|r| !names.contains(&r.cluster)) {
+                    errors.push(
+                        &r.path,
+                        format!("no cluster {:?} in this config's static_resources.clusters", r.cluster),
+                    );
+                }
+                (if errors.is_empty() { Ok(()) } else { Err(errors) }, None)
+            }
+        };
+        Finding {
+            filter: filter.to_owned(),
+            location,
+            result,
+            note,
+        }
+    }
 }
 
 /// Which filter a name, root id, file name or image URL refers to.
@@ -75,17 +162,18 @@ pub fn check_document(doc: &Value) -> Vec<Finding> {
             .pointer("/spec/pluginConfig")
             .cloned()
             .unwrap_or(Value::Object(Default::default()));
+        let location = format!("WasmPlugin {name}");
         findings.push(match filter {
-            Some(filter) => Finding {
-                result: check_filter(&filter, config.to_string().as_bytes()),
-                filter,
-                location: format!("WasmPlugin {name}"),
-            },
-            None => unknown(format!("WasmPlugin {name}")),
+            Some(filter) => Clusters::Unknown("clusters are Istio's: cluster names not checked").finding(
+                &filter,
+                location,
+                read_filter(&filter, config.to_string().as_bytes()),
+            ),
+            None => unknown(location),
         });
         return findings;
     }
-    walk(doc, "$", &mut findings);
+    walk(doc, "$", &Clusters::of_envoy(doc), &mut findings);
     findings
 }
 
@@ -99,32 +187,33 @@ fn unknown(location: String) -> Finding {
         filter: "?".to_owned(),
         location,
         result: Err(e),
+        note: None,
     }
 }
 
-fn walk(node: &Value, path: &str, findings: &mut Vec<Finding>) {
+fn walk(node: &Value, path: &str, clusters: &Clusters, findings: &mut Vec<Finding>) {
     match node {
         Value::Object(map) => {
             if map.get("@type").and_then(Value::as_str) == Some(WASM_TYPE) {
                 if let Some(config) = map.get("config") {
-                    findings.push(wasm_finding(config, path));
+                    findings.push(wasm_finding(config, path, clusters));
                 }
                 return;
             }
             for (k, v) in map {
-                walk(v, &format!("{path}.{k}"), findings);
+                walk(v, &format!("{path}.{k}"), clusters, findings);
             }
         }
         Value::Array(items) => {
             for (i, v) in items.iter().enumerate() {
-                walk(v, &format!("{path}[{i}]"), findings);
+                walk(v, &format!("{path}[{i}]"), clusters, findings);
             }
         }
         _ => {}
     }
 }
 
-fn wasm_finding(config: &Value, path: &str) -> Finding {
+fn wasm_finding(config: &Value, path: &str, clusters: &Clusters) -> Finding {
     let text = |p: &str| config.pointer(p).and_then(Value::as_str).unwrap_or("").to_owned();
     let hint = format!(
         "{} {} {}",
@@ -139,11 +228,7 @@ fn wasm_finding(config: &Value, path: &str) -> Finding {
         Some(Value::String(s)) => s.clone(),
         _ => String::new(),
     };
-    Finding {
-        filter: filter.to_owned(),
-        location: path.to_owned(),
-        result: check_filter(filter, configuration.as_bytes()),
-    }
+    clusters.finding(filter, path.to_owned(), read_filter(filter, configuration.as_bytes()))
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! `portico check [--filter NAME] FILE...`: checks every Portico filter configuration in each
 //! file (an Envoy config, Istio WasmPlugin manifests, or with `--filter`, a bare filter
-//! configuration). Prints every error with its JSON path; exits 1 if any configuration is
-//! invalid or a file holds none, 2 on usage errors.
+//! configuration). Prints every error with its JSON path, and a note for what it could not
+//! check; exits 1 if any configuration is invalid or a file holds none, 2 on usage errors.
 
 use std::process::ExitCode;
 
@@ -69,6 +69,9 @@ fn main() -> ExitCode {
                         println!("{file}: {} at {}: {e}", f.filter, f.location);
                     }
                 }
+            }
+            if let Some(note) = f.note {
+                println!("{file}: {} at {}: note: {note}", f.filter, f.location);
             }
         }
     }
