@@ -37,7 +37,7 @@ const FRAMING: [&str; 7] = [
 ];
 
 /// The prefix of the headers through which Portico's filters talk to each other.
-pub const PORTICO_PREFIX: &str = "x-portico-";
+const PORTICO_PREFIX: &str = "x-portico-";
 
 /// RFC 9110 `tchar`: what a header name may hold.
 fn is_token_char(c: char) -> bool {
