@@ -15,7 +15,7 @@ pub mod translate;
 
 use std::rc::Rc;
 
-use log::info;
+use log::{info, warn};
 use portico_core::analytics::state;
 use portico_core::clock::unix_seconds;
 use portico_core::metrics::Family;
@@ -337,7 +337,7 @@ impl HttpContext for TransformHttp {
                 v
             }
             Ok(None) => value,
-            Err(e) => return self.reject(400, ErrorType::InvalidRequest, "untranslatable", e.to_string()),
+            Err(e) => return self.reject(400, ErrorType::InvalidRequest, e.code(), e.to_string()),
         };
         match serde_json::to_vec(&value) {
             Ok(bytes) => {
@@ -410,6 +410,14 @@ impl HttpContext for TransformHttp {
                         Response::AnthropicStream(t) => out.extend(t.finish()),
                         _ => {}
                     }
+                    let failure = match &self.response {
+                        Response::OpenAiStream(t) => t.failure(),
+                        Response::AnthropicStream(t) => t.failure(),
+                        _ => None,
+                    };
+                    if let Some(bad) = failure {
+                        warn!("{NAME}: {}: {bad}", translate::BadUpstream::CODE);
+                    }
                 }
                 self.set_http_response_body(0, body_size, &out);
                 Action::Continue
@@ -430,15 +438,31 @@ impl HttpContext for TransformHttp {
 }
 
 impl TransformHttp {
-    /// The rewritten complete response body; `None` leaves it as the backend sent it.
+    /// The rewritten complete response body; `None` leaves it as the backend sent it. A success
+    /// that cannot be translated becomes an error body (the status line has already gone).
     fn whole_response(&self, body: &[u8], status: u32) -> Option<Vec<u8>> {
-        let mut value: Value = serde_json::from_slice(body).ok()?;
-        value = match (self.direction, status < 400) {
-            (Some(Direction::OpenAiToAnthropic), true) => translate::response::anthropic_to_openai(&value, self.now()),
-            (Some(Direction::OpenAiToAnthropic), false) => translate::response::error_to_openai(&value, status),
-            (Some(Direction::AnthropicToOpenAi), true) => translate::response::openai_to_anthropic(&value),
-            (Some(Direction::AnthropicToOpenAi), false) => translate::response::error_to_anthropic(&value, status),
-            (None, _) => value,
+        let parsed = serde_json::from_slice::<Value>(body);
+        let mut value = match (self.direction, status < 400) {
+            (Some(direction), true) => {
+                let translated = parsed
+                    .map_err(|_| translate::BadUpstream::new("$", "is not JSON"))
+                    .and_then(|v| match direction {
+                        Direction::OpenAiToAnthropic => translate::response::anthropic_to_openai(&v, self.now()),
+                        Direction::AnthropicToOpenAi => translate::response::openai_to_anthropic(&v),
+                    });
+                match translated {
+                    Ok(v) => v,
+                    Err(bad) => {
+                        warn!("{NAME}: {}: {bad}", translate::BadUpstream::CODE);
+                        return serde_json::to_vec(&bad.body()).ok();
+                    }
+                }
+            }
+            (Some(Direction::OpenAiToAnthropic), false) => translate::response::error_to_openai(&parsed.ok()?, status),
+            (Some(Direction::AnthropicToOpenAi), false) => {
+                translate::response::error_to_anthropic(&parsed.ok()?, status)
+            }
+            (None, _) => parsed.ok()?,
         };
         if let Some(rule) = self.rule() {
             let headers = &self.headers;

@@ -1,63 +1,94 @@
 //! Complete (non-streaming) response bodies and error bodies, both directions.
+//!
+//! A success is translated only when all of it can be said in the client's format; otherwise
+//! the result is a [`BadUpstream`] naming the part that could not.
 
 use serde_json::{json, Map, Value};
 
-use super::put;
+use super::usage::Tokens;
+use super::{put, BadUpstream};
 
-/// Anthropic `stop_reason` to OpenAI `finish_reason`.
-pub fn finish_reason(stop_reason: Option<&str>) -> &'static str {
+/// Anthropic `stop_reason` to OpenAI `finish_reason`; `None` when OpenAI has no word for it
+/// (`pause_turn`, or a reason this gateway does not know).
+pub fn finish_reason(stop_reason: &str) -> Option<&'static str> {
     match stop_reason {
-        Some("max_tokens") => "length",
-        Some("tool_use") => "tool_calls",
-        Some("refusal") => "content_filter",
-        _ => "stop",
+        "end_turn" | "stop_sequence" => Some("stop"),
+        // Both mean the answer was cut for want of tokens.
+        "max_tokens" | "model_context_window_exceeded" => Some("length"),
+        "tool_use" => Some("tool_calls"),
+        "refusal" => Some("content_filter"),
+        _ => None,
     }
 }
 
-/// OpenAI `finish_reason` to Anthropic `stop_reason`.
-pub fn stop_reason(finish_reason: Option<&str>) -> &'static str {
+/// OpenAI `finish_reason` to Anthropic `stop_reason`; `None` for a reason this gateway does not
+/// know.
+pub fn stop_reason(finish_reason: &str) -> Option<&'static str> {
     match finish_reason {
-        Some("length") => "max_tokens",
-        Some("tool_calls" | "function_call") => "tool_use",
-        Some("content_filter") => "refusal",
-        _ => "end_turn",
+        "stop" => Some("end_turn"),
+        "length" => Some("max_tokens"),
+        "tool_calls" | "function_call" => Some("tool_use"),
+        "content_filter" => Some("refusal"),
+        _ => None,
     }
+}
+
+pub(crate) fn untranslatable_stop(field: &str, reason: &str) -> BadUpstream {
+    BadUpstream::new(field, format!("{reason:?} has no equivalent in the client's API"))
+}
+
+/// The string at `key` of `v` (named `path.key` in errors).
+fn string<'a>(v: &'a Value, key: &str, path: &str) -> Result<&'a str, BadUpstream> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| BadUpstream::new(format!("{path}.{key}"), "must be a string"))
 }
 
 /// An Anthropic message as an OpenAI chat completion. `created` is Unix seconds.
-pub fn anthropic_to_openai(msg: &Value, created: u64) -> Value {
+pub fn anthropic_to_openai(msg: &Value, created: u64) -> Result<Value, BadUpstream> {
+    let Some(Value::Array(blocks)) = msg.get("content") else {
+        return Err(BadUpstream::new("content", "must be an array of blocks"));
+    };
     let mut text = String::new();
     let mut calls = Vec::new();
-    if let Some(Value::Array(blocks)) = msg.get("content") {
-        for b in blocks {
-            match b.get("type").and_then(Value::as_str) {
-                Some("text") => text.push_str(b.get("text").and_then(Value::as_str).unwrap_or("")),
-                Some("tool_use") => calls.push(json!({
-                    "id": b.get("id").cloned().unwrap_or(Value::Null),
+    for (i, b) in blocks.iter().enumerate() {
+        let path = format!("content[{i}]");
+        match string(b, "type", &path)? {
+            "text" => text.push_str(string(b, "text", &path)?),
+            "tool_use" => {
+                let input = match b.get("input") {
+                    Some(input @ Value::Object(_)) => input.to_string(),
+                    _ => return Err(BadUpstream::new(format!("{path}.input"), "must be a JSON object")),
+                };
+                calls.push(json!({
+                    "id": string(b, "id", &path)?,
                     "type": "function",
-                    "function": {"name": b.get("name").cloned().unwrap_or(Value::Null),
-                                 "arguments": b.get("input").map_or_else(|| "{}".to_owned(), Value::to_string)}
-                })),
-                _ => {}
+                    "function": {"name": string(b, "name", &path)?, "arguments": input}
+                }));
+            }
+            other => {
+                return Err(BadUpstream::new(
+                    format!("{path}.type"),
+                    format!("{other:?} blocks have no OpenAI equivalent"),
+                ))
             }
         }
     }
-    let mut message = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) }});
+    let stop = string(msg, "stop_reason", "$")?;
+    let finish = finish_reason(stop).ok_or_else(|| untranslatable_stop("stop_reason", stop))?;
+    let mut message = json!({
+        "role": "assistant",
+        "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) },
+        "refusal": refusal_explanation(msg, stop)
+    });
     if !calls.is_empty() {
         put(&mut message, "tool_calls", Value::Array(calls));
     }
-    let usage = msg.get("usage");
-    let prompt = usage.map_or(0, |u| {
-        ["input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"]
-            .iter()
-            .filter_map(|k| u.get(*k).and_then(Value::as_u64))
-            .sum()
-    });
-    let completion = usage
-        .and_then(|u| u.get("output_tokens"))
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    json!({
+    let usage = match msg.get("usage") {
+        None | Some(Value::Null) => Tokens::default(),
+        Some(u) => Tokens::from_anthropic(u, "usage")?,
+    };
+    Ok(json!({
         "id": msg.get("id").cloned().unwrap_or(Value::Null),
         "object": "chat.completion",
         "created": created,
@@ -66,49 +97,102 @@ pub fn anthropic_to_openai(msg: &Value, created: u64) -> Value {
             "index": 0,
             "message": message,
             "logprobs": null,
-            "finish_reason": finish_reason(msg.get("stop_reason").and_then(Value::as_str))
+            "finish_reason": finish
         }],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-    })
+        "usage": usage.to_openai()
+    }))
 }
 
-/// An OpenAI chat completion as an Anthropic message.
-pub fn openai_to_anthropic(completion: &Value) -> Value {
-    let choice = completion.get("choices").and_then(|c| c.get(0));
-    let message = choice.and_then(|c| c.get("message"));
+/// Anthropic's explanation of a refusal (`stop_details.explanation`), which OpenAI clients read
+/// in `refusal`.
+pub(crate) fn refusal_explanation(holder: &Value, stop: &str) -> Value {
+    match holder
+        .get("stop_details")
+        .and_then(|d| d.get("explanation"))
+        .and_then(Value::as_str)
+    {
+        Some(explanation) if stop == "refusal" => json!(explanation),
+        _ => Value::Null,
+    }
+}
+
+/// An OpenAI tool call's `arguments` as Anthropic's `input`, which must be a JSON object.
+pub(crate) fn tool_input(arguments: &str, field: impl Into<String>) -> Result<Value, BadUpstream> {
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(input @ Value::Object(_)) => Ok(input),
+        _ => Err(BadUpstream::new(
+            field,
+            "is not a JSON object, so it cannot be an Anthropic tool input",
+        )),
+    }
+}
+
+/// An OpenAI chat completion as an Anthropic message. A refusal becomes the message's text with
+/// `stop_reason: "refusal"`.
+pub fn openai_to_anthropic(completion: &Value) -> Result<Value, BadUpstream> {
+    let Some(choice) = completion.get("choices").and_then(|c| c.get(0)) else {
+        return Err(BadUpstream::new("choices", "must hold a choice"));
+    };
+    let path = "choices[0].message";
+    let Some(message @ Value::Object(_)) = choice.get("message") else {
+        return Err(BadUpstream::new(path, "must be an object"));
+    };
     let mut content = Vec::new();
-    if let Some(text) = message.and_then(|m| m.get("content")).and_then(Value::as_str) {
-        if !text.is_empty() {
-            content.push(json!({"type": "text", "text": text}));
+    let mut refused = false;
+    for key in ["content", "refusal"] {
+        match message.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(text)) => {
+                refused |= key == "refusal";
+                if !text.is_empty() {
+                    content.push(json!({"type": "text", "text": text}));
+                }
+            }
+            Some(_) => return Err(BadUpstream::new(format!("{path}.{key}"), "must be a string")),
         }
     }
-    if let Some(Value::Array(calls)) = message.and_then(|m| m.get("tool_calls")) {
-        for call in calls {
-            let f = call.get("function");
-            let args = f
-                .and_then(|f| f.get("arguments"))
-                .and_then(Value::as_str)
-                .unwrap_or("{}");
-            content.push(json!({
-                "type": "tool_use",
-                "id": call.get("id").cloned().unwrap_or(Value::Null),
-                "name": f.and_then(|f| f.get("name")).cloned().unwrap_or(Value::Null),
-                "input": serde_json::from_str::<Value>(args).unwrap_or_else(|_| json!({}))
-            }));
+    match message.get("tool_calls") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(calls)) => {
+            for (i, call) in calls.iter().enumerate() {
+                let call_path = format!("{path}.tool_calls[{i}]");
+                if let Some(kind) = call.get("type").and_then(Value::as_str).filter(|t| *t != "function") {
+                    return Err(BadUpstream::new(
+                        format!("{call_path}.type"),
+                        format!("{kind:?} tool calls have no Anthropic equivalent"),
+                    ));
+                }
+                let f = call.get("function").unwrap_or(&Value::Null);
+                let f_path = format!("{call_path}.function");
+                content.push(json!({
+                    "type": "tool_use",
+                    "id": string(call, "id", &call_path)?,
+                    "name": string(f, "name", &f_path)?,
+                    "input": tool_input(string(f, "arguments", &f_path)?, format!("{f_path}.arguments"))?
+                }));
+            }
         }
+        Some(_) => return Err(BadUpstream::new(format!("{path}.tool_calls"), "must be an array")),
     }
-    let usage = completion.get("usage");
-    let number = |k: &str| usage.and_then(|u| u.get(k)).and_then(Value::as_u64).unwrap_or(0);
-    json!({
+    let finish = string(choice, "finish_reason", "choices[0]")?;
+    let mut stop = stop_reason(finish).ok_or_else(|| untranslatable_stop("choices[0].finish_reason", finish))?;
+    if refused && stop == "end_turn" {
+        stop = "refusal";
+    }
+    let usage = match completion.get("usage") {
+        None | Some(Value::Null) => Tokens::default(),
+        Some(u) => Tokens::from_openai(u, "usage")?,
+    };
+    Ok(json!({
         "id": completion.get("id").cloned().unwrap_or(Value::Null),
         "type": "message",
         "role": "assistant",
         "model": completion.get("model").cloned().unwrap_or(Value::Null),
         "content": content,
-        "stop_reason": stop_reason(choice.and_then(|c| c.get("finish_reason")).and_then(Value::as_str)),
+        "stop_reason": stop,
         "stop_sequence": null,
-        "usage": {"input_tokens": number("prompt_tokens"), "output_tokens": number("completion_tokens")}
-    })
+        "usage": usage.to_anthropic()
+    }))
 }
 
 fn error_message(body: &Value) -> String {

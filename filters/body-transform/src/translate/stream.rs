@@ -1,16 +1,20 @@
 //! Streaming (SSE) translation, event by event as chunks arrive: each call returns the bytes to
 //! send on now, so the client sees every event as soon as the backend sends it. An event split
 //! across chunks waits only for its own end; a stream that ends early is closed with an error
-//! event in the client's format, never left hanging.
+//! event in the client's format, never left hanging. So is a stream with something the client's
+//! format cannot say (the status line has long gone, so the error travels in the stream): the
+//! translator stops there and keeps the [`BadUpstream`] for the shell to log.
 
 use std::collections::HashMap;
 
 use portico_core::sse::{Event, SseReader};
 use serde_json::{json, Value};
 
-use super::response::{finish_reason, stop_reason};
+use super::response::{finish_reason, refusal_explanation, stop_reason, tool_input, untranslatable_stop};
+use super::usage::Tokens;
+use super::BadUpstream;
 
-/// Longest SSE line accepted from a backend.
+/// Longest SSE line accepted from a backend, and the longest tool-call arguments gathered.
 const MAX_LINE: usize = 4 << 20;
 
 fn data_line(v: &Value) -> Vec<u8> {
@@ -23,7 +27,20 @@ fn event_line(name: &str, v: &Value) -> Vec<u8> {
 
 const CUT: &str = "the model backend's stream ended before it finished";
 
+/// The event's JSON data; `what` names the event in the error.
+fn parse(event: &Event, what: &str) -> Result<Value, BadUpstream> {
+    serde_json::from_str(&event.data).map_err(|_| BadUpstream::new(what, "is not JSON"))
+}
+
 // === Anthropic events -> OpenAI chunks ===
+
+/// Where an Anthropic tool_use block went: its OpenAI tool call index, and whether any of its
+/// arguments were sent.
+#[derive(Debug, Clone, Copy)]
+struct ToolCall {
+    index: usize,
+    sent_arguments: bool,
+}
 
 /// Turns an Anthropic Messages stream into OpenAI `chat.completion.chunk` lines.
 #[derive(Debug)]
@@ -33,11 +50,11 @@ pub struct AnthropicToOpenAi {
     include_usage: bool,
     id: Value,
     model: Value,
-    /// Anthropic content block index to OpenAI tool call index.
-    tools: HashMap<u64, usize>,
-    prompt_tokens: u64,
-    completion_tokens: u64,
+    /// Anthropic content block index to its tool call.
+    tools: HashMap<u64, ToolCall>,
+    tokens: Tokens,
     done: bool,
+    failure: Option<BadUpstream>,
 }
 
 impl AnthropicToOpenAi {
@@ -49,16 +66,23 @@ impl AnthropicToOpenAi {
             id: Value::Null,
             model: Value::Null,
             tools: HashMap::new(),
-            prompt_tokens: 0,
-            completion_tokens: 0,
+            tokens: Tokens::default(),
             done: false,
+            failure: None,
         }
     }
 
-    /// The usage the backend reported, once it has (the client may not see it: OpenAI sends
-    /// usage on streams only when asked).
+    /// The usage the backend reported as (every prompt token, completion tokens), once it has
+    /// (the client may not see it: OpenAI sends usage on streams only when asked).
     pub fn usage(&self) -> Option<(u64, u64)> {
-        (self.prompt_tokens > 0 || self.completion_tokens > 0).then_some((self.prompt_tokens, self.completion_tokens))
+        self.tokens
+            .reported()
+            .then(|| (self.tokens.prompt(), self.tokens.completion()))
+    }
+
+    /// What made the translator end the stream with an error, if anything did.
+    pub fn failure(&self) -> Option<&BadUpstream> {
+        self.failure.as_ref()
     }
 
     fn chunk(&self, delta: Value, finish: Option<&str>) -> Vec<u8> {
@@ -71,80 +95,146 @@ impl AnthropicToOpenAi {
     pub fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         for event in self.reader.push(bytes) {
-            out.extend(self.event(&event));
+            if self.done {
+                break;
+            }
+            match self.event(&event) {
+                Ok(bytes) => out.extend(bytes),
+                Err(bad) => out.extend(self.fail(bad)),
+            }
         }
         out
     }
 
-    fn event(&mut self, event: &Event) -> Vec<u8> {
-        if self.done {
-            return Vec::new();
-        }
-        let Ok(v) = serde_json::from_str::<Value>(&event.data) else {
-            return Vec::new();
+    fn fail(&mut self, bad: BadUpstream) -> Vec<u8> {
+        self.done = true;
+        let mut out = data_line(
+            &json!({"error": {"message": bad.to_string(), "type": "api_error", "param": null, "code": BadUpstream::CODE}}),
+        );
+        out.extend(b"data: [DONE]\n\n");
+        self.failure = Some(bad);
+        out
+    }
+
+    fn event(&mut self, event: &Event) -> Result<Vec<u8>, BadUpstream> {
+        let name = if event.name.is_empty() {
+            "event"
+        } else {
+            event.name.as_str()
         };
-        let kind = v.get("type").and_then(Value::as_str).unwrap_or(event.name.as_str());
-        match kind {
+        let v = parse(event, name)?;
+        let kind = v.get("type").and_then(Value::as_str).unwrap_or(name);
+        Ok(match kind {
             "message_start" => {
                 let m = v.get("message");
                 self.id = m.and_then(|m| m.get("id")).cloned().unwrap_or(Value::Null);
                 self.model = m.and_then(|m| m.get("model")).cloned().unwrap_or(Value::Null);
-                if let Some(u) = m.and_then(|m| m.get("usage")) {
-                    self.prompt_tokens = ["input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"]
-                        .iter()
-                        .filter_map(|k| u.get(*k).and_then(Value::as_u64))
-                        .sum();
+                if let Some(u) = m.and_then(|m| m.get("usage")).filter(|u| !u.is_null()) {
+                    self.tokens = Tokens::from_anthropic(u, "message_start.message.usage")?;
                 }
                 self.chunk(json!({"role": "assistant", "content": ""}), None)
             }
             "content_block_start" => {
-                let block = v.get("content_block");
-                if block.and_then(|b| b.get("type")).and_then(Value::as_str) != Some("tool_use") {
-                    return Vec::new();
+                let block = v.get("content_block").unwrap_or(&Value::Null);
+                match block.get("type").and_then(Value::as_str) {
+                    Some("text") => match block.get("text").and_then(Value::as_str) {
+                        Some("") => Vec::new(),
+                        Some(text) => self.chunk(json!({"content": text}), None),
+                        None => {
+                            return Err(BadUpstream::new(
+                                "content_block_start.content_block.text",
+                                "must be a string",
+                            ))
+                        }
+                    },
+                    Some("tool_use") => {
+                        let index = v.get("index").and_then(Value::as_u64).unwrap_or(0);
+                        let tool = self.tools.len();
+                        self.tools.insert(
+                            index,
+                            ToolCall {
+                                index: tool,
+                                sent_arguments: false,
+                            },
+                        );
+                        self.chunk(
+                            json!({"tool_calls": [{"index": tool, "id": block.get("id"), "type": "function",
+                                "function": {"name": block.get("name"), "arguments": ""}}]}),
+                            None,
+                        )
+                    }
+                    other => {
+                        return Err(BadUpstream::new(
+                            "content_block_start.content_block.type",
+                            format!("{:?} blocks have no OpenAI equivalent", other.unwrap_or("")),
+                        ))
+                    }
                 }
-                let index = v.get("index").and_then(Value::as_u64).unwrap_or(0);
-                let tool = self.tools.len();
-                self.tools.insert(index, tool);
-                self.chunk(
-                    json!({"tool_calls": [{"index": tool, "id": block.and_then(|b| b.get("id")), "type": "function",
-                        "function": {"name": block.and_then(|b| b.get("name")), "arguments": ""}}]}),
-                    None,
-                )
             }
             "content_block_delta" => {
-                let d = v.get("delta");
-                match d.and_then(|d| d.get("type")).and_then(Value::as_str) {
-                    Some("text_delta") => self.chunk(json!({"content": d.and_then(|d| d.get("text"))}), None),
+                let d = v.get("delta").unwrap_or(&Value::Null);
+                match d.get("type").and_then(Value::as_str) {
+                    Some("text_delta") => match d.get("text").and_then(Value::as_str) {
+                        Some(text) => self.chunk(json!({"content": text}), None),
+                        None => return Err(BadUpstream::new("content_block_delta.delta.text", "must be a string")),
+                    },
                     Some("input_json_delta") => {
                         let index = v.get("index").and_then(Value::as_u64).unwrap_or(0);
-                        let tool = self.tools.get(&index).copied().unwrap_or(0);
-                        self.chunk(json!({"tool_calls": [{"index": tool, "function": {"arguments": d.and_then(|d| d.get("partial_json"))}}]}), None)
+                        let partial = d.get("partial_json").and_then(Value::as_str).unwrap_or("");
+                        let Some(call) = self.tools.get_mut(&index) else {
+                            return Err(BadUpstream::new("content_block_delta.index", "names no tool_use block"));
+                        };
+                        call.sent_arguments |= !partial.is_empty();
+                        let tool = call.index;
+                        self.chunk(
+                            json!({"tool_calls": [{"index": tool, "function": {"arguments": partial}}]}),
+                            None,
+                        )
                     }
+                    other => {
+                        return Err(BadUpstream::new(
+                            "content_block_delta.delta.type",
+                            format!("{:?} deltas have no OpenAI equivalent", other.unwrap_or("")),
+                        ))
+                    }
+                }
+            }
+            "content_block_stop" => {
+                // A tool called without input streams no JSON at all; OpenAI clients parse the
+                // arguments, so they get the empty object Anthropic means.
+                let index = v.get("index").and_then(Value::as_u64).unwrap_or(0);
+                match self.tools.get(&index) {
+                    Some(call) if !call.sent_arguments => self.chunk(
+                        json!({"tool_calls": [{"index": call.index, "function": {"arguments": "{}"}}]}),
+                        None,
+                    ),
                     _ => Vec::new(),
                 }
             }
             "message_delta" => {
-                if let Some(n) = v
-                    .get("usage")
-                    .and_then(|u| u.get("output_tokens"))
-                    .and_then(Value::as_u64)
-                {
-                    self.completion_tokens = n;
+                if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+                    self.tokens.update_from_anthropic(u, "message_delta.usage")?;
                 }
-                let reason = v
-                    .get("delta")
-                    .and_then(|d| d.get("stop_reason"))
-                    .and_then(Value::as_str);
-                self.chunk(json!({}), Some(finish_reason(reason)))
+                let delta = v.get("delta").unwrap_or(&Value::Null);
+                let Some(stop) = delta.get("stop_reason").and_then(Value::as_str) else {
+                    return Err(BadUpstream::new("message_delta.delta.stop_reason", "must be a string"));
+                };
+                let finish =
+                    finish_reason(stop).ok_or_else(|| untranslatable_stop("message_delta.delta.stop_reason", stop))?;
+                let mut out = match refusal_explanation(delta, stop) {
+                    Value::Null => Vec::new(),
+                    explanation => self.chunk(json!({"refusal": explanation}), None),
+                };
+                out.extend(self.chunk(json!({}), Some(finish)));
+                out
             }
             "message_stop" => {
                 self.done = true;
                 let mut out = Vec::new();
                 if self.include_usage {
-                    let (p, c) = (self.prompt_tokens, self.completion_tokens);
                     out.extend(data_line(&json!({
                         "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                        "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+                        "choices": [], "usage": self.tokens.to_openai()
                     })));
                 }
                 out.extend(b"data: [DONE]\n\n");
@@ -167,8 +257,9 @@ impl AnthropicToOpenAi {
                 out.extend(b"data: [DONE]\n\n");
                 out
             }
+            // `ping`, and event types added later (Anthropic asks clients to ignore unknown ones).
             _ => Vec::new(),
-        }
+        })
     }
 
     /// Called at the end of the backend's stream: closes a cut stream cleanly.
@@ -199,10 +290,14 @@ pub struct OpenAiToAnthropic {
     started: bool,
     open: Option<(usize, Block)>,
     next_index: usize,
+    /// The open tool call's arguments so far: checked to be a JSON object when it closes.
+    arguments: String,
     stop_reason: Option<&'static str>,
-    input_tokens: u64,
-    output_tokens: u64,
+    /// The model refused (OpenAI `refusal` deltas), which Anthropic says with its stop reason.
+    refused: bool,
+    tokens: Tokens,
     done: bool,
+    failure: Option<BadUpstream>,
 }
 
 impl Default for OpenAiToAnthropic {
@@ -212,10 +307,12 @@ impl Default for OpenAiToAnthropic {
             started: false,
             open: None,
             next_index: 0,
+            arguments: String::new(),
             stop_reason: None,
-            input_tokens: 0,
-            output_tokens: 0,
+            refused: false,
+            tokens: Tokens::default(),
             done: false,
+            failure: None,
         }
     }
 }
@@ -224,44 +321,76 @@ impl OpenAiToAnthropic {
     pub fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         for event in self.reader.push(bytes) {
-            out.extend(self.event(&event));
+            if self.done {
+                break;
+            }
+            if let Err(bad) = self.event(&event, &mut out) {
+                self.fail(bad, &mut out);
+            }
         }
         out
     }
 
-    fn close_block(&mut self, out: &mut Vec<u8>) {
-        if let Some((index, _)) = self.open.take() {
+    /// What made the translator end the stream with an error, if anything did.
+    pub fn failure(&self) -> Option<&BadUpstream> {
+        self.failure.as_ref()
+    }
+
+    fn fail(&mut self, bad: BadUpstream, out: &mut Vec<u8>) {
+        self.done = true;
+        out.extend(event_line(
+            "error",
+            &json!({"type": "error", "error": {"type": "api_error", "code": BadUpstream::CODE, "message": bad.to_string()}}),
+        ));
+        self.failure = Some(bad);
+    }
+
+    fn close_block(&mut self, out: &mut Vec<u8>) -> Result<(), BadUpstream> {
+        if let Some((index, block)) = self.open.take() {
+            if let Block::Tool(tool) = block {
+                let arguments = std::mem::take(&mut self.arguments);
+                tool_input(
+                    &arguments,
+                    format!("choices[0].delta.tool_calls[{tool}].function.arguments"),
+                )?;
+            }
             out.extend(event_line(
                 "content_block_stop",
                 &json!({"type": "content_block_stop", "index": index}),
             ));
         }
+        Ok(())
     }
 
-    fn open_block(&mut self, block: Block, content_block: Value, out: &mut Vec<u8>) -> usize {
-        self.close_block(out);
+    fn open_block(&mut self, block: Block, content_block: Value, out: &mut Vec<u8>) -> Result<usize, BadUpstream> {
+        self.close_block(out)?;
         let index = self.next_index;
-        self.next_index += 1;
+        self.next_index = self.next_index.saturating_add(1);
         self.open = Some((index, block));
         out.extend(event_line(
             "content_block_start",
             &json!({"type": "content_block_start", "index": index, "content_block": content_block}),
         ));
-        index
+        Ok(index)
     }
 
-    fn event(&mut self, event: &Event) -> Vec<u8> {
-        let mut out = Vec::new();
-        if self.done {
-            return out;
-        }
-        if event.data.trim() == "[DONE]" {
-            self.end(&mut out);
-            return out;
-        }
-        let Ok(v) = serde_json::from_str::<Value>(&event.data) else {
-            return out;
+    fn text(&mut self, text: &str, out: &mut Vec<u8>) -> Result<(), BadUpstream> {
+        let index = match self.open {
+            Some((i, Block::Text)) => i,
+            _ => self.open_block(Block::Text, json!({"type": "text", "text": ""}), out)?,
         };
+        out.extend(event_line(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": text}}),
+        ));
+        Ok(())
+    }
+
+    fn event(&mut self, event: &Event, out: &mut Vec<u8>) -> Result<(), BadUpstream> {
+        if event.data.trim() == "[DONE]" {
+            return self.end(out);
+        }
+        let v = parse(event, "chunk")?;
         if let Some(err) = v.get("error") {
             self.done = true;
             let message = err.get("message").cloned().unwrap_or_else(|| json!("error"));
@@ -269,7 +398,7 @@ impl OpenAiToAnthropic {
                 "error",
                 &json!({"type": "error", "error": {"type": "api_error", "message": message}}),
             ));
-            return out;
+            return Ok(());
         }
         if !self.started {
             self.started = true;
@@ -282,73 +411,115 @@ impl OpenAiToAnthropic {
                 }}),
             ));
         }
-        if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
-            self.input_tokens = u
-                .get("prompt_tokens")
-                .and_then(Value::as_u64)
-                .unwrap_or(self.input_tokens);
-            self.output_tokens = u
-                .get("completion_tokens")
-                .and_then(Value::as_u64)
-                .unwrap_or(self.output_tokens);
+        if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+            self.tokens = Tokens::from_openai(u, "usage")?;
         }
-        let Some(choice) = v.get("choices").and_then(|c| c.get(0)) else {
-            return out;
+        let choice = match v.get("choices") {
+            None | Some(Value::Null) => return Ok(()),
+            Some(Value::Array(choices)) => match choices.first() {
+                Some(choice) => choice,
+                None => return Ok(()),
+            },
+            Some(_) => return Err(BadUpstream::new("choices", "must be an array")),
         };
-        let delta = choice.get("delta");
-        if let Some(text) = delta
-            .and_then(|d| d.get("content"))
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-        {
-            let index = match self.open {
-                Some((i, Block::Text)) => i,
-                _ => self.open_block(Block::Text, json!({"type": "text", "text": ""}), &mut out),
-            };
-            out.extend(event_line(
-                "content_block_delta",
-                &json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": text}}),
-            ));
-        }
-        if let Some(Value::Array(calls)) = delta.and_then(|d| d.get("tool_calls")) {
-            for call in calls {
-                let tool = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-                let f = call.get("function");
-                let index = match self.open {
-                    Some((i, Block::Tool(t))) if t == tool && call.get("id").is_none() => i,
-                    _ => self.open_block(
-                        Block::Tool(tool),
-                        json!({"type": "tool_use", "id": call.get("id"), "name": f.and_then(|f| f.get("name")), "input": {}}),
-                        &mut out,
-                    ),
-                };
-                if let Some(args) = f
-                    .and_then(|f| f.get("arguments"))
-                    .and_then(Value::as_str)
-                    .filter(|a| !a.is_empty())
-                {
-                    out.extend(event_line(
-                        "content_block_delta",
-                        &json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": args}}),
-                    ));
+        let delta = choice.get("delta").unwrap_or(&Value::Null);
+        for key in ["content", "refusal"] {
+            match delta.get(key) {
+                None | Some(Value::Null) => {}
+                Some(Value::String(text)) => {
+                    self.refused |= key == "refusal";
+                    if !text.is_empty() {
+                        self.text(text, out)?;
+                    }
                 }
+                Some(_) => return Err(BadUpstream::new(format!("choices[0].delta.{key}"), "must be a string")),
             }
         }
-        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
-            self.stop_reason = Some(stop_reason(Some(reason)));
+        match delta.get("tool_calls") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(calls)) => {
+                for call in calls {
+                    self.tool_call(call, out)?;
+                }
+            }
+            Some(_) => return Err(BadUpstream::new("choices[0].delta.tool_calls", "must be an array")),
         }
-        out
+        match choice.get("finish_reason") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(reason)) => {
+                let stop =
+                    stop_reason(reason).ok_or_else(|| untranslatable_stop("choices[0].finish_reason", reason))?;
+                self.stop_reason = Some(stop);
+            }
+            Some(_) => return Err(BadUpstream::new("choices[0].finish_reason", "must be a string")),
+        }
+        Ok(())
     }
 
-    fn end(&mut self, out: &mut Vec<u8>) {
+    fn tool_call(&mut self, call: &Value, out: &mut Vec<u8>) -> Result<(), BadUpstream> {
+        let tool = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+        let path = format!("choices[0].delta.tool_calls[{tool}]");
+        if let Some(kind) = call.get("type").and_then(Value::as_str).filter(|t| *t != "function") {
+            return Err(BadUpstream::new(
+                format!("{path}.type"),
+                format!("{kind:?} tool calls have no Anthropic equivalent"),
+            ));
+        }
+        let f = call.get("function");
+        let index = match self.open {
+            Some((i, Block::Tool(t))) if t == tool && call.get("id").is_none() => i,
+            _ => self.open_block(
+                Block::Tool(tool),
+                json!({"type": "tool_use", "id": call.get("id"), "name": f.and_then(|f| f.get("name")), "input": {}}),
+                out,
+            )?,
+        };
+        let args = match f.and_then(|f| f.get("arguments")) {
+            None | Some(Value::Null) => "",
+            Some(Value::String(args)) => args.as_str(),
+            Some(_) => {
+                return Err(BadUpstream::new(
+                    format!("{path}.function.arguments"),
+                    "must be a string",
+                ))
+            }
+        };
+        if args.is_empty() {
+            return Ok(());
+        }
+        if self.arguments.len().saturating_add(args.len()) > MAX_LINE {
+            return Err(BadUpstream::new(
+                format!("{path}.function.arguments"),
+                "is longer than the gateway accepts",
+            ));
+        }
+        self.arguments.push_str(args);
+        out.extend(event_line(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": args}}),
+        ));
+        Ok(())
+    }
+
+    fn end(&mut self, out: &mut Vec<u8>) -> Result<(), BadUpstream> {
+        self.close_block(out)?;
+        let Some(mut stop) = self.stop_reason else {
+            return Err(BadUpstream::new(
+                "choices[0].finish_reason",
+                "never came: the stream ended without one",
+            ));
+        };
+        if self.refused && stop == "end_turn" {
+            stop = "refusal";
+        }
         self.done = true;
-        self.close_block(out);
         out.extend(event_line(
             "message_delta",
-            &json!({"type": "message_delta", "delta": {"stop_reason": self.stop_reason.unwrap_or("end_turn"), "stop_sequence": null},
-                    "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}}),
+            &json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null},
+                    "usage": self.tokens.to_anthropic()}),
         ));
         out.extend(event_line("message_stop", &json!({"type": "message_stop"})));
+        Ok(())
     }
 
     /// Called at the end of the backend's stream: closes a cut stream cleanly.

@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 
 use super::request::{anthropic_to_openai, openai_to_anthropic, RequestFacts};
 use super::stream::{AnthropicToOpenAi, OpenAiToAnthropic};
-use super::{response, Untranslatable};
+use super::{response, BadUpstream, Refusal, RequestError};
 
 #[test]
 fn an_openai_request_becomes_an_anthropic_request() {
@@ -115,7 +115,7 @@ fn what_anthropic_cannot_express_is_refused_by_name() {
         (json!([1]), "$"),
     ];
     for (body, field) in cases {
-        let Untranslatable { field: got, .. } = refuse(body.clone());
+        let RequestError { field: got, .. } = refuse(body.clone());
         assert_eq!(got, field, "{body}");
     }
 }
@@ -186,41 +186,29 @@ fn responses_translate_both_ways() {
         "stop_reason": "tool_use", "stop_sequence": null,
         "usage": {"input_tokens": 10, "cache_read_input_tokens": 2, "output_tokens": 5}
     });
-    let openai = response::anthropic_to_openai(&anthropic, 1700);
+    let openai = response::anthropic_to_openai(&anthropic, 1700).unwrap();
     assert_eq!(
         openai,
         json!({
             "id": "msg_1", "object": "chat.completion", "created": 1700, "model": "claude-x",
             "choices": [{"index": 0, "logprobs": null, "finish_reason": "tool_calls", "message": {
-                "role": "assistant", "content": "Let me check.",
+                "role": "assistant", "content": "Let me check.", "refusal": null,
                 "tool_calls": [{"id": "tu_1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}}]
             }}],
-            "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
+            "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17,
+                      "prompt_tokens_details": {"cached_tokens": 2}}
         })
     );
-    let back = response::openai_to_anthropic(&openai);
+    let back = response::openai_to_anthropic(&openai).unwrap();
     assert_eq!(
         back["content"],
         json!([{"type": "text", "text": "Let me check."}, {"type": "tool_use", "id": "tu_1", "name": "weather", "input": {"city": "Oslo"}}])
     );
     assert_eq!(back["stop_reason"], "tool_use");
-    assert_eq!(back["usage"], json!({"input_tokens": 12, "output_tokens": 5}));
-    for (a, o) in [
-        ("end_turn", "stop"),
-        ("max_tokens", "length"),
-        ("stop_sequence", "stop"),
-        ("refusal", "content_filter"),
-    ] {
-        assert_eq!(response::finish_reason(Some(a)), o);
-    }
-    for (o, a) in [
-        ("stop", "end_turn"),
-        ("length", "max_tokens"),
-        ("tool_calls", "tool_use"),
-        ("content_filter", "refusal"),
-    ] {
-        assert_eq!(response::stop_reason(Some(o)), a);
-    }
+    assert_eq!(
+        back["usage"],
+        json!({"input_tokens": 10, "cache_read_input_tokens": 2, "output_tokens": 5})
+    );
 }
 
 #[test]
@@ -358,4 +346,900 @@ fn cut_streams_end_with_an_error_event_in_the_clients_format() {
     let _ = o.push(b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"par");
     let end = String::from_utf8(o.finish()).unwrap();
     assert!(end.starts_with("event: error\n"), "{end}");
+}
+
+// === Field fidelity: requests ===
+
+fn openai_with(extra: Value) -> Value {
+    let mut v = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+    v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    v
+}
+
+fn anthropic_with(extra: Value) -> Value {
+    let mut v = json!({"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
+    v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    v
+}
+
+type Translated = Result<(Value, RequestFacts), RequestError>;
+
+/// Each case: its name, the translation, the refusal kind and the field the error must name.
+fn assert_refusals(cases: Vec<(&str, Translated, Refusal, &str)>) {
+    for (name, result, refusal, field) in cases {
+        let err = result.expect_err(name);
+        assert_eq!((err.refusal, err.field.as_str()), (refusal, field), "{name}: {err}");
+        assert!(err.to_string().starts_with(&format!("`{field}`")), "{name}: {err}");
+    }
+}
+
+#[test]
+fn openai_fields_anthropic_cannot_express_are_refused_by_name() {
+    let o = |extra: Value| openai_to_anthropic(&openai_with(extra), 100);
+    let u = Refusal::Untranslatable;
+    assert_refusals(vec![
+        ("metadata", o(json!({"metadata": {"run": "7"}})), u, "metadata.run"),
+        (
+            "message name",
+            o(json!({"messages": [{"role": "user", "name": "ann", "content": "hi"}]})),
+            u,
+            "messages[0].name",
+        ),
+        (
+            "system name",
+            o(
+                json!({"messages": [{"role": "system", "name": "x", "content": "s"}, {"role": "user", "content": "hi"}]}),
+            ),
+            u,
+            "messages[0].name",
+        ),
+        (
+            "image detail high",
+            o(
+                json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/a.png", "detail": "high"}}]}]}),
+            ),
+            u,
+            "messages[0].content[0].image_url.detail",
+        ),
+        (
+            "custom tool",
+            o(json!({"tools": [{"type": "custom", "custom": {"name": "grammar"}}]})),
+            u,
+            "tools[0].type",
+        ),
+        (
+            "tool extra key",
+            o(json!({"tools": [{"type": "function", "function": {"name": "f", "examples": []}}]})),
+            u,
+            "tools[0].function.examples",
+        ),
+        (
+            "allowed_tools tool choice",
+            o(json!({"tool_choice": {"type": "allowed_tools", "allowed_tools": {}}})),
+            u,
+            "tool_choice.type",
+        ),
+        (
+            "obfuscation asked for",
+            o(json!({"stream": true, "stream_options": {"include_obfuscation": true}})),
+            u,
+            "stream_options.include_obfuscation",
+        ),
+        (
+            "explicit cache breakpoint",
+            o(
+                json!({"messages": [{"role": "user", "content": [{"type": "text", "text": "t", "prompt_cache_breakpoint": {"mode": "explicit"}}]}]}),
+            ),
+            u,
+            "messages[0].content[0].prompt_cache_breakpoint",
+        ),
+        (
+            "assistant audio",
+            o(json!({"messages": [{"role": "assistant", "audio": {"id": "a"}}]})),
+            u,
+            "messages[0].audio",
+        ),
+        (
+            "tool arguments that are JSON but not an object",
+            o(
+                json!({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "[1]"}}]}]}),
+            ),
+            u,
+            "messages[0].tool_calls[0].function.arguments",
+        ),
+        ("two choices", o(json!({"n": 3})), u, "n"),
+    ]);
+}
+
+#[test]
+fn anthropic_fields_openai_cannot_express_are_refused_by_name() {
+    let a = |extra: Value| anthropic_to_openai(&anthropic_with(extra));
+    let u = Refusal::Untranslatable;
+    let text = |extra: Value| {
+        let mut block = json!({"type": "text", "text": "t"});
+        block
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        block
+    };
+    let web_search = anthropic_to_openai(&anthropic_with(
+        json!({"tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]}),
+    ))
+    .unwrap_err();
+    assert!(
+        web_search
+            .reason
+            .contains("\"web_search_20250305\" is an Anthropic server tool"),
+        "{web_search}"
+    );
+    assert_refusals(vec![
+        (
+            "web search server tool",
+            a(json!({"tools": [{"type": "web_search_20250305", "name": "web_search"}]})),
+            u,
+            "tools[0].type",
+        ),
+        (
+            "bash server tool after a custom one",
+            a(
+                json!({"tools": [{"name": "f", "input_schema": {"type": "object"}}, {"type": "bash_20250124", "name": "bash"}]}),
+            ),
+            u,
+            "tools[1].type",
+        ),
+        (
+            "system cache_control",
+            a(json!({"system": [text(json!({"cache_control": {"type": "ephemeral"}}))]})),
+            u,
+            "system[0].cache_control",
+        ),
+        (
+            "message cache_control",
+            a(
+                json!({"messages": [{"role": "user", "content": [text(json!({"cache_control": {"type": "ephemeral"}}))]}]}),
+            ),
+            u,
+            "messages[0].content[0].cache_control",
+        ),
+        (
+            "tool cache_control",
+            a(
+                json!({"tools": [{"name": "f", "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral"}}]}),
+            ),
+            u,
+            "tools[0].cache_control",
+        ),
+        (
+            "deferred tool",
+            a(json!({"tools": [{"name": "f", "input_schema": {"type": "object"}, "defer_loading": true}]})),
+            u,
+            "tools[0].defer_loading",
+        ),
+        (
+            "tool error",
+            a(
+                json!({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "boom", "is_error": true}]}]}),
+            ),
+            u,
+            "messages[0].content[0].is_error",
+        ),
+        (
+            "image inside a tool result",
+            a(
+                json!({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": [{"type": "image", "source": {"type": "url", "url": "https://x"}}]}]}]}),
+            ),
+            u,
+            "messages[0].content[0].content[0].type",
+        ),
+        (
+            "metadata other than user_id",
+            a(json!({"metadata": {"user_id": "u", "tenant": "t"}})),
+            u,
+            "metadata.tenant",
+        ),
+        (
+            "top-level automatic caching",
+            a(json!({"cache_control": {"type": "ephemeral"}})),
+            u,
+            "cache_control",
+        ),
+        (
+            "thinking in history",
+            a(
+                json!({"messages": [{"role": "assistant", "content": [{"type": "thinking", "thinking": "x", "signature": "s"}]}]}),
+            ),
+            u,
+            "messages[0].content[0].type",
+        ),
+        (
+            "server tool use in history",
+            a(
+                json!({"messages": [{"role": "assistant", "content": [{"type": "server_tool_use", "id": "s", "name": "web_search", "input": {}}]}]}),
+            ),
+            u,
+            "messages[0].content[0].type",
+        ),
+        (
+            "file image source",
+            a(
+                json!({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "file", "file_id": "f"}}]}]}),
+            ),
+            u,
+            "messages[0].content[0].source.type",
+        ),
+        (
+            "citations on a text block",
+            a(
+                json!({"messages": [{"role": "assistant", "content": [text(json!({"citations": [{"type": "char_location"}]}))]}]}),
+            ),
+            u,
+            "messages[0].content[0].citations",
+        ),
+    ]);
+}
+
+#[test]
+fn wrong_types_and_values_are_invalid_and_named() {
+    let o = |extra: Value| openai_to_anthropic(&openai_with(extra), 100);
+    let a = |extra: Value| anthropic_to_openai(&anthropic_with(extra));
+    let i = Refusal::Invalid;
+    assert_refusals(vec![
+        ("openai max_tokens 0", o(json!({"max_tokens": 0})), i, "max_tokens"),
+        (
+            "openai max_completion_tokens text",
+            o(json!({"max_completion_tokens": "9"})),
+            i,
+            "max_completion_tokens",
+        ),
+        (
+            "conflicting limits",
+            o(json!({"max_completion_tokens": 9, "max_tokens": 8})),
+            i,
+            "max_tokens",
+        ),
+        ("stop with numbers", o(json!({"stop": [1, null]})), i, "stop[0]"),
+        ("stop a number", o(json!({"stop": 7})), i, "stop"),
+        ("tools with numbers", o(json!({"tools": [1, null]})), i, "tools[0]"),
+        ("tools an object", o(json!({"tools": {"type": "function"}})), i, "tools"),
+        (
+            "tool without a name",
+            o(json!({"tools": [{"type": "function", "function": {"parameters": {}}}]})),
+            i,
+            "tools[0].function.name",
+        ),
+        (
+            "tool strict text",
+            o(json!({"tools": [{"type": "function", "function": {"name": "f", "strict": "yes"}}]})),
+            i,
+            "tools[0].function.strict",
+        ),
+        ("temperature text", o(json!({"temperature": "hot"})), i, "temperature"),
+        ("temperature negative", o(json!({"temperature": -1})), i, "temperature"),
+        ("top_p above 1", o(json!({"top_p": 1.5})), i, "top_p"),
+        ("stream text", o(json!({"stream": "yes"})), i, "stream"),
+        ("user a number", o(json!({"user": 5})), i, "user"),
+        ("metadata a list", o(json!({"metadata": []})), i, "metadata"),
+        ("n zero", o(json!({"n": 0})), i, "n"),
+        (
+            "tool_choice unknown",
+            o(json!({"tool_choice": "sometimes"})),
+            i,
+            "tool_choice",
+        ),
+        (
+            "tool message without its call id",
+            o(json!({"messages": [{"role": "tool", "content": "x"}]})),
+            i,
+            "messages[0].tool_call_id",
+        ),
+        (
+            "text part without text",
+            o(json!({"messages": [{"role": "user", "content": [{"type": "text"}]}]})),
+            i,
+            "messages[0].content[0].text",
+        ),
+        ("message a string", o(json!({"messages": ["hi"]})), i, "messages[0]"),
+        ("anthropic max_tokens 0", a(json!({"max_tokens": 0})), i, "max_tokens"),
+        (
+            "anthropic temperature above 1",
+            a(json!({"temperature": 1.5})),
+            i,
+            "temperature",
+        ),
+        (
+            "anthropic stop_sequences numbers",
+            a(json!({"stop_sequences": ["a", 2]})),
+            i,
+            "stop_sequences[1]",
+        ),
+        ("anthropic tools numbers", a(json!({"tools": [1]})), i, "tools[0]"),
+        (
+            "anthropic tool without schema",
+            a(json!({"tools": [{"name": "f"}]})),
+            i,
+            "tools[0].input_schema",
+        ),
+        (
+            "anthropic tool_use input a string",
+            a(
+                json!({"messages": [{"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": "{}"}]}]}),
+            ),
+            i,
+            "messages[0].content[0].input",
+        ),
+        (
+            "anthropic base64 image without media type",
+            a(
+                json!({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "base64", "data": "AA"}}]}]}),
+            ),
+            i,
+            "messages[0].content[0].source.media_type",
+        ),
+        (
+            "anthropic unknown role",
+            a(json!({"messages": [{"role": "system", "content": "x"}]})),
+            i,
+            "messages[0].role",
+        ),
+        (
+            "anthropic user_id a number",
+            a(json!({"metadata": {"user_id": 7}})),
+            i,
+            "metadata.user_id",
+        ),
+    ]);
+    let err = openai_to_anthropic(&openai_with(json!({"max_tokens": 0})), 1).unwrap_err();
+    assert_eq!(err.code(), "invalid_field");
+    let err = openai_to_anthropic(&openai_with(json!({"logprobs": true})), 1).unwrap_err();
+    assert_eq!(err.code(), "untranslatable");
+}
+
+#[test]
+fn defaults_and_nulls_pass_where_nothing_is_lost() {
+    let (anthropic, _) = openai_to_anthropic(
+        &openai_with(json!({
+            "n": 1, "parallel_tool_calls": true, "metadata": {}, "logprobs": null, "temperature": null,
+            "stream_options": {"include_usage": false, "include_obfuscation": false},
+            "messages": [{"role": "user", "name": null, "content": [
+                {"type": "image_url", "image_url": {"url": "https://x/a.png", "detail": "auto"}}
+            ]}]
+        })),
+        100,
+    )
+    .unwrap();
+    assert_eq!(
+        anthropic,
+        json!({"model": "m", "max_tokens": 100, "messages": [{"role": "user", "content": [
+            {"type": "image", "source": {"type": "url", "url": "https://x/a.png"}}
+        ]}]})
+    );
+    // What the Anthropic SDK dumps from a response (`caller`, `toolset_name`, `citations` as
+    // null) goes back as history unchanged in meaning.
+    let (openai, _) = anthropic_to_openai(&anthropic_with(json!({
+        "cache_control": null,
+        "system": [{"type": "text", "text": "s", "cache_control": null, "citations": null}],
+        "tools": [{"name": "f", "input_schema": {"type": "object"}, "defer_loading": false, "cache_control": null}],
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [
+                {"type": "text", "text": "ok", "citations": null},
+                {"type": "tool_use", "id": "t", "name": "f", "input": {}, "caller": null, "toolset_name": null}
+            ]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "1", "is_error": false}]}
+        ]
+    })))
+    .unwrap();
+    assert_eq!(openai["messages"][0], json!({"role": "system", "content": "s"}));
+    assert_eq!(openai["tools"][0]["function"]["name"], "f");
+    assert_eq!(
+        openai["messages"][3],
+        json!({"role": "tool", "tool_call_id": "t", "content": "1"})
+    );
+}
+
+#[test]
+fn strict_tools_keep_their_strictness_both_ways() {
+    let (anthropic, _) = openai_to_anthropic(
+        &openai_with(json!({"tools": [
+            {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}, "strict": true}},
+            {"type": "function", "function": {"name": "g", "strict": false}}
+        ]})),
+        10,
+    )
+    .unwrap();
+    assert_eq!(
+        anthropic["tools"],
+        json!([
+            {"name": "f", "input_schema": {"type": "object"}, "strict": true},
+            {"name": "g", "input_schema": {"type": "object", "properties": {}}, "strict": false}
+        ])
+    );
+    let (openai, _) = anthropic_to_openai(&anthropic_with(
+        json!({"tools": [{"type": "custom", "name": "f", "input_schema": {"type": "object"}, "strict": true}]}),
+    ))
+    .unwrap();
+    assert_eq!(
+        openai["tools"],
+        json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}, "strict": true}}])
+    );
+}
+
+#[test]
+fn user_and_safety_identifier_become_the_anthropic_user_id() {
+    let user = |extra: Value| openai_to_anthropic(&openai_with(extra), 10).map(|(v, _)| v["metadata"].clone());
+    assert_eq!(
+        user(json!({"safety_identifier": "h-1"})).unwrap(),
+        json!({"user_id": "h-1"})
+    );
+    assert_eq!(
+        user(json!({"user": "h-1", "safety_identifier": "h-1"})).unwrap(),
+        json!({"user_id": "h-1"})
+    );
+    assert_eq!(
+        user(json!({"user": "a", "safety_identifier": "b"})).unwrap_err().field,
+        "safety_identifier"
+    );
+}
+
+#[test]
+fn an_assistant_refusal_in_history_is_what_the_assistant_said() {
+    let (anthropic, _) = openai_to_anthropic(
+        &openai_with(json!({"messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": null, "refusal": "I can't help with that."},
+            {"role": "assistant", "content": [{"type": "refusal", "refusal": "Still no."}]},
+            {"role": "user", "content": "ok"}
+        ]})),
+        10,
+    )
+    .unwrap();
+    assert_eq!(
+        anthropic["messages"][1],
+        json!({"role": "assistant", "content": [
+            {"type": "text", "text": "I can't help with that."},
+            {"type": "text", "text": "Still no."}
+        ]})
+    );
+}
+
+// === Field fidelity: answers ===
+
+const U64_MAX: u64 = u64::MAX;
+
+#[test]
+fn usage_sums_saturate_at_u64_max() {
+    // The input from issue 13 (with the stop reason every real answer has).
+    let anthropic = json!({"content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+        "usage": {"input_tokens": 3, "output_tokens": U64_MAX}});
+    let openai = response::anthropic_to_openai(&anthropic, 1).unwrap();
+    assert_eq!(
+        openai["usage"],
+        json!({"prompt_tokens": 3, "completion_tokens": U64_MAX, "total_tokens": U64_MAX})
+    );
+    let cached = json!({"content": [], "stop_reason": "end_turn",
+        "usage": {"input_tokens": U64_MAX, "cache_read_input_tokens": U64_MAX, "cache_creation_input_tokens": 1, "output_tokens": 1}});
+    let openai = response::anthropic_to_openai(&cached, 1).unwrap();
+    assert_eq!(openai["usage"]["prompt_tokens"], U64_MAX);
+    assert_eq!(openai["usage"]["total_tokens"], U64_MAX);
+
+    let completion = json!({"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": U64_MAX, "total_tokens": 2,
+                  "prompt_tokens_details": {"cached_tokens": U64_MAX}}});
+    let anthropic = response::openai_to_anthropic(&completion).unwrap();
+    assert_eq!(
+        anthropic["usage"],
+        json!({"input_tokens": 0, "cache_read_input_tokens": U64_MAX, "output_tokens": U64_MAX})
+    );
+}
+
+#[test]
+fn cached_tokens_map_between_the_apis_with_each_apis_prompt_total() {
+    // Anthropic counts cache reads and writes outside `input_tokens`; OpenAI inside
+    // `prompt_tokens`.
+    let anthropic = json!({"content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+        "usage": {"input_tokens": 10, "cache_read_input_tokens": 80, "cache_creation_input_tokens": 5, "output_tokens": 7}});
+    assert_eq!(
+        response::anthropic_to_openai(&anthropic, 1).unwrap()["usage"],
+        json!({"prompt_tokens": 95, "completion_tokens": 7, "total_tokens": 102,
+               "prompt_tokens_details": {"cached_tokens": 80, "cache_write_tokens": 5}})
+    );
+    let openai = json!({"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 7, "total_tokens": 107,
+                  "prompt_tokens_details": {"cached_tokens": 80, "audio_tokens": 0}}});
+    assert_eq!(
+        response::openai_to_anthropic(&openai).unwrap()["usage"],
+        json!({"input_tokens": 20, "cache_read_input_tokens": 80, "output_tokens": 7})
+    );
+    // Without cache counts from the backend, none are invented.
+    let plain = json!({"content": [], "stop_reason": "end_turn", "usage": {"input_tokens": 4, "output_tokens": 1}});
+    assert_eq!(
+        response::anthropic_to_openai(&plain, 1).unwrap()["usage"],
+        json!({"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5})
+    );
+}
+
+#[test]
+fn an_openai_refusal_reaches_anthropic_clients_as_a_refusal() {
+    let openai = json!({"id": "c", "model": "g", "choices": [{"index": 0, "finish_reason": "stop",
+        "message": {"role": "assistant", "content": null, "refusal": "I can't help with that."}}]});
+    let anthropic = response::openai_to_anthropic(&openai).unwrap();
+    assert_eq!(
+        anthropic["content"],
+        json!([{"type": "text", "text": "I can't help with that."}])
+    );
+    assert_eq!(anthropic["stop_reason"], "refusal");
+    // A refusal cut short by the token limit still says it was cut.
+    let mut cut = openai.clone();
+    cut["choices"][0]["finish_reason"] = json!("length");
+    assert_eq!(
+        response::openai_to_anthropic(&cut).unwrap()["stop_reason"],
+        "max_tokens"
+    );
+}
+
+#[test]
+fn an_anthropic_refusal_reaches_openai_clients_as_a_refusal() {
+    let anthropic = json!({"content": [], "stop_reason": "refusal",
+        "stop_details": {"type": "refusal", "category": "cyber", "explanation": "Declined: cyber harm."}});
+    let openai = response::anthropic_to_openai(&anthropic, 1).unwrap();
+    assert_eq!(openai["choices"][0]["finish_reason"], "content_filter");
+    assert_eq!(openai["choices"][0]["message"]["refusal"], "Declined: cyber harm.");
+    let ordinary = json!({"content": [], "stop_reason": "end_turn", "stop_details": null});
+    assert_eq!(
+        response::anthropic_to_openai(&ordinary, 1).unwrap()["choices"][0]["message"]["refusal"],
+        Value::Null
+    );
+}
+
+#[test]
+fn stop_reasons_map_to_their_equivalent_or_to_nothing() {
+    for (anthropic, openai) in [
+        ("end_turn", Some("stop")),
+        ("stop_sequence", Some("stop")),
+        ("max_tokens", Some("length")),
+        ("model_context_window_exceeded", Some("length")),
+        ("tool_use", Some("tool_calls")),
+        ("refusal", Some("content_filter")),
+        ("pause_turn", None),
+        ("sleepy", None),
+    ] {
+        assert_eq!(response::finish_reason(anthropic), openai, "{anthropic}");
+    }
+    for (openai, anthropic) in [
+        ("stop", Some("end_turn")),
+        ("length", Some("max_tokens")),
+        ("tool_calls", Some("tool_use")),
+        ("function_call", Some("tool_use")),
+        ("content_filter", Some("refusal")),
+        ("sleepy", None),
+    ] {
+        assert_eq!(response::stop_reason(openai), anthropic, "{openai}");
+    }
+}
+
+#[test]
+fn answers_the_clients_format_cannot_hold_are_bad_upstream() {
+    let msg = |extra: Value| {
+        let mut v = json!({"content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn"});
+        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        response::anthropic_to_openai(&v, 1)
+    };
+    let completion = |message: Value, finish: Value| {
+        response::openai_to_anthropic(&json!({"choices": [{"message": message, "finish_reason": finish}]}))
+    };
+    let call = |args: &str| json!({"tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": args}}]});
+    let cases: Vec<(&str, Result<Value, BadUpstream>, &str)> = vec![
+        ("pause_turn", msg(json!({"stop_reason": "pause_turn"})), "stop_reason"),
+        ("unknown stop", msg(json!({"stop_reason": "sleepy"})), "stop_reason"),
+        ("no stop reason", msg(json!({"stop_reason": null})), "$.stop_reason"),
+        (
+            "thinking block",
+            msg(json!({"content": [{"type": "thinking", "thinking": "x"}]})),
+            "content[0].type",
+        ),
+        (
+            "tool input a string",
+            msg(json!({"content": [{"type": "tool_use", "id": "t", "name": "f", "input": "x"}]})),
+            "content[0].input",
+        ),
+        ("content garbage", msg(json!({"content": "hi"})), "content"),
+        (
+            "usage a string",
+            msg(json!({"usage": {"input_tokens": "5", "output_tokens": 1}})),
+            "usage.input_tokens",
+        ),
+        (
+            "usage negative",
+            msg(json!({"usage": {"input_tokens": 5, "output_tokens": -1}})),
+            "usage.output_tokens",
+        ),
+        (
+            "arguments not JSON",
+            completion(call("{oops"), json!("tool_calls")),
+            "choices[0].message.tool_calls[0].function.arguments",
+        ),
+        (
+            "arguments not an object",
+            completion(call("[1]"), json!("tool_calls")),
+            "choices[0].message.tool_calls[0].function.arguments",
+        ),
+        (
+            "unknown finish",
+            completion(json!({"content": "x"}), json!("sleepy")),
+            "choices[0].finish_reason",
+        ),
+        (
+            "no finish",
+            completion(json!({"content": "x"}), Value::Null),
+            "choices[0].finish_reason",
+        ),
+        (
+            "content a number",
+            completion(json!({"content": 5}), json!("stop")),
+            "choices[0].message.content",
+        ),
+        (
+            "custom tool call",
+            completion(
+                json!({"tool_calls": [{"id": "c", "type": "custom", "custom": {"name": "f", "input": "x"}}]}),
+                json!("tool_calls"),
+            ),
+            "choices[0].message.tool_calls[0].type",
+        ),
+        (
+            "no choices",
+            response::openai_to_anthropic(&json!({"id": "x"})),
+            "choices",
+        ),
+    ];
+    for (name, result, field) in cases {
+        let err = result.expect_err(name);
+        assert_eq!(err.field, field, "{name}: {err}");
+    }
+    let bad = completion(call("{oops"), json!("tool_calls")).unwrap_err();
+    assert_eq!(
+        bad.body()["error"],
+        json!({"type": "api_error", "code": "bad_upstream_response", "message": bad.to_string()})
+    );
+}
+
+// === Field fidelity: streams ===
+
+fn anthropic_events(events: &[Value]) -> String {
+    events
+        .iter()
+        .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap()))
+        .collect()
+}
+
+fn openai_chunks(chunks: &[Value]) -> String {
+    chunks.iter().map(|c| format!("data: {c}\n\n")).collect::<String>() + "data: [DONE]\n\n"
+}
+
+fn text_stream(start_usage: Value, stop: &str, delta_usage: Value) -> String {
+    anthropic_events(&[
+        json!({"type": "message_start", "message": {"id": "m", "model": "c", "usage": start_usage}}),
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}}),
+        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "message_delta", "delta": {"stop_reason": stop}, "usage": delta_usage}),
+        json!({"type": "message_stop"}),
+    ])
+}
+
+/// Translates a whole Anthropic stream for an OpenAI client that asked for usage.
+fn to_openai(stream: &str) -> (Vec<Value>, AnthropicToOpenAi) {
+    let mut t = AnthropicToOpenAi::new(1, true);
+    let mut out = t.push(stream.as_bytes());
+    out.extend(t.finish());
+    (data_events(&String::from_utf8(out).unwrap()), t)
+}
+
+fn to_anthropic(stream: &str) -> (Vec<Value>, OpenAiToAnthropic) {
+    let mut t = OpenAiToAnthropic::default();
+    let mut out = t.push(stream.as_bytes());
+    out.extend(t.finish());
+    (data_events(&String::from_utf8(out).unwrap()), t)
+}
+
+#[test]
+fn stream_usage_saturates_at_u64_max_in_both_formats() {
+    let (chunks, t) = to_openai(&text_stream(
+        json!({"input_tokens": 3, "cache_read_input_tokens": U64_MAX, "output_tokens": 1}),
+        "end_turn",
+        json!({"output_tokens": U64_MAX}),
+    ));
+    assert_eq!(
+        chunks.last().unwrap()["usage"],
+        json!({"prompt_tokens": U64_MAX, "completion_tokens": U64_MAX, "total_tokens": U64_MAX,
+               "prompt_tokens_details": {"cached_tokens": U64_MAX}})
+    );
+    assert_eq!(t.usage(), Some((U64_MAX, U64_MAX)));
+
+    let (events, _) = to_anthropic(&openai_chunks(&[
+        json!({"id": "c", "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": "stop"}]}),
+        json!({"id": "c", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": U64_MAX, "total_tokens": 2,
+              "prompt_tokens_details": {"cached_tokens": 5, "cache_write_tokens": U64_MAX}}}),
+    ]));
+    let delta = events.iter().find(|e| e["type"] == "message_delta").unwrap();
+    assert_eq!(
+        delta["usage"],
+        json!({"input_tokens": 0, "cache_read_input_tokens": 5, "cache_creation_input_tokens": U64_MAX, "output_tokens": U64_MAX})
+    );
+}
+
+#[test]
+fn streams_carry_cached_tokens_both_ways() {
+    let (chunks, t) = to_openai(&text_stream(
+        json!({"input_tokens": 10, "cache_read_input_tokens": 80, "cache_creation_input_tokens": 0, "output_tokens": 1}),
+        "end_turn",
+        json!({"output_tokens": 7}),
+    ));
+    assert_eq!(
+        chunks.last().unwrap()["usage"],
+        json!({"prompt_tokens": 90, "completion_tokens": 7, "total_tokens": 97,
+               "prompt_tokens_details": {"cached_tokens": 80, "cache_write_tokens": 0}})
+    );
+    // What rate-limit reads when the client did not ask for usage: every prompt token.
+    assert_eq!(t.usage(), Some((90, 7)));
+    // A message_delta's cumulative counts replace message_start's.
+    let (chunks, _) = to_openai(&text_stream(
+        json!({"input_tokens": 10, "output_tokens": 1}),
+        "end_turn",
+        json!({"output_tokens": 7, "cache_read_input_tokens": 30}),
+    ));
+    assert_eq!(chunks.last().unwrap()["usage"]["prompt_tokens"], 40);
+
+    let (events, _) = to_anthropic(&openai_chunks(&[
+        json!({"id": "c", "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": "stop"}]}),
+        json!({"id": "c", "choices": [], "usage": {"prompt_tokens": 100, "completion_tokens": 7, "total_tokens": 107,
+              "prompt_tokens_details": {"cached_tokens": 80}}}),
+    ]));
+    let delta = events.iter().find(|e| e["type"] == "message_delta").unwrap();
+    assert_eq!(
+        delta["usage"],
+        json!({"input_tokens": 20, "cache_read_input_tokens": 80, "output_tokens": 7})
+    );
+}
+
+#[test]
+fn a_streamed_openai_refusal_ends_as_an_anthropic_refusal() {
+    let (events, t) = to_anthropic(&openai_chunks(&[
+        json!({"id": "c", "choices": [{"index": 0, "delta": {"role": "assistant", "content": null, "refusal": ""}}]}),
+        json!({"id": "c", "choices": [{"index": 0, "delta": {"refusal": "I can't "}}]}),
+        json!({"id": "c", "choices": [{"index": 0, "delta": {"refusal": "help."}}]}),
+        json!({"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+    ]));
+    assert!(t.failure().is_none());
+    let text: String = events.iter().filter_map(|e| e["delta"]["text"].as_str()).collect();
+    assert_eq!(text, "I can't help.");
+    let delta = events.iter().find(|e| e["type"] == "message_delta").unwrap();
+    assert_eq!(delta["delta"]["stop_reason"], "refusal");
+    assert_eq!(events.last().unwrap()["type"], "message_stop");
+}
+
+#[test]
+fn a_streamed_anthropic_refusal_reaches_openai_clients() {
+    let stream = anthropic_events(&[
+        json!({"type": "message_start", "message": {"id": "m", "model": "c", "usage": {"input_tokens": 3}}}),
+        json!({"type": "message_delta", "delta": {"stop_reason": "refusal", "stop_details": {"type": "refusal", "explanation": "Declined."}}, "usage": {"output_tokens": 0}}),
+        json!({"type": "message_stop"}),
+    ]);
+    let (chunks, _) = to_openai(&stream);
+    let deltas: Vec<&Value> = chunks.iter().filter_map(|c| c["choices"].get(0)).collect();
+    assert_eq!(deltas[1]["delta"], json!({"refusal": "Declined."}));
+    assert_eq!(deltas[2]["finish_reason"], "content_filter");
+}
+
+#[test]
+fn a_streamed_tool_call_without_input_gets_empty_object_arguments() {
+    let stream = anthropic_events(&[
+        json!({"type": "message_start", "message": {"id": "m", "model": "c"}}),
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "name": "now", "input": {}}}),
+        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": ""}}),
+        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}}),
+        json!({"type": "message_stop"}),
+    ]);
+    let (chunks, _) = to_openai(&stream);
+    let args: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(args, "{}");
+}
+
+#[test]
+fn streams_the_clients_format_cannot_hold_end_with_an_error_event() {
+    let tool_chunks = |args: &str| {
+        openai_chunks(&[
+            json!({"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call", "type": "function", "function": {"name": "f", "arguments": ""}}]}}]}),
+            json!({"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": args}}]}}]}),
+            json!({"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}),
+        ])
+    };
+    let (events, t) = to_anthropic(&tool_chunks("{\"city\":\"Os"));
+    assert_eq!(
+        t.failure().unwrap().field,
+        "choices[0].delta.tool_calls[0].function.arguments"
+    );
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "error");
+    assert_eq!(last["error"]["code"], "bad_upstream_response");
+    assert!(!events.iter().any(|e| e["type"] == "message_stop"));
+    let (_, t) = to_anthropic(&tool_chunks("{\"city\":\"Oslo\"}"));
+    assert!(t.failure().is_none(), "valid arguments pass");
+
+    let openai_cases = [
+        (
+            "no finish reason",
+            openai_chunks(&[json!({"id": "c", "choices": [{"index": 0, "delta": {"content": "x"}}]})]),
+            "choices[0].finish_reason",
+        ),
+        (
+            "unknown finish reason",
+            openai_chunks(&[json!({"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "sleepy"}]})]),
+            "choices[0].finish_reason",
+        ),
+        ("garbage", "data: {not json\n\n".to_owned(), "chunk"),
+        (
+            "usage a string",
+            openai_chunks(&[json!({"id": "c", "choices": [], "usage": {"prompt_tokens": "3"}})]),
+            "usage.prompt_tokens",
+        ),
+    ];
+    for (name, stream, field) in openai_cases {
+        let (events, t) = to_anthropic(&stream);
+        assert_eq!(t.failure().map(|f| f.field.as_str()), Some(field), "{name}");
+        assert_eq!(
+            events.last().unwrap()["error"]["code"],
+            "bad_upstream_response",
+            "{name}"
+        );
+    }
+
+    let start = json!({"type": "message_start", "message": {"id": "m", "model": "c", "usage": {"input_tokens": 1}}});
+    let anthropic_cases = [
+        (
+            "pause_turn",
+            anthropic_events(&[
+                start.clone(),
+                json!({"type": "message_delta", "delta": {"stop_reason": "pause_turn"}}),
+                json!({"type": "message_stop"}),
+            ]),
+            "message_delta.delta.stop_reason",
+        ),
+        (
+            "thinking block",
+            anthropic_events(&[
+                start.clone(),
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}}),
+            ]),
+            "content_block_start.content_block.type",
+        ),
+        (
+            "usage negative",
+            anthropic_events(&[json!({"type": "message_start", "message": {"usage": {"input_tokens": -3}}})]),
+            "message_start.message.usage.input_tokens",
+        ),
+        (
+            "garbage",
+            "event: message_delta\ndata: {oops\n\n".to_owned(),
+            "message_delta",
+        ),
+    ];
+    for (name, stream, field) in anthropic_cases {
+        let mut t = AnthropicToOpenAi::new(1, true);
+        let out = String::from_utf8(t.push(stream.as_bytes())).unwrap();
+        assert!(t.finish().is_empty(), "{name}: ended once");
+        assert_eq!(t.failure().map(|f| f.field.as_str()), Some(field), "{name}");
+        assert!(out.ends_with("data: [DONE]\n\n"), "{name}");
+        let chunks = data_events(&out);
+        assert_eq!(
+            chunks.last().unwrap()["error"]["code"],
+            "bad_upstream_response",
+            "{name}"
+        );
+    }
 }
