@@ -132,3 +132,90 @@ def test_anthropic_sdk_streams_tool_calls():
         final = stream.get_final_message()
     use = next(b for b in final.content if b.type == "tool_use")
     assert use.input == {"city": "Oslo"} and final.stop_reason == "tool_use"
+
+
+# === Fidelity: cache counts, refusals, what cannot translate ===
+
+def test_openai_sdk_sees_the_anthropic_backends_cache_reads():
+    # The Anthropic backend reports 11 uncached input tokens, 80 cache reads and 5 cache writes.
+    r = openai_client().chat.completions.create(
+        model="claude-test", messages=[{"role": "user", "content": "Hi"}], extra_headers={"x-mock-cache": "80,5"}
+    )
+    assert r.usage.prompt_tokens == 96 and r.usage.total_tokens == 103
+    assert r.usage.prompt_tokens_details.cached_tokens == 80
+    stream = openai_client().chat.completions.create(
+        model="claude-test",
+        messages=[{"role": "user", "content": "Hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_headers={"x-mock-cache": "80,5"},
+    )
+    assert list(stream)[-1].usage.prompt_tokens_details.cached_tokens == 80
+
+
+def test_anthropic_sdk_sees_the_openai_backends_cached_tokens():
+    # The OpenAI backend reports 100 prompt tokens, 80 of them cached and 5 written to its cache.
+    headers = {"x-mock-usage": "100,7", "x-mock-cache": "80,5"}
+    r = anthropic_client().messages.create(
+        model="gpt-test", max_tokens=64, messages=[{"role": "user", "content": "Hi"}], extra_headers=headers
+    )
+    assert (r.usage.input_tokens, r.usage.cache_read_input_tokens, r.usage.cache_creation_input_tokens) == (15, 80, 5)
+    with anthropic_client().messages.stream(
+        model="gpt-test", max_tokens=64, messages=[{"role": "user", "content": "Hi"}], extra_headers=headers
+    ) as stream:
+        final = stream.get_final_message()
+    assert final.usage.cache_read_input_tokens == 80 and final.usage.input_tokens == 15
+
+
+def test_an_openai_refusal_reaches_the_anthropic_sdk():
+    refusal = {"x-mock-refusal": "I can't help with that."}
+    r = anthropic_client().messages.create(
+        model="gpt-test", max_tokens=64, messages=[{"role": "user", "content": "Hi"}], extra_headers=refusal
+    )
+    assert r.stop_reason == "refusal" and r.content[0].text == "I can't help with that."
+    with anthropic_client().messages.stream(
+        model="gpt-test", max_tokens=64, messages=[{"role": "user", "content": "Hi"}], extra_headers=refusal
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "I can't help with that." and final.stop_reason == "refusal"
+
+
+def test_an_anthropic_refusal_reaches_the_openai_sdk():
+    r = openai_client().chat.completions.create(
+        model="claude-test", messages=[{"role": "user", "content": "Hi"}], extra_headers={"x-mock-refusal": "No."}
+    )
+    assert r.choices[0].finish_reason == "content_filter"
+
+
+def test_an_anthropic_server_tool_is_refused_by_name():
+    with pytest.raises(anthropic.BadRequestError) as err:
+        anthropic_client().messages.create(
+            model="gpt-test",
+            max_tokens=64,
+            messages=[{"role": "user", "content": "News?"}],
+            tools=[{"type": "web_search_20250305", "name": "web_search", "max_uses": 1}],
+        )
+    assert err.value.status_code == 400
+    assert "tools[0].type" in str(err.value) and "web_search_20250305" in str(err.value)
+
+
+def test_strict_tools_keep_their_strictness():
+    strict = {**WEATHER_OPENAI, "function": {**WEATHER_OPENAI["function"], "strict": True}}
+    r = openai_client().chat.completions.create(
+        model="claude-test", messages=[{"role": "user", "content": "Weather in Oslo?"}], tools=[strict]
+    )
+    assert r.choices[0].finish_reason == "tool_calls"
+
+
+def test_a_tool_call_with_broken_arguments_fails_the_anthropic_stream():
+    with pytest.raises(anthropic.APIStatusError) as err:
+        with anthropic_client().messages.stream(
+            model="gpt-test",
+            max_tokens=64,
+            tools=[WEATHER_ANTHROPIC],
+            messages=[{"role": "user", "content": "Weather?"}],
+            extra_headers={"x-mock-tool-args": "{city: Oslo"},
+        ) as stream:
+            stream.get_final_message()
+    assert err.value.body["error"]["code"] == "bad_upstream_response"

@@ -13,6 +13,11 @@
 //! usage event split across two of them, `x-mock-status: N` answers an error without usage,
 //! `x-mock-pad: N` lengthens the answer text by N bytes, `x-mock-cache-control: V` sends that
 //! `cache-control`, `x-mock-header: NAME=VALUE` sends that header. Every non-streamed answer carries `x-upstream-request: N`, its number.
+//! Model answers can also be steered to what real backends sometimes say: `x-mock-cache: READ,WRITE`
+//! reports prompt-cache reads and writes the way each API does (OpenAI inside `prompt_tokens`,
+//! Anthropic on top of `input_tokens`), `x-mock-refusal: TEXT` refuses with that text (OpenAI
+//! `refusal`, Anthropic `stop_reason: "refusal"`), `x-mock-stop: REASON` ends with that stop or
+//! finish reason, `x-mock-tool-args: RAW` makes an OpenAI tool call carry those arguments.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -205,6 +210,34 @@ fn request_header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
     request.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
 }
 
+/// Prompt-cache reads and writes to report (`x-mock-cache: READ,WRITE`).
+fn mock_cache(request: &Request) -> Option<(u64, u64)> {
+    let (r, w) = request_header(request, "x-mock-cache")?.split_once(',')?;
+    Some((r.trim().parse().ok()?, w.trim().parse().ok()?))
+}
+
+/// The usage object an API reports for `usage` (its own prompt count) and `cache`.
+fn usage_json(api: Api, (p, c): (u64, u64), cache: Option<(u64, u64)>) -> serde_json::Value {
+    match api {
+        Api::OpenAi => {
+            let mut u = json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p.saturating_add(c)});
+            if let Some((read, write)) = cache {
+                u["prompt_tokens_details"] =
+                    json!({"cached_tokens": read, "cache_write_tokens": write, "audio_tokens": 0});
+            }
+            u
+        }
+        Api::Anthropic => {
+            let mut u = json!({"input_tokens": p, "output_tokens": c});
+            if let Some((read, write)) = cache {
+                u["cache_read_input_tokens"] = json!(read);
+                u["cache_creation_input_tokens"] = json!(write);
+            }
+            u
+        }
+    }
+}
+
 fn mock_usage(request: &Request) -> Option<(u64, u64)> {
     let Some(given) = request_header(request, "x-mock-usage") else {
         // Unsteered (the demo backend): a plausible count, a token per 4 bytes of request.
@@ -285,6 +318,144 @@ fn validate(api: Api, request: &Request, body: &serde_json::Value) -> Result<(),
     if api == Api::Anthropic && request_header(request, "anthropic-version").is_none() {
         return Err("anthropic-version: header is required".to_owned());
     }
+    match api {
+        Api::OpenAi => validate_openai(obj, messages),
+        Api::Anthropic => validate_anthropic(obj, messages),
+    }
+}
+
+type Obj = serde_json::Map<String, serde_json::Value>;
+
+/// The first key of `obj` (at `path`) outside `allowed`, as the APIs word it.
+fn extra_key(obj: &Obj, allowed: &[&str], path: &str) -> Result<(), String> {
+    match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(format!("{path}.{k}: Extra inputs are not permitted")),
+        None => Ok(()),
+    }
+}
+
+fn positive(obj: &Obj, key: &str) -> Result<(), String> {
+    match obj.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(()),
+        Some(v) if v.as_u64().is_some_and(|n| n >= 1) => Ok(()),
+        Some(_) => Err(format!("{key}: Input should be greater than or equal to 1")),
+    }
+}
+
+fn strings(obj: &Obj, key: &str) -> Result<(), String> {
+    match obj.get(key) {
+        None | Some(serde_json::Value::Null) | Some(serde_json::Value::String(_)) => Ok(()),
+        Some(serde_json::Value::Array(items)) if items.iter().all(|i| i.is_string()) => Ok(()),
+        Some(_) => Err(format!("{key}: Input should be a valid list of strings")),
+    }
+}
+
+fn objects<'a>(v: Option<&'a serde_json::Value>, path: &str) -> Result<Vec<&'a Obj>, String> {
+    match v {
+        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| item.as_object().ok_or(format!("{path}.{i}: Input should be an object")))
+            .collect(),
+        Some(_) => Err(format!("{path}: Input should be a valid list")),
+    }
+}
+
+fn validate_openai(obj: &Obj, messages: &[serde_json::Value]) -> Result<(), String> {
+    positive(obj, "max_tokens")?;
+    positive(obj, "max_completion_tokens")?;
+    strings(obj, "stop")?;
+    for (i, tool) in objects(obj.get("tools"), "tools")?.into_iter().enumerate() {
+        if tool.get("type").and_then(|t| t.as_str()) != Some("function") {
+            return Err(format!("tools.{i}.type: Input should be 'function' or 'custom'"));
+        }
+        let f = tool
+            .get("function")
+            .and_then(|f| f.as_object())
+            .ok_or(format!("tools.{i}.function: Field required"))?;
+        extra_key(
+            f,
+            &["name", "description", "parameters", "strict"],
+            &format!("tools.{i}.function"),
+        )?;
+        if !f.get("name").is_some_and(|n| n.is_string()) {
+            return Err(format!("tools.{i}.function.name: Field required"));
+        }
+    }
+    for (i, m) in messages.iter().enumerate() {
+        let m = m
+            .as_object()
+            .ok_or(format!("messages.{i}: Input should be an object"))?;
+        let allowed: &[&str] = match m.get("role").and_then(|r| r.as_str()) {
+            Some("assistant") => &[
+                "role",
+                "content",
+                "name",
+                "refusal",
+                "tool_calls",
+                "audio",
+                "function_call",
+            ],
+            Some("tool") => &["role", "content", "tool_call_id"],
+            _ => &["role", "content", "name"],
+        };
+        extra_key(m, allowed, &format!("messages.{i}"))?;
+    }
+    Ok(())
+}
+
+/// Anthropic's own tools run on its side: anything with a `type` other than `custom`.
+fn validate_anthropic(obj: &Obj, messages: &[serde_json::Value]) -> Result<(), String> {
+    positive(obj, "max_tokens")?;
+    strings(obj, "stop_sequences")?;
+    if let Some(meta) = obj.get("metadata").and_then(|m| m.as_object()) {
+        extra_key(meta, &["user_id"], "metadata")?;
+    }
+    for (i, tool) in objects(obj.get("tools"), "tools")?.into_iter().enumerate() {
+        match tool.get("type").and_then(|t| t.as_str()) {
+            None | Some("custom") => {
+                extra_key(
+                    tool,
+                    &["type", "name", "description", "input_schema", "strict", "cache_control"],
+                    &format!("tools.{i}"),
+                )?;
+                if !tool.get("input_schema").is_some_and(|s| s.is_object()) {
+                    return Err(format!("tools.{i}.input_schema: Field required"));
+                }
+            }
+            Some(_) => {}
+        }
+        if !tool.get("name").is_some_and(|n| n.is_string()) {
+            return Err(format!("tools.{i}.name: Field required"));
+        }
+    }
+    let blocks: &[(&str, &[&str])] = &[
+        ("text", &["type", "text", "cache_control", "citations"]),
+        ("image", &["type", "source", "cache_control"]),
+        ("tool_use", &["type", "id", "name", "input", "cache_control"]),
+        (
+            "tool_result",
+            &["type", "tool_use_id", "content", "is_error", "cache_control"],
+        ),
+    ];
+    for (i, m) in messages.iter().enumerate() {
+        for (j, b) in objects(
+            m.get("content").filter(|c| c.is_array()),
+            &format!("messages.{i}.content"),
+        )?
+        .into_iter()
+        .enumerate()
+        {
+            let kind = b.get("type").and_then(|t| t.as_str()).unwrap_or("");
+            let Some((_, allowed)) = blocks.iter().find(|(k, _)| *k == kind) else {
+                return Err(format!(
+                    "messages.{i}.content.{j}.type: Input tag '{kind}' is not expected"
+                ));
+            };
+            extra_key(b, allowed, &format!("messages.{i}.content.{j}"))?;
+        }
+    }
     Ok(())
 }
 
@@ -331,8 +502,11 @@ fn model_answer(request: &Request, mode: Mode) -> Option<(u16, Vec<u8>)> {
         return Some((400, model_error(api, 400, &message)));
     }
     let usage = mock_usage(request);
+    let cache = mock_cache(request);
+    let refusal = request_header(request, "x-mock-refusal");
     let model = body.get("model").cloned().unwrap_or_else(|| json!("mock"));
-    let tool = tool_to_call(api, &body);
+    let tool = tool_to_call(api, &body).filter(|_| refusal.is_none());
+    let tool_args = request_header(request, "x-mock-tool-args").unwrap_or("{\"city\":\"Oslo\"}");
     // x-mock-pad: N makes the answer's text N bytes longer.
     let pad = "x".repeat(
         request_header(request, "x-mock-pad")
@@ -342,31 +516,41 @@ fn model_answer(request: &Request, mode: Mode) -> Option<(u16, Vec<u8>)> {
     );
     let answer = match api {
         Api::OpenAi => {
-            let message = match &tool {
-                Some(name) => json!({"role": "assistant", "content": null, "tool_calls": [
-                    {"id": "call_mock_1", "type": "function", "function": {"name": name, "arguments": "{\"city\":\"Oslo\"}"}}]}),
-                None => json!({"role": "assistant", "content": format!("Hello from openai{pad}")}),
+            let message = match (&tool, refusal) {
+                (_, Some(text)) => json!({"role": "assistant", "content": null, "refusal": text}),
+                (Some(name), None) => json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [
+                    {"id": "call_mock_1", "type": "function", "function": {"name": name, "arguments": tool_args}}]}),
+                (None, None) => {
+                    json!({"role": "assistant", "content": format!("Hello from openai{pad}"), "refusal": null})
+                }
             };
             let finish = if tool.is_some() { "tool_calls" } else { "stop" };
+            let finish = request_header(request, "x-mock-stop").unwrap_or(finish);
             let mut v = json!({"id": "chatcmpl-mock", "object": "chat.completion", "created": 1_700_000_000, "model": model,
                 "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}]});
-            if let Some((p, c)) = usage {
-                v["usage"] = json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c});
+            if let Some(u) = usage {
+                v["usage"] = usage_json(api, u, cache);
             }
             v
         }
         Api::Anthropic => {
-            let content = match &tool {
-                Some(name) => {
+            let content = match (&tool, refusal) {
+                (_, Some(text)) => json!([{"type": "text", "text": text}]),
+                (Some(name), None) => {
                     json!([{"type": "tool_use", "id": "toolu_mock_1", "name": name, "input": {"city": "Oslo"}}])
                 }
-                None => json!([{"type": "text", "text": format!("Hello from anthropic{pad}")}]),
+                (None, None) => json!([{"type": "text", "text": format!("Hello from anthropic{pad}")}]),
             };
-            let stop = if tool.is_some() { "tool_use" } else { "end_turn" };
+            let stop = match (&tool, refusal) {
+                (_, Some(_)) => "refusal",
+                (Some(_), None) => "tool_use",
+                (None, None) => "end_turn",
+            };
+            let stop = request_header(request, "x-mock-stop").unwrap_or(stop);
             let mut v = json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": model,
                 "content": content, "stop_reason": stop, "stop_sequence": null});
-            if let Some((p, c)) = usage {
-                v["usage"] = json!({"input_tokens": p, "output_tokens": c});
+            if let Some(u) = usage {
+                v["usage"] = usage_json(api, u, cache);
             }
             v
         }
@@ -384,12 +568,24 @@ fn model_stream(request: &Request, mode: Mode) -> Option<Vec<Vec<u8>>> {
         return None;
     }
     let usage = mock_usage(request);
-    let tool = tool_to_call(api, &body);
+    let cache = mock_cache(request);
+    let refusal = request_header(request, "x-mock-refusal");
+    let tool = tool_to_call(api, &body).filter(|_| refusal.is_none());
+    let tool_args = request_header(request, "x-mock-tool-args").unwrap_or("{\"city\":\"Oslo\"}");
+    let stop_override = request_header(request, "x-mock-stop");
     let model = body.get("model").cloned().unwrap_or_else(|| json!("mock"));
-    // x-mock-events: N streams N text deltas instead of "Hel", "lo".
-    let words: Vec<String> = match request_header(request, "x-mock-events").and_then(|n| n.parse::<usize>().ok()) {
-        Some(n) => (0..n.min(10_000)).map(|i| format!("w{i} ")).collect(),
-        None => vec!["Hel".to_owned(), "lo".to_owned()],
+    // x-mock-events: N streams N text deltas instead of "Hel", "lo"; a refusal streams its text
+    // in two halves.
+    let words: Vec<String> = match (
+        request_header(request, "x-mock-events").and_then(|n| n.parse::<usize>().ok()),
+        refusal,
+    ) {
+        (_, Some(text)) => {
+            let half = text.char_indices().nth(text.chars().count() / 2).map_or(0, |(i, _)| i);
+            vec![text[..half].to_owned(), text[half..].to_owned()]
+        }
+        (Some(n), None) => (0..n.min(10_000)).map(|i| format!("w{i} ")).collect(),
+        (None, None) => vec!["Hel".to_owned(), "lo".to_owned()],
     };
     let mut events: Vec<String> = Vec::new();
     match api {
@@ -402,36 +598,40 @@ fn model_stream(request: &Request, mode: Mode) -> Option<Vec<Vec<u8>>> {
                 )
             };
             events.push(chunk(json!({"role": "assistant", "content": ""}), json!(null)));
+            let finish = |default: &str| json!(stop_override.unwrap_or(default));
             match &tool {
                 Some(name) => {
                     events.push(chunk(json!({"tool_calls": [{"index": 0, "id": "call_mock_1", "type": "function", "function": {"name": name, "arguments": ""}}]}), json!(null)));
-                    events.push(chunk(
-                        json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\":"}}]}),
-                        json!(null),
-                    ));
-                    events.push(chunk(
-                        json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Oslo\"}"}}]}),
-                        json!(null),
-                    ));
-                    events.push(chunk(json!({}), json!("tool_calls")));
+                    let half = tool_args.len() / 2;
+                    for part in [tool_args.get(..half), tool_args.get(half..)].into_iter().flatten() {
+                        events.push(chunk(
+                            json!({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}),
+                            json!(null),
+                        ));
+                    }
+                    events.push(chunk(json!({}), finish("tool_calls")));
                 }
                 None => {
+                    let key = if refusal.is_some() { "refusal" } else { "content" };
                     for word in &words {
-                        events.push(chunk(json!({"content": word}), json!(null)));
+                        events.push(chunk(json!({ key: word }), json!(null)));
                     }
-                    events.push(chunk(json!({}), json!("stop")));
+                    events.push(chunk(json!({}), finish("stop")));
                 }
             }
-            if let Some((p, c)) = usage {
-                events.push(format!("data: {}\n\n", json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
-                    "model": model, "choices": [], "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}})));
+            if let Some(u) = usage {
+                events.push(format!(
+                    "data: {}\n\n",
+                    json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
+                    "model": model, "choices": [], "usage": usage_json(api, u, cache)})
+                ));
             }
             events.push("data: [DONE]\n\n".to_owned());
         }
         Api::Anthropic => {
             let (p, c) = usage.unwrap_or((0, 0));
             let start_usage = if usage.is_some() {
-                json!({"input_tokens": p, "output_tokens": 1})
+                usage_json(api, (p, 1), cache)
             } else {
                 json!({})
             };
@@ -472,7 +672,12 @@ fn model_stream(request: &Request, mode: Mode) -> Option<Vec<Vec<u8>>> {
             } else {
                 json!({})
             };
-            let stop = if tool.is_some() { "tool_use" } else { "end_turn" };
+            let stop = match (&tool, refusal) {
+                (_, Some(_)) => "refusal",
+                (Some(_), None) => "tool_use",
+                (None, None) => "end_turn",
+            };
+            let stop = stop_override.unwrap_or(stop);
             events.push(ev("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": delta_usage})));
             events.push(ev("message_stop", json!({"type": "message_stop"})));
         }

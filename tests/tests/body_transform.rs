@@ -66,9 +66,14 @@ pub fn setup() -> Setup {
 }
 
 fn post(path: &str, body: &Value) -> Request {
+    post_with_usage(path, body, "11,7")
+}
+
+/// A model call whose backend reports `usage` (`PROMPT,COMPLETION` in its API's terms).
+fn post_with_usage(path: &str, body: &Value, usage: &str) -> Request {
     Request::new("POST", path)
         .header("content-type", "application/json")
-        .header("x-mock-usage", "11,7")
+        .header("x-mock-usage", usage)
         .body(body.to_string())
 }
 
@@ -185,7 +190,7 @@ fn untranslatable_and_hostile_requests_get_clear_errors() {
                 &json!({"model": "claude-test", "messages": "hello"}),
             ),
             400,
-            "untranslatable",
+            "invalid_field",
         ),
         (
             "truncated JSON",
@@ -208,7 +213,7 @@ fn untranslatable_and_hostile_requests_get_clear_errors() {
         let r = req.send(s.gw.addr);
         assert_eq!(r.status, status, "{name}: {}", r.text());
         assert_eq!(r.error_code(), code, "{name}");
-        if code == "untranslatable" {
+        if code == "untranslatable" || code == "invalid_field" {
             assert!(
                 r.json()["error"]["message"].as_str().unwrap().starts_with('`'),
                 "{name}: names the field"
@@ -265,6 +270,304 @@ fn untranslatable_and_hostile_requests_get_clear_errors() {
         .status,
         200
     );
+    s.gw.assert_no_wasm_panic();
+}
+
+fn anthropic_post(body: &Value) -> Request {
+    anthropic_post_with_usage(body, "11,7")
+}
+
+fn anthropic_post_with_usage(body: &Value, usage: &str) -> Request {
+    post_with_usage("/v1/messages", body, usage).header("anthropic-version", "2023-06-01")
+}
+
+fn json_events(r: &Response) -> Vec<Value> {
+    sse_data(r)
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+const TO_CLAUDE: &str = "/v1/chat/completions";
+
+fn to_claude(extra: Value) -> Value {
+    let mut body = json!({"model": "claude-test", "messages": [{"role": "user", "content": "Hi"}]});
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    body
+}
+
+fn to_gpt(extra: Value) -> Value {
+    let mut body = json!({"model": "gpt-test", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]});
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    body
+}
+
+#[test]
+fn cached_tokens_reach_each_client_in_its_apis_terms() {
+    let s = setup();
+    // The Anthropic backend reports 11 uncached input tokens, 80 read from and 5 written to its
+    // cache: OpenAI counts all of them as prompt tokens.
+    let expected = json!({"prompt_tokens": 96, "completion_tokens": 7, "total_tokens": 103,
+        "prompt_tokens_details": {"cached_tokens": 80, "cache_write_tokens": 5}});
+    let r = post(TO_CLAUDE, &to_claude(json!({})))
+        .header("x-mock-cache", "80,5")
+        .send(s.gw.addr);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["usage"], expected);
+    let r = post(
+        TO_CLAUDE,
+        &to_claude(json!({"stream": true, "stream_options": {"include_usage": true}})),
+    )
+    .header("x-mock-cache", "80,5")
+    .send(s.gw.addr);
+    assert_eq!(json_events(&r).last().unwrap()["usage"], expected);
+
+    // The OpenAI backend reports 100 prompt tokens of which 80 were cached: Anthropic's
+    // input_tokens are the other 15 (5 were written to the cache).
+    let expected = json!({"input_tokens": 15, "cache_read_input_tokens": 80, "cache_creation_input_tokens": 5, "output_tokens": 7});
+    let r = anthropic_post_with_usage(&to_gpt(json!({})), "100,7")
+        .header("x-mock-cache", "80,5")
+        .send(s.gw.addr);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["usage"], expected);
+    let r = anthropic_post_with_usage(&to_gpt(json!({"stream": true})), "100,7")
+        .header("x-mock-cache", "80,5")
+        .send(s.gw.addr);
+    let events = json_events(&r);
+    let delta = events.iter().find(|e| e["type"] == "message_delta").unwrap();
+    assert_eq!(delta["usage"], expected);
+    s.gw.assert_no_wasm_panic();
+}
+
+#[test]
+fn token_counts_at_u64_max_do_not_wrap() {
+    let s = setup();
+    let max = u64::MAX;
+    let huge = format!("3,{max}");
+    let r = post_with_usage(TO_CLAUDE, &to_claude(json!({})), &huge).send(s.gw.addr);
+    assert_eq!(
+        r.json()["usage"],
+        json!({"prompt_tokens": 3, "completion_tokens": max, "total_tokens": max})
+    );
+    let r = post_with_usage(
+        TO_CLAUDE,
+        &to_claude(json!({"stream": true, "stream_options": {"include_usage": true}})),
+        &huge,
+    )
+    .header("x-mock-cache", format!("{max},0"))
+    .send(s.gw.addr);
+    let usage = json_events(&r).last().unwrap()["usage"].clone();
+    assert_eq!(
+        (&usage["prompt_tokens"], &usage["total_tokens"]),
+        (&json!(max), &json!(max))
+    );
+
+    for stream in [false, true] {
+        let r = anthropic_post_with_usage(&to_gpt(json!({"stream": stream})), &huge)
+            .header("x-mock-cache", "1,1")
+            .send(s.gw.addr);
+        let usage = if stream {
+            json_events(&r)
+                .into_iter()
+                .find(|e| e["type"] == "message_delta")
+                .unwrap()["usage"]
+                .clone()
+        } else {
+            r.json()["usage"].clone()
+        };
+        assert_eq!(
+            usage,
+            json!({"input_tokens": 1, "cache_read_input_tokens": 1, "cache_creation_input_tokens": 1, "output_tokens": max}),
+            "stream: {stream}"
+        );
+    }
+    s.gw.assert_no_wasm_panic();
+}
+
+#[test]
+fn refusals_reach_the_client_as_refusals() {
+    let s = setup();
+    let refusal = "I can't help with that.";
+    let r = anthropic_post(&to_gpt(json!({})))
+        .header("x-mock-refusal", refusal)
+        .send(s.gw.addr);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["content"], json!([{"type": "text", "text": refusal}]));
+    assert_eq!(v["stop_reason"], "refusal");
+    let r = anthropic_post(&to_gpt(json!({"stream": true})))
+        .header("x-mock-refusal", refusal)
+        .send(s.gw.addr);
+    let events = json_events(&r);
+    let text: String = events.iter().filter_map(|e| e["delta"]["text"].as_str()).collect();
+    assert_eq!(text, refusal);
+    let delta = events.iter().find(|e| e["type"] == "message_delta").unwrap();
+    assert_eq!(delta["delta"]["stop_reason"], "refusal");
+
+    let r = post(TO_CLAUDE, &to_claude(json!({})))
+        .header("x-mock-refusal", refusal)
+        .send(s.gw.addr);
+    assert_eq!(r.json()["choices"][0]["finish_reason"], "content_filter");
+    let r = post(TO_CLAUDE, &to_claude(json!({"stream": true})))
+        .header("x-mock-refusal", refusal)
+        .send(s.gw.addr);
+    let finish: Vec<Value> = json_events(&r)
+        .iter()
+        .map(|c| c["choices"][0]["finish_reason"].clone())
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finish, vec![json!("content_filter")]);
+    s.gw.assert_no_wasm_panic();
+}
+
+#[test]
+fn request_fields_without_an_equivalent_are_refused_by_name() {
+    let s = setup();
+    let untranslatable = "untranslatable";
+    let invalid = "invalid_field";
+    let cases: Vec<(&str, Request, &str, &str)> = vec![
+        (
+            "an Anthropic server tool",
+            anthropic_post(&to_gpt(
+                json!({"tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 2}]}),
+            )),
+            untranslatable,
+            "`tools[0].type` \"web_search_20250305\" is an Anthropic server tool",
+        ),
+        (
+            "system cache_control",
+            anthropic_post(&to_gpt(
+                json!({"system": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}]}),
+            )),
+            untranslatable,
+            "`system[0].cache_control`",
+        ),
+        (
+            "a tool result marked as an error",
+            anthropic_post(&to_gpt(json!({"messages": [
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "weather", "input": {}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "down", "is_error": true}]}
+            ]}))),
+            untranslatable,
+            "`messages[2].content[0].is_error`",
+        ),
+        (
+            "OpenAI metadata",
+            post(TO_CLAUDE, &to_claude(json!({"metadata": {"run": "7"}}))),
+            untranslatable,
+            "`metadata.run`",
+        ),
+        (
+            "a participant name",
+            post(
+                TO_CLAUDE,
+                &to_claude(json!({"messages": [{"role": "user", "name": "ann", "content": "Hi"}]})),
+            ),
+            untranslatable,
+            "`messages[0].name`",
+        ),
+        (
+            "image detail",
+            post(
+                TO_CLAUDE,
+                &to_claude(
+                    json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/a.png", "detail": "low"}}]}]}),
+                ),
+            ),
+            untranslatable,
+            "`messages[0].content[0].image_url.detail`",
+        ),
+        (
+            "max_tokens 0",
+            post(TO_CLAUDE, &to_claude(json!({"max_tokens": 0}))),
+            invalid,
+            "`max_tokens`",
+        ),
+        (
+            "numbers as stop sequences",
+            post(TO_CLAUDE, &to_claude(json!({"stop": [1, null]}))),
+            invalid,
+            "`stop[0]`",
+        ),
+        (
+            "numbers as tools",
+            post(TO_CLAUDE, &to_claude(json!({"tools": [1, null]}))),
+            invalid,
+            "`tools[0]`",
+        ),
+        (
+            "Anthropic max_tokens 0",
+            anthropic_post(&to_gpt(json!({"max_tokens": 0}))),
+            invalid,
+            "`max_tokens`",
+        ),
+    ];
+    for (name, req, code, message) in cases {
+        let r = req.send(s.gw.addr);
+        assert_eq!((r.status, r.error_code().as_str()), (400, code), "{name}: {}", r.text());
+        let text = r.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(text.starts_with(message), "{name}: {text}");
+    }
+    // Fields with a true equivalent pass the strict backends: strict tools, a user id.
+    let r = post(
+        TO_CLAUDE,
+        &to_claude(json!({"safety_identifier": "h-1", "tools": [
+            {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}, "strict": true}}
+        ]})),
+    )
+    .send(s.gw.addr);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["choices"][0]["finish_reason"], "tool_calls");
+    let r = anthropic_post(&to_gpt(json!({"metadata": {"user_id": "h-1"}, "tools": [
+        {"type": "custom", "name": "weather", "input_schema": {"type": "object"}, "strict": true}
+    ]})))
+    .send(s.gw.addr);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["stop_reason"], "tool_use");
+    s.gw.assert_no_wasm_panic();
+}
+
+#[test]
+fn answers_the_client_cannot_receive_become_bad_upstream_errors() {
+    let s = setup();
+    let weather = json!([{"name": "weather", "input_schema": {"type": "object"}}]);
+    // A tool call whose arguments are not JSON has no Anthropic `input`. The status line has
+    // left before the body is known, so the error travels in the body.
+    let r = anthropic_post(&to_gpt(json!({"tools": weather})))
+        .header("x-mock-tool-args", "{city: Oslo")
+        .send(s.gw.addr);
+    assert_eq!(r.error_code(), "bad_upstream_response", "{}", r.text());
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("`choices[0].message.tool_calls[0].function.arguments`"));
+    let r = anthropic_post(&to_gpt(json!({"tools": weather, "stream": true})))
+        .header("x-mock-tool-args", "{city: Oslo")
+        .send(s.gw.addr);
+    let events = json_events(&r);
+    let last = events.last().unwrap();
+    assert_eq!(
+        (&last["type"], &last["error"]["code"]),
+        (&json!("error"), &json!("bad_upstream_response")),
+        "{events:?}"
+    );
+    assert!(!events.iter().any(|e| e["type"] == "message_stop"));
+
+    // `pause_turn` (a paused server-tool turn) has no OpenAI finish reason.
+    let r = post(TO_CLAUDE, &to_claude(json!({})))
+        .header("x-mock-stop", "pause_turn")
+        .send(s.gw.addr);
+    assert_eq!(r.error_code(), "bad_upstream_response", "{}", r.text());
+    let r = post(TO_CLAUDE, &to_claude(json!({"stream": true})))
+        .header("x-mock-stop", "pause_turn")
+        .send(s.gw.addr);
+    let data = sse_data(&r);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let chunks = json_events(&r);
+    assert_eq!(chunks.last().unwrap()["error"]["code"], "bad_upstream_response");
+    assert!(s.gw.log().contains("bad_upstream_response"), "logged");
     s.gw.assert_no_wasm_panic();
 }
 

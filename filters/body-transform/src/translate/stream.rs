@@ -290,7 +290,9 @@ pub struct OpenAiToAnthropic {
     started: bool,
     open: Option<(usize, Block)>,
     next_index: usize,
-    /// The open tool call's arguments so far: checked to be a JSON object when it closes.
+    /// The open tool call's arguments so far. They are held until the call is complete and
+    /// sent only if they are a JSON object: Anthropic clients parse `partial_json` as it comes,
+    /// so a broken argument string must never reach them.
     arguments: String,
     stop_reason: Option<&'static str>,
     /// The model refused (OpenAI `refusal` deltas), which Anthropic says with its stop reason.
@@ -353,6 +355,10 @@ impl OpenAiToAnthropic {
                     &arguments,
                     format!("choices[0].delta.tool_calls[{tool}].function.arguments"),
                 )?;
+                out.extend(event_line(
+                    "content_block_delta",
+                    &json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": arguments}}),
+                ));
             }
             out.extend(event_line(
                 "content_block_stop",
@@ -466,14 +472,14 @@ impl OpenAiToAnthropic {
             ));
         }
         let f = call.get("function");
-        let index = match self.open {
-            Some((i, Block::Tool(t))) if t == tool && call.get("id").is_none() => i,
-            _ => self.open_block(
+        let continues = matches!(self.open, Some((_, Block::Tool(t))) if t == tool && call.get("id").is_none());
+        if !continues {
+            self.open_block(
                 Block::Tool(tool),
                 json!({"type": "tool_use", "id": call.get("id"), "name": f.and_then(|f| f.get("name")), "input": {}}),
                 out,
-            )?,
-        };
+            )?;
+        }
         let args = match f.and_then(|f| f.get("arguments")) {
             None | Some(Value::Null) => "",
             Some(Value::String(args)) => args.as_str(),
@@ -484,9 +490,6 @@ impl OpenAiToAnthropic {
                 ))
             }
         };
-        if args.is_empty() {
-            return Ok(());
-        }
         if self.arguments.len().saturating_add(args.len()) > MAX_LINE {
             return Err(BadUpstream::new(
                 format!("{path}.function.arguments"),
@@ -494,10 +497,6 @@ impl OpenAiToAnthropic {
             ));
         }
         self.arguments.push_str(args);
-        out.extend(event_line(
-            "content_block_delta",
-            &json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": args}}),
-        ));
         Ok(())
     }
 

@@ -1168,8 +1168,16 @@ fn streams_the_clients_format_cannot_hold_end_with_an_error_event() {
     assert_eq!(last["type"], "error");
     assert_eq!(last["error"]["code"], "bad_upstream_response");
     assert!(!events.iter().any(|e| e["type"] == "message_stop"));
-    let (_, t) = to_anthropic(&tool_chunks("{\"city\":\"Oslo\"}"));
+    // Anthropic SDKs parse partial JSON as it comes: no piece of the broken arguments was sent.
+    assert!(!events.iter().any(|e| e["delta"]["type"] == "input_json_delta"));
+    let (events, t) = to_anthropic(&tool_chunks("{\"city\":\"Oslo\"}"));
     assert!(t.failure().is_none(), "valid arguments pass");
+    let sent: Vec<&Value> = events.iter().filter_map(|e| e["delta"].get("partial_json")).collect();
+    assert_eq!(
+        sent,
+        vec![&json!("{\"city\":\"Oslo\"}")],
+        "whole, once the call is complete"
+    );
 
     let openai_cases = [
         (
