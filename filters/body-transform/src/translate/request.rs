@@ -298,7 +298,14 @@ pub fn openai_to_anthropic(body: &Value, default_max_tokens: u64) -> Result<(Val
                 push_blocks(&mut converted, "user", openai_user_blocks(&m)?);
             }
             "assistant" => {
-                m.only(&["role", "content", "refusal", "tool_calls"], TO_ANTHROPIC)?;
+                m.only(
+                    &["role", "content", "refusal", "tool_calls", "annotations"],
+                    TO_ANTHROPIC,
+                )?;
+                // A response message sent back as history carries `annotations: []`.
+                if m.array("annotations")?.is_some_and(|a| !a.is_empty()) {
+                    return untranslatable(m.field("annotations"), TO_ANTHROPIC);
+                }
                 push_blocks(&mut converted, "assistant", openai_assistant_blocks(&m)?);
             }
             "tool" => {

@@ -434,6 +434,12 @@ fn openai_fields_anthropic_cannot_express_are_refused_by_name() {
             "messages[0].content[0].prompt_cache_breakpoint",
         ),
         (
+            "url citations in history",
+            o(json!({"messages": [{"role": "assistant", "content": "x", "annotations": [{"type": "url_citation"}]}]})),
+            u,
+            "messages[0].annotations",
+        ),
+        (
             "assistant audio",
             o(json!({"messages": [{"role": "assistant", "audio": {"id": "a"}}]})),
             u,
@@ -787,7 +793,7 @@ fn an_assistant_refusal_in_history_is_what_the_assistant_said() {
     let (anthropic, _) = openai_to_anthropic(
         &openai_with(json!({"messages": [
             {"role": "user", "content": "hi"},
-            {"role": "assistant", "content": null, "refusal": "I can't help with that."},
+            {"role": "assistant", "content": null, "refusal": "I can't help with that.", "annotations": []},
             {"role": "assistant", "content": [{"type": "refusal", "refusal": "Still no."}]},
             {"role": "user", "content": "ok"}
         ]})),
