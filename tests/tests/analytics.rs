@@ -201,9 +201,10 @@ fn a_scripted_mix_of_traffic_shows_in_prometheus_and_the_json_access_log() {
     // Per-consumer series are off unless configured.
     assert!(!stats.contains("portico_consumer_"), "{stats}");
 
-    // The access log: a JSON line per request, with what the filters set.
+    // The access log: a JSON line per request, with what the filters set. Envoy flushes access
+    // log files every 10 s by default (`--file-flush-interval-msec`), so wait past one flush.
     let mut lines: Vec<Value> = Vec::new();
-    let logged = eventually(Duration::from_secs(5), || {
+    let logged = eventually(Duration::from_secs(15), || {
         let text = fs::read_to_string(&log_path).unwrap_or_default();
         lines = text
             .lines()
