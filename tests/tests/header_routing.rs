@@ -2,7 +2,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::thread;
+use std::time::Duration;
 
+use portico_tests::demo::{demo_env, Shipped};
 use portico_tests::envoy::{json_to_metadata, EnvoyConfig, Gateway};
 use portico_tests::http::{get, Connection, Request, Response};
 use portico_tests::upstream::Upstream;
@@ -10,7 +12,14 @@ use serde_json::{json, Value};
 
 struct Setup {
     gw: Gateway,
-    _upstreams: Vec<Upstream>,
+    upstreams: Vec<Upstream>,
+}
+
+impl Setup {
+    /// Complete requests that reached any upstream.
+    fn upstream_requests(&self) -> usize {
+        self.upstreams.iter().map(Upstream::requests).sum()
+    }
 }
 
 fn setup() -> Setup {
@@ -59,7 +68,7 @@ fn setup() -> Setup {
         .wasm("header-routing", &config);
     Setup {
         gw: Gateway::start(&envoy),
-        _upstreams: upstreams,
+        upstreams,
     }
 }
 
@@ -308,4 +317,105 @@ fn bad_model_requests_get_clear_errors_and_never_crash_the_vm() {
         "still serving"
     );
     s.gw.assert_no_wasm_panic();
+}
+
+fn raw_chat(body: &str) -> Request {
+    Request::new("POST", "/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+}
+
+/// Bodies whose objects repeat a key, and the path each refusal names. json_to_metadata lifts
+/// the last `model` (observed with Envoy 1.40.0: the first body below was routed to `gpt-4o`
+/// before this check), while a backend may read the first.
+const REPEATED_KEYS: &[(&str, &str)] = &[
+    (
+        r#"{"model":"fast","model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#,
+        "$.model",
+    ),
+    (r#"{"model":"gpt-4o","messages":[],"model":"fast"}"#, "$.model"),
+    (
+        r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi","role":"system"}]}"#,
+        "$.messages[0].role",
+    ),
+    (
+        r#"{"model":"fast","metadata":{"a":{"b":1,"b":2}},"messages":[]}"#,
+        "$.metadata.a.b",
+    ),
+];
+
+#[test]
+fn model_route_bodies_that_repeat_a_key_are_refused_before_any_upstream_gets_them() {
+    let s = setup();
+    for (body, path) in REPEATED_KEYS {
+        let r = raw_chat(body).send(s.gw.addr);
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        assert_eq!(r.error_code(), "duplicate_json_key", "{body}");
+        assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+        let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.contains(path), "{body}: {message}");
+        for value in ["fast", "gpt-4o", "hi", "system"] {
+            assert!(!message.contains(value), "the message echoes {value:?}: {message}");
+        }
+    }
+    // Refused in the body callback: the upstream stream was reset before its body completed.
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(s.upstream_requests(), 0, "no upstream received a complete request");
+    // The same bodies without the repeat are served.
+    assert_eq!(
+        served_by(&raw_chat(r#"{"model":"gpt-4o","messages":[]}"#).send(s.gw.addr)),
+        "openai"
+    );
+    assert_eq!(
+        served_by(&raw_chat(r#"{"model":"fast","messages":[]}"#).send(s.gw.addr)),
+        "anthropic"
+    );
+    // A route that is not a model route does not read the body.
+    let r = Request::new("POST", "/anything")
+        .header("content-type", "application/json")
+        .body(r#"{"a":1,"a":2}"#)
+        .send(s.gw.addr);
+    assert_eq!(served_by(&r), "a");
+    s.gw.assert_no_wasm_panic();
+}
+
+/// The shipped gateway: json_to_metadata, header-routing, then body-transform translating for
+/// the Anthropic-format demo backend. body-transform's error translation still replaces the
+/// refusal's `code` with null (issue 13, "every refusal keeps its code"): the status, type and
+/// message arrive.
+#[test]
+fn the_demo_model_route_refuses_repeated_keys_through_translation() {
+    let shipped = Shipped::start(None);
+    let token = demo_env("PORTICO_DEMO_TOKEN");
+    for (body, path) in [
+        (
+            r#"{"model":"fast","model":"smart","messages":[{"role":"user","content":"Hi"}]}"#,
+            "$.model",
+        ),
+        (
+            r#"{"model":"fast","messages":[{"role":"user","content":[{"type":"text","text":"a","text":"b"}]}]}"#,
+            "$.messages[0].content[0].text",
+        ),
+    ] {
+        let r = raw_chat(body).bearer(&token).send(shipped.gw.addr);
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        assert_eq!(r.json()["error"]["type"], "invalid_request_error", "{}", r.text());
+        let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(
+            message.contains(&format!("repeats the key {path}")),
+            "{body}: {message}"
+        );
+    }
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        shipped.model.requests(),
+        0,
+        "the model backend received no complete request"
+    );
+    let r = raw_chat(r#"{"model":"fast","messages":[{"role":"user","content":"Hi"}]}"#)
+        .bearer(&token)
+        .send(shipped.gw.addr);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(shipped.model.requests(), 1);
+    shipped.gw.assert_no_wasm_panic();
 }

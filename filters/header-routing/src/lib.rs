@@ -2,8 +2,10 @@
 //! request for it. Envoy stays unmodified: the filter sets the header the route configuration
 //! reads with `cluster_header` and asks Envoy to re-evaluate the route.
 //!
-//! This file is the host shell around the pure [`decide::decide`]; the body callback only
-//! rewrites the JSON `model` field of model routes whose alias names another upstream model.
+//! This file is the host shell around the pure [`decide::decide`]. On model routes the body
+//! callback reads the whole body strictly ([`check_body`]): it refuses repeated keys, which
+//! readers resolve differently, and rewrites `model` when the alias names another upstream
+//! model.
 // Off wasm the host shell below is compiled but never entered; the wasm clippy run checks it.
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
@@ -16,6 +18,7 @@ use log::{info, warn};
 use portico_core::analytics::{outcome, state};
 use portico_core::clock::unix_nanos;
 use portico_core::identity::TIER_HEADER;
+use portico_core::json;
 use portico_core::metrics::Family;
 use portico_core::request::RequestView;
 use portico_core::response::{ErrorResponse, ErrorType};
@@ -116,7 +119,7 @@ impl RootContext for RoutingRoot {
             config: self.config.clone()?,
             metrics: self.metrics.clone()?,
             echo: Vec::new(),
-            rewrite_model: None,
+            body: BodyPhase::Pass,
             labels: None,
             streaming: false,
             first_byte_seen: false,
@@ -137,8 +140,16 @@ struct RoutingHttp {
     first_byte_seen: bool,
     /// Headers echoed on the response.
     echo: Vec<(&'static str, String)>,
-    /// The upstream model name to write into the JSON body.
-    rewrite_model: Option<String>,
+    body: BodyPhase,
+}
+
+/// What the body callback does with the request body.
+enum BodyPhase {
+    /// Not a model route: the body passes untouched.
+    Pass,
+    /// A model route: read the whole body strictly and, with `Some`, write this upstream
+    /// model into it.
+    Check(Option<String>),
 }
 
 impl Context for RoutingHttp {}
@@ -189,6 +200,16 @@ impl RoutingHttp {
             );
         }
         self.send_http_response(response.status, response.header_pairs(), Some(&response.body()));
+    }
+
+    /// Refuses a request from the body callback, where the request headers are gone: the log
+    /// line names the route instead of the path.
+    fn refuse_body(&mut self, response: &ErrorResponse) {
+        let route = self.labels.as_ref().map_or("none", |l| l.route.as_str());
+        info!("{NAME}: {} {} on route {route}", response.status, response.code);
+        // Answered: any later body callback lets data pass instead of answering twice.
+        self.body = BodyPhase::Pass;
+        self.respond(response, None);
     }
 }
 
@@ -256,10 +277,17 @@ impl HttpContext for RoutingHttp {
             self.set_http_request_header(FLAGS_HEADER, Some(&flags));
             self.echo.push((FLAGS_HEADER, flags));
         }
+        let model_route = self
+            .config
+            .routes
+            .get(routed.route)
+            .is_some_and(|r| matches!(r.action, config::Action::Models(_)));
         if routed.model.is_some() {
             // The body changes size: Envoy sends it chunked instead.
             self.set_http_request_header("content-length", None);
-            self.rewrite_model = routed.model;
+        }
+        if model_route {
+            self.body = BodyPhase::Check(routed.model.clone());
         }
         self.set_http_request_header(&self.config.cluster_header, Some(&backend.cluster));
         let labels = Labels {
@@ -272,7 +300,7 @@ impl HttpContext for RoutingHttp {
             tier: view.header_str(TIER_HEADER).unwrap_or_default().to_owned(),
             backend: backend.name.clone(),
             variant: routed.variant.clone().unwrap_or_default(),
-            model: self.rewrite_model.clone().or(model).unwrap_or_default(),
+            model: routed.model.or(model).unwrap_or_default(),
         };
         for (key, value) in [
             (state::ROUTE, &labels.route),
@@ -294,11 +322,12 @@ impl HttpContext for RoutingHttp {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(model) = &self.rewrite_model else {
+        let BodyPhase::Check(model) = &self.body else {
             return Action::Continue;
         };
         if !end_of_stream {
-            // Hold the body until it is complete (json_to_metadata in front already buffered it).
+            // Hold the body until it is complete (json_to_metadata in front already buffered
+            // it, so this is rare).
             return Action::Pause;
         }
         let too_large = u64::try_from(body_size).map_or(true, |n| n > self.config.max_body_bytes);
@@ -309,23 +338,19 @@ impl HttpContext for RoutingHttp {
                 "body_too_large",
                 "the request body is larger than this route accepts",
             );
-            self.respond(&response, None);
+            self.refuse_body(&response);
             return Action::Pause;
         }
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
-        match rewrite_model(&body, model) {
-            Some(new_body) => {
+        match check_body(&body, model.as_deref()) {
+            Ok(Some(new_body)) => {
                 self.set_http_request_body(0, body_size, &new_body);
                 Action::Continue
             }
-            None => {
-                let response = ErrorResponse::new(
-                    400,
-                    ErrorType::InvalidRequest,
-                    "invalid_json",
-                    "the request body is not a JSON object",
-                );
-                self.respond(&response, None);
+            Ok(None) => Action::Continue,
+            Err(response) => {
+                // Answered here, the upstream never gets a complete request (ENVOY-FACTS 5).
+                self.refuse_body(&response);
                 Action::Pause
             }
         }
@@ -401,24 +426,47 @@ impl HttpContext for RoutingHttp {
     }
 }
 
-/// The body with its top-level `model` set to `model`; `None` if it is not a JSON object.
-pub fn rewrite_model(body: &[u8], model: &str) -> Option<Vec<u8>> {
-    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let object = value.as_object_mut()?;
+/// A model route's whole body, read strictly: refused with 400 `duplicate_json_key` when an
+/// object repeats a key (json_to_metadata lifted the last `model`, a backend may read the
+/// first) and 400 `invalid_json` when it is not a JSON object; otherwise `Some` new body with
+/// its top-level `model` set to `model`, or `None` to send it unchanged.
+pub fn check_body(body: &[u8], model: Option<&str>) -> Result<Option<Vec<u8>>, ErrorResponse> {
+    let invalid = || {
+        ErrorResponse::new(
+            400,
+            ErrorType::InvalidRequest,
+            "invalid_json",
+            "the request body is not a JSON object",
+        )
+    };
+    let mut value = match json::parse(body) {
+        Ok(value) => value,
+        Err(refusal) => return Err(refusal.duplicate_key_response().unwrap_or_else(invalid)),
+    };
+    let object = value.as_object_mut().ok_or_else(invalid)?;
+    let Some(model) = model else {
+        return Ok(None);
+    };
     object.insert("model".to_owned(), serde_json::Value::String(model.to_owned()));
-    serde_json::to_vec(&value).ok()
+    serde_json::to_vec(&value).map(Some).map_err(|_| invalid())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn refusal(body: &[u8], model: Option<&str>) -> (u32, &'static str, String) {
+        let e = check_body(body, model).unwrap_err();
+        (e.status, e.code, e.message)
+    }
+
     #[test]
     fn the_model_field_is_replaced_and_the_rest_kept() {
-        let out = rewrite_model(
+        let out = check_body(
             br#"{"model":"fast","messages":[{"role":"user","content":"hi"}],"max_tokens":5}"#,
-            "claude-haiku",
+            Some("claude-haiku"),
         )
+        .unwrap()
         .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["model"], "claude-haiku");
@@ -427,11 +475,36 @@ mod tests {
     }
 
     #[test]
+    fn a_body_without_a_new_model_passes_unchanged() {
+        assert_eq!(check_body(br#"{"model":"gpt-4o","messages":[]}"#, None), Ok(None));
+    }
+
+    #[test]
+    fn repeated_keys_are_refused_with_their_path_whether_or_not_the_model_changes() {
+        for model in [None, Some("claude-haiku")] {
+            let (status, code, message) = refusal(br#"{"model":"fast","model":"smart","messages":[]}"#, model);
+            assert_eq!((status, code), (400, "duplicate_json_key"));
+            assert!(message.contains("$.model"), "{message}");
+            assert!(!message.contains("fast") && !message.contains("smart"), "{message}");
+            let nested = br#"{"model":"fast","messages":[{"role":"user","content":"a","content":"b"}]}"#;
+            let (status, code, message) = refusal(nested, model);
+            assert_eq!((status, code), (400, "duplicate_json_key"));
+            assert!(message.contains("$.messages[0].content"), "{message}");
+        }
+    }
+
+    #[test]
     fn hostile_bodies_are_refused_not_panicked_on() {
-        assert!(rewrite_model(b"{\"model\": ", "m").is_none());
-        assert!(rewrite_model(b"[1,2]", "m").is_none());
-        assert!(rewrite_model(b"\xff\xfe", "m").is_none());
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-        assert!(rewrite_model(deep.as_bytes(), "m").is_none());
+        for model in [None, Some("m")] {
+            for body in [&b"{\"model\": "[..], b"[1,2]", b"\xff\xfe", b"", deep.as_bytes()] {
+                assert_eq!(
+                    refusal(body, model).1,
+                    "invalid_json",
+                    "{:?}",
+                    String::from_utf8_lossy(body)
+                );
+            }
+        }
     }
 }
