@@ -12,7 +12,10 @@
 //! answer (none without it), `x-mock-delay-ms: N` waits before answering, `x-mock-stream: 1` streams with `x-mock-events: N` text deltas and `x-mock-gap-ms: N` between writes (default 15) (and `x-mock-cut: 1` drops the connection halfway, `x-mock-cut: clean` ends the body there), SSE in several flushed chunks with the
 //! usage event split across two of them, `x-mock-status: N` answers an error without usage,
 //! `x-mock-pad: N` lengthens the answer text by N bytes, `x-mock-cache-control: V` sends that
-//! `cache-control`, `x-mock-header: NAME=VALUE` sends that header. Every non-streamed answer carries `x-upstream-request: N`, its number.
+//! `cache-control`, `x-mock-header: NAME=VALUE` sends that header, `x-mock-answer: KIND` spoils a
+//! 200 answer (echo included) the way broken backends do: `garbage`, `truncated` (cut halfway,
+//! with a matching content-length), `empty`, `wrong_shape` (a JSON object that is no answer),
+//! `text` (the answer as `text/plain`). Every non-streamed answer carries `x-upstream-request: N`, its number.
 //! Model answers can also be steered to what real backends sometimes say: `x-mock-cache: READ,WRITE`
 //! reports prompt-cache reads and writes the way each API does (OpenAI inside `prompt_tokens`,
 //! Anthropic on top of `input_tokens`), `x-mock-refusal: TEXT` refuses with that text (OpenAI
@@ -165,6 +168,10 @@ fn serve_connection(
             continue;
         }
         let (status, content_type, body) = respond(&request, jwks, identity);
+        let (content_type, body) = match request_header(&request, "x-mock-answer") {
+            Some(kind) if status == 200 => spoil(kind, content_type, body),
+            _ => (content_type, body),
+        };
         // Which request this answers (a replayed answer shows an earlier number), and a
         // cache-control header when a test asks for one.
         let mut extra = format!("x-upstream-request: {number}\r\n");
@@ -721,6 +728,21 @@ fn respond(request: &Request, jwks: &Mutex<JwksState>, identity: &Identity) -> (
         "body": String::from_utf8_lossy(&request.body),
     });
     (200, "application/json", echo.to_string().into_bytes())
+}
+
+/// A 200 answer as a broken backend would send it (see the module docs).
+fn spoil(kind: &str, content_type: &'static str, mut body: Vec<u8>) -> (&'static str, Vec<u8>) {
+    match kind {
+        "garbage" => (content_type, b"<html><body>upstream hiccup</body></html>".to_vec()),
+        "truncated" => {
+            body.truncate(body.len() / 2);
+            (content_type, body)
+        }
+        "empty" => (content_type, Vec::new()),
+        "wrong_shape" => (content_type, br#"{"object":"mock","note":"not an answer"}"#.to_vec()),
+        "text" => ("text/plain", body),
+        _ => (content_type, body),
+    }
 }
 
 fn reason_phrase(status: u16) -> &'static str {

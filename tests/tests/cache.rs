@@ -336,3 +336,222 @@ fn a_hit_charges_no_tokens_but_counts_against_request_limits() {
     }));
     gw.assert_no_wasm_panic();
 }
+
+/// Every POST below `/`, replayed when deterministic: chat, messages, embeddings and others.
+fn any_route() -> Value {
+    json!({"name": "api", "match": {"path": "/{*rest}", "methods": ["POST"]}, "ttl_seconds": 300})
+}
+
+fn messages_body(system: &str) -> Value {
+    json!({"model": "claude-test", "max_tokens": 50, "temperature": 0, "system": system,
+           "messages": [{"role": "user", "content": "What is 2+2?"}]})
+}
+
+/// An Anthropic Messages request the mock plays a backend for.
+fn messages(system: &str) -> Request {
+    Request::new("POST", "/v1/messages")
+        .header("content-type", "application/json")
+        .header("anthropic-version", "2023-06-01")
+        .header("x-portico-consumer", "alice")
+        .header("x-portico-cluster", "upstream")
+        .header("x-mock-usage", "10,20")
+        .body(messages_body(system).to_string())
+}
+
+/// A request the mock echoes (not a model endpoint), to `path`.
+fn echoed(path: &str, n: usize) -> Request {
+    Request::new("POST", path)
+        .header("content-type", "application/json")
+        .header("x-portico-consumer", "alice")
+        .header("x-portico-cluster", "upstream")
+        .body(json!({"input": format!("text {n}"), "temperature": 0}).to_string())
+}
+
+/// Sends `request` twice: neither answer may come from the cache, and both reach the upstream.
+fn never_replayed(gw: &Gateway, upstream: &Upstream, what: &str, request: &Request) {
+    for attempt in 0..2 {
+        let before = upstream.requests();
+        let r = request.send(gw.addr);
+        assert_eq!(r.status, 200, "{what}: {}", r.text());
+        assert_eq!(cache_status(&r), "MISS", "{what}, attempt {attempt}");
+        assert_eq!(
+            upstream.requests(),
+            before + 1,
+            "{what}, attempt {attempt} went upstream"
+        );
+    }
+}
+
+/// Sends `request` twice: the first fills the cache, the second is answered from it.
+fn replayed(gw: &Gateway, upstream: &Upstream, what: &str, request: &Request) -> Response {
+    let before = upstream.requests();
+    let first = request.send(gw.addr);
+    assert_eq!(
+        (first.status, cache_status(&first)),
+        (200, "MISS"),
+        "{what}: {}",
+        first.text()
+    );
+    let again = request.send(gw.addr);
+    assert_eq!(
+        (again.status, cache_status(&again)),
+        (200, "HIT"),
+        "{what}: {}",
+        again.text()
+    );
+    assert_eq!(again.body, first.body, "{what}");
+    assert_eq!(upstream.requests(), before + 1, "{what}");
+    again
+}
+
+#[test]
+fn broken_or_wrong_shape_answers_are_never_replayed() {
+    let (gw, upstream) = gateway(&cache_config(any_route(), json!({})), None);
+    let mut invalid = 0;
+    // OpenAI Chat Completions: a JSON object whose `choices` hold messages.
+    for kind in ["garbage", "truncated", "empty", "wrong_shape", "text"] {
+        let request = chat("alice", &body("gpt-test", kind, json!({})));
+        never_replayed(&gw, &upstream, kind, &request.clone().header("x-mock-answer", kind));
+        invalid += 2;
+        // The same request answered properly is stored as usual.
+        let hit = replayed(&gw, &upstream, kind, &request);
+        assert_eq!(hit.json()["object"], "chat.completion");
+    }
+    // Anthropic Messages: `"type": "message"` with a `content` array.
+    for kind in ["truncated", "wrong_shape", "empty"] {
+        never_replayed(&gw, &upstream, kind, &messages(kind).header("x-mock-answer", kind));
+        invalid += 2;
+        let hit = replayed(&gw, &upstream, kind, &messages(kind));
+        assert_eq!(hit.json()["type"], "message");
+    }
+    // Embeddings: a `data` array (the mock only echoes here, which is no embedding answer).
+    never_replayed(&gw, &upstream, "embeddings", &echoed("/v1/embeddings", 0));
+    invalid += 2;
+    // Any other path: a JSON object or array, sent as JSON, uncompressed.
+    replayed(&gw, &upstream, "an echo", &echoed("/api/things", 1));
+    let spoiled = [
+        ("garbage", echoed("/api/things", 2).header("x-mock-answer", "garbage")),
+        ("text/plain", echoed("/api/things", 3).header("x-mock-answer", "text")),
+        ("empty", echoed("/api/things", 4).header("x-mock-answer", "empty")),
+        (
+            "gzip",
+            echoed("/api/things", 5).header("x-mock-header", "content-encoding=gzip"),
+        ),
+    ];
+    for (what, request) in &spoiled {
+        never_replayed(&gw, &upstream, what, request);
+        invalid += 2;
+    }
+    assert!(
+        eventually(Duration::from_secs(3), || gw
+            .metric("portico_cache_stores_total", &[("outcome", "invalid")])
+            == invalid),
+        "invalid: {} of {invalid}",
+        gw.metric("portico_cache_stores_total", &[("outcome", "invalid")])
+    );
+    assert_eq!(gw.metric("portico_cache_stores_total", &[("outcome", "stored")]), 9);
+    assert!(gw.log().contains("not storing the answer for route api: not_json"));
+    gw.assert_no_wasm_panic();
+}
+
+#[test]
+fn cached_routes_ask_the_upstream_for_uncompressed_answers() {
+    let (gw, _upstream) = gateway(&cache_config(any_route(), json!({})), None);
+    let r = echoed("/api/things", 0)
+        .header("accept-encoding", "gzip, br")
+        .send(gw.addr);
+    assert_eq!(cache_status(&r), "MISS");
+    assert_eq!(r.upstream_header("accept-encoding"), None, "stripped on a cached route");
+    let r = Request::new("GET", "/api/things")
+        .header("accept-encoding", "gzip")
+        .header("x-portico-cluster", "upstream")
+        .send(gw.addr);
+    assert_eq!(r.header("x-portico-cache"), None, "GET is not cached here");
+    assert_eq!(r.upstream_header("accept-encoding").as_deref(), Some("gzip"));
+}
+
+#[test]
+fn only_an_explicit_zero_temperature_is_replayed_by_default() {
+    let route = json!({"name": "v1", "match": {"path": "/v1/{*rest}"}, "opt_in_header": "x-cache-ok"});
+    let (gw, upstream) = gateway(&cache_config(route, json!({})), None);
+    let sampled = |extra: Value| {
+        let mut b = base();
+        b.as_object_mut().unwrap().remove("temperature");
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b
+    };
+    // Both APIs default temperature to 1: without it, a request asks for a sampled answer.
+    // top_p, top_k and seed do not make it deterministic either.
+    let cases = [
+        ("no temperature", sampled(json!({}))),
+        ("temperature null", sampled(json!({"temperature": null}))),
+        ("top_p 0", sampled(json!({"top_p": 0}))),
+        ("seed", sampled(json!({"seed": 7}))),
+        (
+            "temperature 0.2 and seed",
+            sampled(json!({"temperature": 0.2, "seed": 7})),
+        ),
+    ];
+    for (what, b) in &cases {
+        for _ in 0..2 {
+            let before = upstream.requests();
+            let r = chat("alice", b).send(gw.addr);
+            assert_eq!((r.status, cache_status(&r)), (200, "BYPASS"), "{what}");
+            assert_eq!(upstream.requests(), before + 1, "{what}");
+        }
+    }
+    // Anthropic's greedy `top_k: 1` is not enough either (the cache reads one rule).
+    let mut greedy = messages_body("Be brief.");
+    greedy.as_object_mut().unwrap().remove("temperature");
+    greedy["top_k"] = json!(1);
+    for _ in 0..2 {
+        let before = upstream.requests();
+        let r = messages("Be brief.").body(greedy.to_string()).send(gw.addr);
+        assert_eq!((r.status, cache_status(&r)), (200, "BYPASS"), "{}", r.text());
+        assert_eq!(upstream.requests(), before + 1);
+    }
+    // The client may still opt in, and temperature 0 (with any of the others) is replayed.
+    replayed(
+        &gw,
+        &upstream,
+        "opted in",
+        &chat("alice", &sampled(json!({}))).header("x-cache-ok", "1"),
+    );
+    for (what, extra) in [
+        ("temperature 0", json!({"temperature": 0})),
+        ("temperature 0.0 and n", json!({"temperature": 0.0, "n": 2})),
+        (
+            "temperature 0 and seed",
+            json!({"temperature": 0, "seed": 7, "top_p": 0.5}),
+        ),
+    ] {
+        replayed(&gw, &upstream, what, &chat("alice", &sampled(extra)));
+    }
+    assert!(eventually(Duration::from_secs(3), || gw
+        .metric("portico_cache_bypass_total", &[("reason", "not_replayable")])
+        == 12));
+    gw.assert_no_wasm_panic();
+}
+
+#[test]
+fn bodies_that_repeat_a_key_are_never_replayed() {
+    let (gw, upstream) = gateway(&cache_config(chat_route(300), json!({})), None);
+    // Canonical JSON keeps one value per key: these would share an entry with the body that
+    // holds only the last value, although a backend reading the first answers otherwise.
+    let bodies = [
+        r#"{"model":"gpt-other","model":"gpt-test","temperature":0,"messages":[{"role":"user","content":"hi"}]}"#,
+        r#"{"model":"gpt-test","temperature":0,"messages":[{"role":"user","content":"a","content":"hi"}]}"#,
+    ];
+    for b in bodies {
+        for _ in 0..2 {
+            let before = upstream.requests();
+            let r = chat("alice", &base()).body(b).send(gw.addr);
+            assert_eq!((r.status, cache_status(&r)), (200, "BYPASS"), "{b}");
+            assert_eq!(upstream.requests(), before + 1, "{b}");
+        }
+    }
+    assert!(eventually(Duration::from_secs(3), || gw
+        .metric("portico_cache_bypass_total", &[("reason", "duplicate_key")])
+        == 4));
+    gw.assert_no_wasm_panic();
+}

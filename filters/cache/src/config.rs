@@ -51,7 +51,7 @@ impl Scope {
 /// Which requests are safe to answer with an earlier response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replay {
-    /// `temperature` absent or 0, or the client opted in.
+    /// `temperature` is 0 in the body, or the client opted in.
     Deterministic,
     /// Only when the client opted in.
     OptIn,

@@ -5,7 +5,12 @@
 //! canonical JSON (object keys sorted, no insignificant whitespace). Every field of the body
 //! is in it, so two requests that differ in a system prompt, a parameter or the model never
 //! share an entry, and two requests that differ only in key order or spacing do.
+//!
+//! The body is read strictly ([`portico_core::json`]): canonical JSON keeps one value per key,
+//! so a body that repeats a key would share an entry with one that does not, although a
+//! backend reading the first value answers it differently. Such a body is not cached.
 
+use portico_core::json;
 use serde_json::Value;
 
 /// What the key is made of, gathered by the host shell.
@@ -30,7 +35,8 @@ pub struct Body {
     value: Option<Value>,
     pub model: String,
     pub streaming: bool,
-    /// `temperature` absent, null or 0.
+    /// `temperature` is the number 0. Absent or null is not enough: the OpenAI and Anthropic
+    /// APIs both default it to 1, so such a request asks for a sampled answer.
     pub deterministic: bool,
 }
 
@@ -38,26 +44,38 @@ pub struct Body {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unkeyable {
     NotJson,
+    /// An object repeats a key.
+    DuplicateKey,
+}
+
+impl Unkeyable {
+    /// The `reason` label of the bypass.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Unkeyable::NotJson => "not_json",
+            Unkeyable::DuplicateKey => "duplicate_key",
+        }
+    }
 }
 
 impl Body {
-    /// An empty body (a GET, say) is cacheable and deterministic; anything else must be JSON.
+    /// An empty body (a GET, say) is cacheable (not deterministic: it has no `temperature`);
+    /// anything else must be JSON without repeated keys.
     pub fn parse(bytes: &[u8]) -> Result<Body, Unkeyable> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Body {
                 value: None,
                 model: String::new(),
                 streaming: false,
-                deterministic: true,
+                deterministic: false,
             });
         }
-        let value: Value = serde_json::from_slice(bytes).map_err(|_| Unkeyable::NotJson)?;
+        let value = json::parse(bytes).map_err(|e| match e {
+            json::Invalid::Malformed => Unkeyable::NotJson,
+            json::Invalid::DuplicateKey(_) => Unkeyable::DuplicateKey,
+        })?;
         let field = |name: &str| value.as_object().and_then(|o| o.get(name));
-        let temperature_zero = match field("temperature") {
-            None | Some(Value::Null) => true,
-            Some(Value::Number(n)) => n.as_f64() == Some(0.0),
-            Some(_) => false,
-        };
+        let temperature_zero = field("temperature").and_then(Value::as_f64).is_some_and(|t| t == 0.0);
         Ok(Body {
             model: field("model").and_then(Value::as_str).unwrap_or_default().to_owned(),
             streaming: field("stream") == Some(&Value::Bool(true)),
@@ -212,10 +230,27 @@ mod tests {
         let b = Body::parse(BODY.as_bytes()).unwrap();
         assert!(b.deterministic && !b.streaming);
         assert_eq!(b.model, "gpt-4o");
-        assert!(Body::parse(br#"{"model":"m"}"#).unwrap().deterministic);
-        assert!(Body::parse(br#"{"temperature":null}"#).unwrap().deterministic);
-        assert!(!Body::parse(br#"{"temperature":0.7}"#).unwrap().deterministic);
-        assert!(!Body::parse(br#"{"temperature":"0"}"#).unwrap().deterministic);
+        for zero in ["0", "0.0", "-0.0", "0e5"] {
+            let body = format!(r#"{{"model":"m","temperature":{zero}}}"#);
+            assert!(Body::parse(body.as_bytes()).unwrap().deterministic, "{body}");
+        }
+        // Both APIs default `temperature` to 1: absent or null asks for a sampled answer.
+        // `top_p`, `top_k` and `seed` do not make a request deterministic on their own.
+        for sampled in [
+            r#"{"model":"m"}"#,
+            r#"{"temperature":null}"#,
+            r#"{"temperature":0.7}"#,
+            r#"{"temperature":"0"}"#,
+            r#"{"temperature":false}"#,
+            r#"{"top_k":1}"#,
+            r#"{"top_p":0}"#,
+            r#"{"seed":42}"#,
+            r#"{"messages":[{"temperature":0}]}"#,
+            "[0]",
+        ] {
+            assert!(!Body::parse(sampled.as_bytes()).unwrap().deterministic, "{sampled}");
+        }
+        assert!(!Body::parse(b"").unwrap().deterministic);
         assert!(Body::parse(br#"{"stream":true}"#).unwrap().streaming);
         assert!(!Body::parse(br#"{"stream":"true"}"#).unwrap().streaming);
         assert!(Body::parse(b"  ").unwrap().canonical().is_empty());
@@ -225,6 +260,14 @@ mod tests {
     fn hostile_bodies_are_refused_not_panicked_on() {
         assert_eq!(Body::parse(b"{\"a\": "), Err(Unkeyable::NotJson));
         assert_eq!(Body::parse(b"\xff\xfe"), Err(Unkeyable::NotJson));
+        assert_eq!(
+            Body::parse(br#"{"model":"a","temperature":0,"model":"b"}"#),
+            Err(Unkeyable::DuplicateKey)
+        );
+        assert_eq!(
+            Body::parse(br#"{"messages":[{"role":"user","content":"a","content":"b"}]}"#),
+            Err(Unkeyable::DuplicateKey)
+        );
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(Body::parse(deep.as_bytes()), Err(Unkeyable::NotJson));
         // Arrays and scalars are JSON too; they key like anything else.

@@ -8,10 +8,12 @@
 //! upstream answer would, with `x-portico-cache: HIT`, which rate-limit reads to release the
 //! request's token reservation.
 //!
-//! This file is the host shell: [`key`], [`policy`] and [`store`] hold the decisions.
+//! This file is the host shell: [`key`], [`policy`], [`answer`] and [`store`] hold the
+//! decisions.
 // Off wasm the host shell below is compiled but never entered; the wasm clippy run checks it.
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
+pub mod answer;
 pub mod config;
 pub mod entry;
 pub mod key;
@@ -30,6 +32,7 @@ use portico_core::shared::HostStore;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 
+use crate::answer::Api;
 use crate::config::{Config, Rule, Scope};
 use crate::entry::Entry;
 use crate::key::{Body, Key, Parts};
@@ -56,7 +59,7 @@ struct Metrics {
     requests: Family,
     /// route, reason.
     bypasses: Family,
-    /// route, outcome (stored, too_large, not_storable, no_room, failed).
+    /// route, outcome (stored, too_large, not_storable, invalid, no_room, failed).
     stores: Family,
     evictions: Option<u32>,
     bytes: Option<u32>,
@@ -125,6 +128,7 @@ struct Pending {
     scope: String,
     method: String,
     path: String,
+    api: Api,
     backend: String,
     vary: Vec<(String, Vec<u8>)>,
     directive: Directive,
@@ -136,21 +140,25 @@ enum Phase {
     Off,
     /// Waiting for the whole request body.
     Collect(Box<Pending>),
-    /// Going upstream; `store` holds the key and rule when the answer may be stored.
-    Upstream {
-        label: &'static str,
-        store: Option<(Key, usize)>,
-    },
+    /// Going upstream; `store` says where the answer goes when it may be stored.
+    Upstream { label: &'static str, store: Option<Fill> },
     /// Keeping the upstream answer to store it at its end.
     Record {
-        key: Key,
-        rule: usize,
+        fill: Fill,
         headers: Vec<(String, String)>,
         body: Vec<u8>,
         too_large: bool,
     },
     /// Answered from the cache.
     Hit,
+}
+
+/// Where an upstream answer is stored, and what it must look like to be.
+#[derive(Debug, Clone, Copy)]
+struct Fill {
+    key: Key,
+    rule: usize,
+    api: Api,
 }
 
 struct CacheHttp {
@@ -183,15 +191,12 @@ impl CacheHttp {
     }
 
     /// Goes upstream without a lookup; `store` keeps the fresh answer (client `no-cache`).
-    fn bypass(&mut self, rule: usize, reason: &'static str, store: Option<Key>) {
+    fn bypass(&mut self, rule: usize, reason: &'static str, store: Option<Fill>) {
         self.count(rule, "bypass");
         self.metrics
             .bypasses
             .add(&[("route", self.rule_name(rule)), ("reason", reason)], 1);
-        self.phase = Phase::Upstream {
-            label: "BYPASS",
-            store: store.map(|key| (key, rule)),
-        };
+        self.phase = Phase::Upstream { label: "BYPASS", store };
     }
 
     /// Decides on the complete request body; `true` if the request was answered from cache.
@@ -202,8 +207,8 @@ impl CacheHttp {
         };
         let body = match Body::parse(body) {
             Ok(body) => body,
-            Err(_) => {
-                self.bypass(pending.rule, "not_json", None);
+            Err(unkeyable) => {
+                self.bypass(pending.rule, unkeyable.reason(), None);
                 return false;
             }
         };
@@ -221,8 +226,13 @@ impl CacheHttp {
             vary: pending.vary.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect(),
         };
         let key = key::compute(&parts, &body);
+        let fill = Fill {
+            key,
+            rule: pending.rule,
+            api: pending.api,
+        };
         if verdict == Verdict::Refresh {
-            self.bypass(pending.rule, "client_no_cache", Some(key));
+            self.bypass(pending.rule, "client_no_cache", Some(fill));
             return false;
         }
         let now = unix_millis(self.get_current_time());
@@ -237,7 +247,7 @@ impl CacheHttp {
                 self.count(pending.rule, "miss");
                 self.phase = Phase::Upstream {
                     label: "MISS",
-                    store: Some((key, pending.rule)),
+                    store: Some(fill),
                 };
                 false
             }
@@ -252,10 +262,16 @@ impl CacheHttp {
         self.send_http_response(200, headers, Some(&entry.body));
     }
 
+    /// Counts an upstream answer that is not stored, and says why in the log.
+    fn not_stored(&self, rule: usize, outcome: &'static str, reason: &str) {
+        let route = self.rule_name(rule);
+        info!("{NAME}: not storing the answer for route {route}: {reason}");
+        self.metrics.stores.add(&[("route", route), ("outcome", outcome)], 1);
+    }
+
     fn finish_record(&mut self) {
         let Phase::Record {
-            key,
-            rule,
+            fill: Fill { key, rule, api },
             headers,
             body,
             too_large,
@@ -263,30 +279,36 @@ impl CacheHttp {
         else {
             return;
         };
+        if too_large {
+            self.metrics
+                .stores
+                .add(&[("route", self.rule_name(rule)), ("outcome", "too_large")], 1);
+            return;
+        }
+        if let Err(unfit) = answer::check_body(api, &body) {
+            self.not_stored(rule, "invalid", unfit.as_str());
+            return;
+        }
+        let now = unix_millis(self.get_current_time());
+        let ttl_ms = self.rule(rule).map_or(0, |r| r.ttl_seconds.saturating_mul(1000));
+        let entry = Entry {
+            key,
+            stored_at_ms: now,
+            expires_at_ms: now.saturating_add(ttl_ms),
+            headers,
+            body,
+        };
         let route = self.rule_name(rule).to_owned();
-        let outcome = if too_large {
-            "too_large"
-        } else {
-            let now = unix_millis(self.get_current_time());
-            let ttl_ms = self.rule(rule).map_or(0, |r| r.ttl_seconds.saturating_mul(1000));
-            let entry = Entry {
-                key,
-                stored_at_ms: now,
-                expires_at_ms: now.saturating_add(ttl_ms),
-                headers,
-                body,
-            };
-            match store::insert(&HostStore, &self.config.limits, &key, &entry.encode(), now) {
-                Stored::Stored { evicted } => {
-                    bump(self.metrics.evictions, u64::from(evicted));
-                    "stored"
-                }
-                Stored::TooLarge => "too_large",
-                Stored::NoRoom => "no_room",
-                Stored::Failed => {
-                    warn!("{NAME}: shared data refused a cache entry for route {route}");
-                    "failed"
-                }
+        let outcome = match store::insert(&HostStore, &self.config.limits, &key, &entry.encode(), now) {
+            Stored::Stored { evicted } => {
+                bump(self.metrics.evictions, u64::from(evicted));
+                "stored"
+            }
+            Stored::TooLarge => "too_large",
+            Stored::NoRoom => "no_room",
+            Stored::Failed => {
+                warn!("{NAME}: shared data refused a cache entry for route {route}");
+                "failed"
             }
         };
         self.metrics.stores.add(&[("route", &route), ("outcome", outcome)], 1);
@@ -313,11 +335,17 @@ impl HttpContext for CacheHttp {
             return Action::Continue;
         };
         let rule = matched.rule;
+        // A stored answer must be read to be checked, and replayed to clients that may not
+        // accept the encoding the first one did: ask the upstream for an uncompressed answer.
+        if view.header("accept-encoding").is_some() {
+            self.set_http_request_header("accept-encoding", None);
+        }
         let pending = Pending {
             rule: matched.index,
             scope: scope_value(rule.scope, &view),
             method: view.method().to_owned(),
             path: view.path_and_query().to_owned(),
+            api: Api::of_path(view.path()),
             backend: view.header_str(&self.config.backend_header).unwrap_or("").to_owned(),
             vary: rule
                 .vary
@@ -365,26 +393,19 @@ impl HttpContext for CacheHttp {
         match std::mem::replace(&mut self.phase, Phase::Off) {
             Phase::Upstream { label, store } => {
                 let headers = self.get_http_response_headers_bytes();
-                if let Some((key, rule)) = store {
-                    let status = headers.iter().find(|(n, _)| n == ":status").map(|(_, v)| v.as_slice());
-                    match policy::storable(status, &headers) {
-                        Ok(kept) => {
+                if let Some(fill) = store {
+                    let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice());
+                    let readable = answer::check_headers(header("content-type"), header("content-encoding"));
+                    match (policy::storable(header(":status"), &headers), readable) {
+                        (Err(reason), _) => self.not_stored(fill.rule, "not_storable", reason),
+                        (Ok(_), Err(unfit)) => self.not_stored(fill.rule, "invalid", unfit.as_str()),
+                        (Ok(kept), Ok(())) => {
                             self.phase = Phase::Record {
-                                key,
-                                rule,
+                                fill,
                                 headers: kept,
                                 body: Vec::new(),
                                 too_large: false,
                             };
-                        }
-                        Err(reason) => {
-                            info!(
-                                "{NAME}: not storing the answer for route {}: {reason}",
-                                self.rule_name(rule)
-                            );
-                            self.metrics
-                                .stores
-                                .add(&[("route", self.rule_name(rule)), ("outcome", "not_storable")], 1);
                         }
                     }
                 }

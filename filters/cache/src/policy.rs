@@ -164,7 +164,12 @@ mod tests {
         let det = rule(Replay::Deterministic);
         let n = Directive::Normal;
         assert_eq!(judge(&det, n, false, &body(r#"{"temperature":0}"#)), Verdict::Lookup);
-        assert_eq!(judge(&det, n, false, &body(r#"{"model":"m"}"#)), Verdict::Lookup);
+        // No temperature: the API's default of 1 samples.
+        assert_eq!(
+            judge(&det, n, false, &body(r#"{"model":"m"}"#)),
+            Verdict::Bypass("not_replayable")
+        );
+        assert_eq!(judge(&det, n, true, &body(r#"{"model":"m"}"#)), Verdict::Lookup);
         assert_eq!(
             judge(&det, n, false, &body(r#"{"temperature":0.8}"#)),
             Verdict::Bypass("not_replayable")
