@@ -60,6 +60,9 @@ pub fn demo_env(key: &str) -> String {
         .to_owned()
 }
 
+/// The request the README sends twice to show a cache hit.
+const CACHE_DEMO_BODY: &str = r#"{"model": "fast", "temperature": 0, "messages": [{"role": "user", "content": "Hi"}]}"#;
+
 /// Every behaviour the README's demo promises, against a fresh gateway at `addr` (it spends
 /// the demo key's rate limit, so it runs once per gateway).
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -103,6 +106,27 @@ pub fn check_demo(addr: SocketAddr) {
     assert_eq!(r.json()["object"], "chat.completion");
     assert_eq!(r.json()["choices"][0]["message"]["content"], "Hello from anthropic");
     assert_eq!(r.json()["model"], "claude-haiku-demo");
+    assert_eq!(r.header("x-portico-cache"), Some("BYPASS"), "no temperature: sampled");
+
+    // The README's cache demo: the same request twice, the second from the cache.
+    let readme = fs::read_to_string(root().join("README.md")).unwrap();
+    assert!(
+        readme.contains(CACHE_DEMO_BODY),
+        "README.md no longer shows the cache demo body"
+    );
+    let cached = || {
+        Request::new("POST", "/v1/chat/completions")
+            .bearer(&token)
+            .header("content-type", "application/json")
+            .body(CACHE_DEMO_BODY)
+            .send(addr)
+    };
+    let first = cached();
+    assert_eq!((first.status, first.header("x-portico-cache")), (200, Some("MISS")));
+    let again = cached();
+    assert_eq!((again.status, again.header("x-portico-cache")), (200, Some("HIT")));
+    assert!(again.header("age").is_some(), "{:?}", again.headers);
+    assert_eq!(again.body, first.body);
 
     // CORS: a preflight needs no credential; allowed origins get the headers, others do not.
     let preflight = |origin: &str| {
