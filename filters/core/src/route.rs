@@ -3,10 +3,12 @@
 //! Semantics, the same in every filter:
 //! - the most specific path pattern that matches wins (matchit's rule: static segments beat
 //!   `{param}`, which beats `{*catch_all}`);
-//! - among the rules with that pattern, and then among rules with no `path`, the first in
-//!   configuration order whose methods and hosts match wins;
+//! - among the rules with that pattern, and then among rules with no `path`, the one whose
+//!   methods and hosts match wins; two rules with the same pattern (or both without one) must
+//!   not overlap in methods and hosts, so there is never more than one, whatever the order;
 //! - a pattern ending in `/{*name}` also matches the bare prefix (`/public/{*rest}` matches
-//!   `/public` and `/public/`), which is what "everything under /public" means to people.
+//!   `/public` and `/public/`), which is what "everything under /public" means to people; a
+//!   rule written with that exact prefix still wins there.
 
 use std::collections::BTreeMap;
 
@@ -65,6 +67,13 @@ impl RouteMatch {
         Self { path, methods, hosts }
     }
 
+    /// Whether some request could meet both `self` and `other` as far as methods and hosts go
+    /// (an empty list means every method or host).
+    fn overlaps(&self, other: &RouteMatch) -> bool {
+        let meet = |a: &[String], b: &[String]| a.is_empty() || b.is_empty() || a.iter().any(|x| b.contains(x));
+        meet(&self.methods, &other.methods) && meet(&self.hosts, &other.hosts)
+    }
+
     /// `host` is computed only for rules that list hosts: most do not, and it allocates.
     fn accepts(&self, method: &str, host: &mut Option<String>, request: &RequestView) -> bool {
         if !self.methods.is_empty() && !self.methods.iter().any(|m| m == method) {
@@ -98,27 +107,36 @@ pub struct Matched<'t, T> {
 }
 
 impl<T> RouteTable<T> {
-    /// Compiles `rules`; a pattern matchit rejects is reported at `<path_of(i)>.match.path`.
+    /// Compiles `rules`. A pattern matchit rejects is reported at `<path_of(i)>.match.path`; two
+    /// rules that compete for the same requests (see [`check_competing`]) at
+    /// `<path_of(i)>` of the later one.
     pub fn build(rules: Vec<(RouteMatch, T)>, path_of: impl Fn(usize) -> String, errors: &mut Errors) -> Self {
-        let mut by_pattern: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        check_competing(&rules, &path_of, errors);
+        // Per pattern: the rules written with it, then the catch-alls that also match it as
+        // their bare prefix, so `/public` beats `/public/{*rest}` on `/public` in any order.
+        let mut by_pattern: BTreeMap<String, (Vec<usize>, Vec<usize>)> = BTreeMap::new();
         let mut any_path = Vec::new();
         for (i, (m, _)) in rules.iter().enumerate() {
             let Some(pattern) = &m.path else {
                 any_path.push(i);
                 continue;
             };
-            by_pattern.entry(pattern.clone()).or_default().push(i);
+            by_pattern.entry(pattern.clone()).or_default().0.push(i);
             if let Some(prefix) = catch_all_prefix(pattern) {
-                by_pattern.entry(format!("{prefix}/")).or_default().push(i);
+                by_pattern.entry(format!("{prefix}/")).or_default().1.push(i);
                 if !prefix.is_empty() {
-                    by_pattern.entry(prefix.to_owned()).or_default().push(i);
+                    by_pattern.entry(prefix.to_owned()).or_default().1.push(i);
                 }
             }
         }
         let mut router = Router::new();
-        for (pattern, mut indexes) in by_pattern {
-            indexes.sort_unstable();
-            indexes.dedup();
+        for (pattern, (written, implied)) in by_pattern {
+            let mut indexes = written;
+            for i in implied {
+                if !indexes.contains(&i) {
+                    indexes.push(i);
+                }
+            }
             let first = indexes.first().copied().unwrap_or_default();
             if let Err(e) = router.insert(pattern.clone(), indexes) {
                 errors.push(
@@ -200,6 +218,33 @@ impl Matcher {
     }
 }
 
+/// Refuses two rules with the same path pattern (or both without one) whose methods and hosts
+/// overlap: on the overlap the earlier always wins, so the later one is partly or wholly dead,
+/// which is how a public rule silently shadows a protected one written after it. With this
+/// check, at most one rule per pattern matches any request, whatever the configuration order.
+fn check_competing<T>(rules: &[(RouteMatch, T)], path_of: &impl Fn(usize) -> String, errors: &mut Errors) {
+    for (later, (m, _)) in rules.iter().enumerate() {
+        let earlier = rules
+            .iter()
+            .take(later)
+            .position(|(e, _)| e.path == m.path && e.overlaps(m));
+        if let Some(earlier) = earlier {
+            let pattern = m
+                .path
+                .as_deref()
+                .map_or_else(|| "no path".to_owned(), |p| format!("path {p:?}"));
+            errors.push(
+                &path_of(later),
+                format!(
+                    "competes with {} ({pattern}, overlapping methods and hosts): the earlier rule \
+                     would always win; give them disjoint methods or hosts, or merge them",
+                    path_of(earlier)
+                ),
+            );
+        }
+    }
+}
+
 /// `/a/b` for `/a/b/{*rest}`.
 fn catch_all_prefix(pattern: &str) -> Option<&str> {
     let (prefix, last) = pattern.rsplit_once('/')?;
@@ -255,16 +300,63 @@ mod tests {
     }
 
     #[test]
-    fn methods_and_hosts_filter_in_config_order() {
+    fn methods_and_hosts_choose_among_rules_of_one_pattern() {
         let t = table(json!([
             {"path": "/a", "methods": ["post"]},
-            {"path": "/a", "hosts": ["API.test"]},
+            {"path": "/a", "methods": ["GET"], "hosts": ["API.test"]},
             {"methods": ["GET"]}
         ]));
         assert_eq!(found(&t, "POST", "/a", "x"), Some("r0"));
         assert_eq!(found(&t, "GET", "/a", "api.test:80"), Some("r1"));
         assert_eq!(found(&t, "GET", "/a", "other"), Some("r2"));
         assert_eq!(found(&t, "DELETE", "/a", "other"), None);
+    }
+
+    fn build_errors(rules: serde_json::Value) -> String {
+        let mut errors = Errors::default();
+        let parsed: Vec<_> = rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| (RouteMatch::parse(&Node::new("$".into(), v), &mut errors).unwrap(), ()))
+            .collect();
+        let _ = RouteTable::build(parsed, |i| format!("$.routes[{i}]"), &mut errors);
+        errors.to_string()
+    }
+
+    #[test]
+    fn rules_that_compete_for_the_same_requests_are_refused_with_both_paths() {
+        let cases = [
+            ("same pattern, no methods", json!([{"path": "/a"}, {"path": "/b"}, {"path": "/a"}]), "$.routes[2]: competes with $.routes[0] (path \"/a\", overlapping methods and hosts): the earlier rule would always win; give them disjoint methods or hosts, or merge them"),
+            ("all methods shadow POST", json!([{"path": "/a"}, {"path": "/a", "methods": ["POST"]}]), "$.routes[1]: competes with $.routes[0]"),
+            ("shared method", json!([{"path": "/a", "methods": ["GET", "POST"]}, {"path": "/a", "methods": ["post", "PUT"]}]), "$.routes[1]: competes with $.routes[0]"),
+            ("host lists overlap", json!([{"path": "/a", "hosts": ["x", "y"]}, {"path": "/a", "hosts": ["Y"]}]), "$.routes[1]: competes with $.routes[0]"),
+            ("two rules without a path", json!([{"methods": ["GET"]}, {}]), "$.routes[1]: competes with $.routes[0] (no path,"),
+        ];
+        for (name, rules, want) in cases {
+            let got = build_errors(rules);
+            assert!(got.starts_with(want), "{name}: {got}");
+        }
+    }
+
+    #[test]
+    fn rules_of_one_pattern_with_disjoint_methods_or_hosts_are_fine() {
+        for rules in [
+            json!([{"path": "/a", "methods": ["GET"]}, {"path": "/a", "methods": ["POST"]}]),
+            json!([{"path": "/a", "hosts": ["x"]}, {"path": "/a", "hosts": ["y"]}]),
+            json!([{"path": "/a/{*rest}"}, {"path": "/a"}, {}]),
+        ] {
+            assert_eq!(build_errors(rules.clone()), "", "{rules}");
+        }
+    }
+
+    #[test]
+    fn a_written_prefix_beats_a_catch_all_on_its_bare_prefix_in_any_order() {
+        let t = table(json!([{"path": "/public/{*rest}"}, {"path": "/public"}]));
+        assert_eq!(found(&t, "GET", "/public", "h"), Some("r1"));
+        assert_eq!(found(&t, "GET", "/public/x", "h"), Some("r0"));
+        let t = table(json!([{"path": "/public"}, {"path": "/public/{*rest}"}]));
+        assert_eq!(found(&t, "GET", "/public", "h"), Some("r0"));
     }
 
     #[test]
