@@ -76,12 +76,15 @@ pub fn check_demo(addr: SocketAddr) {
 
     let r = get("/hello").header("x-api-key", &key).send(addr);
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.upstream_header("x-portico-consumer").as_deref(), Some("demo"));
+    assert_eq!(r.upstream_header("x-portico-consumer").as_deref(), Some("apikey:demo"));
     assert_eq!(r.upstream_header("x-portico-tier").as_deref(), Some("free"));
 
     let r = get("/hello").bearer(&token).send(addr);
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.upstream_header("x-portico-consumer").as_deref(), Some("demo-user"));
+    assert_eq!(
+        r.upstream_header("x-portico-consumer").as_deref(),
+        Some("demo:demo-user")
+    );
     assert_eq!(r.upstream_header("x-portico-tier").as_deref(), Some("pro"));
 
     assert_eq!(get("/public/status").send(addr).status, 200);

@@ -109,6 +109,9 @@ impl EnvoyConfig {
                             "normalize_path": true,
                             "merge_slashes": true,
                             "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
+                            // As every shipped config: `x_portico_consumer` must not reach a
+                            // CGI-style upstream that reads it as `x-portico-consumer`.
+                            "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"},
                             "route_config": {"virtual_hosts": [{
                                 "name": "all",
                                 "domains": ["*"],

@@ -61,6 +61,19 @@ impl Signers {
         ]})
     }
 
+    /// An ES256 token (kid `es256`) whose header carries `typ`.
+    pub fn es256_typed(&self, typ: &str, claims: &Value) -> String {
+        let options = HeaderOptions {
+            signature_type: Some(typ.to_owned()),
+            ..Default::default()
+        };
+        ES256KeyPair::from_bytes(&self.es256.to_bytes())
+            .unwrap()
+            .with_key_id("es256")
+            .sign_with_options(bare_claims(claims), &options)
+            .unwrap()
+    }
+
     /// The RSA public key in PEM form (what an attacker would use as an HMAC secret).
     pub fn rsa_public_pem(&self) -> String {
         self.rsa.public_key().to_pem().unwrap()

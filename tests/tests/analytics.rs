@@ -223,7 +223,7 @@ fn a_scripted_mix_of_traffic_shows_in_prometheus_and_the_json_access_log() {
         .collect();
     assert_eq!(chat_lines.len(), 2, "{lines:?}");
     for l in &chat_lines {
-        assert_eq!(l["consumer"], "demo");
+        assert_eq!(l["consumer"], "apikey:demo");
         assert_eq!(l["backend"], "anthropic");
         assert_eq!(l["model"], "claude-haiku-demo");
         assert_eq!(l["variant"], Value::Null);
@@ -248,7 +248,7 @@ fn a_scripted_mix_of_traffic_shows_in_prometheus_and_the_json_access_log() {
         assert_eq!(l["path"], "/ab");
     }
     let stream_line = lines.iter().find(|l| l["tier"] == "pro").expect("the stream's line");
-    assert_eq!(stream_line["consumer"], "demo-user");
+    assert_eq!(stream_line["consumer"], "demo:demo-user");
     assert_eq!(stream_line["model"], "claude-sonnet-demo");
     assert_eq!(stream_line["cache"], "BYPASS");
     assert_eq!(stream_line["completion_tokens"], "2");
@@ -277,16 +277,16 @@ fn per_consumer_series_appear_only_when_configured() {
     assert!(eventually(Duration::from_secs(3), || {
         gw.metric(
             "portico_consumer_requests_total",
-            &[("consumer", "demo"), ("outcome", "success")],
+            &[("consumer", "apikey:demo"), ("outcome", "success")],
         ) == 2
-            && gw.metric("portico_consumer_requests_total", &[("consumer", "demo-user")]) == 1
+            && gw.metric("portico_consumer_requests_total", &[("consumer", "demo:demo-user")]) == 1
             && gw.metric(
                 "portico_consumer_requests_total",
                 &[("consumer", "anonymous"), ("outcome", "denied")],
             ) == 1
             && gw.metric(
                 "portico_consumer_tokens_total",
-                &[("consumer", "demo-user"), ("kind", "completion")],
+                &[("consumer", "demo:demo-user"), ("kind", "completion")],
             ) == 2
     }));
 }

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use portico_tests::envoy::{eventually, sum_metric, EnvoyConfig, Gateway};
+use portico_tests::demo::Shipped;
+use portico_tests::envoy::{eventually, root, sum_metric, EnvoyConfig, Gateway};
 use portico_tests::http::{get, Response};
 use portico_tests::tokens::{
     bare_claims, claims, hs256_with_secret, now, raw_token, signers, ALGORITHMS, AUDIENCE, ISSUER,
@@ -27,7 +28,7 @@ fn auth_config(keys: Value) -> Value {
         "clock_skew_seconds": 60,
         "tier_claim": "tier",
         "default_tier": "free",
-        "claim_headers": {"email": "x-portico-email"}
+        "claim_headers": {"email": "x-user-email"}
     });
     provider
         .as_object_mut()
@@ -88,6 +89,7 @@ fn assert_denied(r: &Response, status: u16, code: &str, case: &str) {
     }
 }
 
+/// Allowed, as consumer id `consumer` (`<namespace>:<name>`).
 fn assert_allowed(r: &Response, consumer: &str, case: &str) {
     assert_eq!(r.status, 200, "{case}: {}", r.text());
     assert_eq!(
@@ -106,10 +108,10 @@ fn every_algorithm_family_is_accepted() {
             &claims(&format!("user-{alg}"), json!({"tier": "pro", "email": "u@example.com"})),
         );
         let r = get("/jwt/hello").bearer(&token).send(gw.addr);
-        assert_allowed(&r, &format!("user-{alg}"), alg);
+        assert_allowed(&r, &format!("test:user-{alg}"), alg);
         assert_eq!(r.upstream_header("x-portico-tier").as_deref(), Some("pro"), "{alg}");
         assert_eq!(
-            r.upstream_header("x-portico-email").as_deref(),
+            r.upstream_header("x-user-email").as_deref(),
             Some("u@example.com"),
             "{alg}"
         );
@@ -252,24 +254,24 @@ fn hostile_and_invalid_tokens_get_stable_errors_and_never_crash_the_vm() {
     // Skew: a token expired 30 s ago, or valid from 30 s from now, passes with 60 s of skew.
     assert_allowed(
         &bearer("/jwt/x", &es(claims("skew", json!({"exp": t - 30})))),
-        "skew",
+        "test:skew",
         "exp within skew",
     );
     assert_allowed(
         &bearer("/jwt/x", &es(claims("skew", json!({"nbf": t + 30})))),
-        "skew",
+        "test:skew",
         "nbf within skew",
     );
 
     // Scope present: allowed, and scope in `scp` form works too.
     assert_allowed(
         &bearer("/admin/x", &es(claims("root", json!({"scope": "read admin"})))),
-        "root",
+        "test:root",
         "scope",
     );
     assert_allowed(
         &bearer("/admin/x", &es(claims("root", json!({"scp": ["admin"]})))),
-        "root",
+        "test:root",
         "scp",
     );
     let scoped = bearer("/admin/x", &es(claims("a", json!({}))));
@@ -296,7 +298,7 @@ fn hostile_and_invalid_tokens_get_stable_errors_and_never_crash_the_vm() {
     assert_denied(&r, 400, "multiple_credentials", "two authorization headers");
     assert_allowed(
         &get("/jwt/x").bearer(&a).header("x-token", &a).send(gw.addr),
-        "a",
+        "test:a",
         "same token twice",
     );
 
@@ -305,7 +307,7 @@ fn hostile_and_invalid_tokens_get_stable_errors_and_never_crash_the_vm() {
     assert_denied(&r, 401, "malformed_token", "non-UTF-8 token");
     assert_allowed(
         &get("/jwt/x").bearer(&a).header("x-junk", b"\xff\x80").send(gw.addr),
-        "a",
+        "test:a",
         "non-UTF-8 header",
     );
 
@@ -315,7 +317,11 @@ fn hostile_and_invalid_tokens_get_stable_errors_and_never_crash_the_vm() {
 
     // After all of that the filter still serves valid traffic on both workers.
     for _ in 0..10 {
-        assert_allowed(&get("/jwt/x").bearer(&a).send(gw.addr), "a", "after hostile traffic");
+        assert_allowed(
+            &get("/jwt/x").bearer(&a).send(gw.addr),
+            "test:a",
+            "after hostile traffic",
+        );
     }
     gw.assert_no_wasm_panic();
 
@@ -340,7 +346,7 @@ fn api_keys_map_to_consumers_and_are_stripped() {
     let (gw, _up) = inline_gateway();
 
     let r = get("/keys/x").header("x-api-key", "acme-key-1").send(gw.addr);
-    assert_allowed(&r, "acme", "header key");
+    assert_allowed(&r, "apikey:acme", "header key");
     assert_eq!(r.upstream_header("x-portico-tier").as_deref(), Some("pro"));
     assert_eq!(
         r.upstream_header("x-api-key"),
@@ -350,11 +356,11 @@ fn api_keys_map_to_consumers_and_are_stripped() {
 
     // OpenAI-style clients send their key as a bearer token.
     let r = get("/keys/x").bearer("acme-key-1").send(gw.addr);
-    assert_allowed(&r, "acme", "bearer key");
+    assert_allowed(&r, "apikey:acme", "bearer key");
     assert_eq!(r.upstream_header("authorization"), None);
 
     let r = get("/keys/x?a=1&api_key=acme-key-1&b=2").send(gw.addr);
-    assert_allowed(&r, "acme", "query key");
+    assert_allowed(&r, "apikey:acme", "query key");
     assert_eq!(r.json()["path"], "/keys/x?a=1&b=2");
 
     assert_denied(
@@ -383,7 +389,7 @@ fn api_keys_map_to_consumers_and_are_stripped() {
     // Tier rules: /pro/ admits only the pro tier, whatever the credential kind.
     assert_allowed(
         &get("/pro/x").header("x-api-key", "acme-key-1").send(gw.addr),
-        "acme",
+        "apikey:acme",
         "pro tier",
     );
     assert_denied(
@@ -427,21 +433,21 @@ fn spoofed_identity_headers_are_removed_on_every_route() {
     let spoof = |req: portico_tests::http::Request| {
         req.header("x-portico-consumer", "admin")
             .header("x-portico-tier", "enterprise")
-            .header("x-portico-email", "ceo@example.com")
+            .header("x-user-email", "ceo@example.com")
     };
 
     let r = spoof(get("/public/x")).send(gw.addr);
     assert_eq!(r.status, 200);
-    for h in ["x-portico-consumer", "x-portico-tier", "x-portico-email"] {
+    for h in ["x-portico-consumer", "x-portico-tier", "x-user-email"] {
         assert_eq!(r.upstream_header(h), None, "public route kept {h}");
     }
 
     let token = signers().sign("EdDSA", &claims("real-user", json!({})));
     let r = spoof(get("/jwt/x")).bearer(&token).send(gw.addr);
-    assert_allowed(&r, "real-user", "private route");
+    assert_allowed(&r, "test:real-user", "private route");
     assert_eq!(r.upstream_header("x-portico-tier").as_deref(), Some("free"));
     assert_eq!(
-        r.upstream_header("x-portico-email"),
+        r.upstream_header("x-user-email"),
         None,
         "a claim the token lacks must not pass through"
     );
@@ -484,19 +490,23 @@ fn public_routes_need_nothing_and_paths_are_normalised_before_matching() {
 fn tokens_are_read_from_every_configured_source() {
     let (gw, _up) = inline_gateway();
     let token = signers().sign("RS256", &claims("src", json!({})));
-    assert_allowed(&get("/jwt/x").header("x-token", &token).send(gw.addr), "src", "header");
+    assert_allowed(
+        &get("/jwt/x").header("x-token", &token).send(gw.addr),
+        "test:src",
+        "header",
+    );
     let r = get(&format!("/jwt/x?access_token={token}")).send(gw.addr);
-    assert_allowed(&r, "src", "query");
+    assert_allowed(&r, "test:src", "query");
     let r = get("/jwt/x")
         .header("cookie", format!("theme=dark; session={token}"))
         .send(gw.addr);
-    assert_allowed(&r, "src", "cookie");
+    assert_allowed(&r, "test:src", "cookie");
     // The bearer scheme is case-insensitive (RFC 6750 follows RFC 7235).
     assert_allowed(
         &get("/jwt/x")
             .header("authorization", format!("bearer {token}"))
             .send(gw.addr),
-        "src",
+        "test:src",
         "lowercase scheme",
     );
     // Another scheme is not a bearer token.
@@ -514,12 +524,12 @@ fn credentials_are_stripped_when_configured() {
     let gw = Gateway::start(&EnvoyConfig::new(upstream.addr).wasm("auth", &config));
     let token = signers().sign("ES384", &claims("strip", json!({})));
     let r = get("/jwt/x").bearer(&token).send(gw.addr);
-    assert_allowed(&r, "strip", "bearer");
+    assert_allowed(&r, "test:strip", "bearer");
     assert_eq!(r.upstream_header("authorization"), None);
     let r = get(&format!("/jwt/x?keep=1&access_token={token}"))
         .header("cookie", format!("a=1; session={token}"))
         .send(gw.addr);
-    assert_allowed(&r, "strip", "query and cookie");
+    assert_allowed(&r, "test:strip", "query and cookie");
     assert_eq!(r.json()["path"], "/jwt/x?keep=1");
     assert_eq!(r.upstream_header("cookie").as_deref(), Some("a=1"));
 }
@@ -544,12 +554,17 @@ fn remote_jwks_is_fetched_kept_on_failure_and_rotated() {
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.error_code(), "keys_unavailable");
     assert_eq!(r.header("retry-after"), Some("1"));
+    // The log says what is true: there are no keys at all yet, none is being kept.
+    assert!(eventually(Duration::from_secs(5), || gw
+        .log()
+        .contains("JWKS fetch failed and no key was ever loaded")));
+    assert!(!gw.log().contains("keeping the keys"));
 
     upstream.set_jwks(200, s.jwks().to_string());
     let all_ok = |token: &str, consumer: &str| {
         (0..6).all(|_| {
             let r = get("/jwt/x").bearer(token).send(gw.addr);
-            r.status == 200 && r.upstream_header("x-portico-consumer").as_deref() == Some(consumer)
+            r.status == 200 && r.upstream_header("x-portico-consumer").as_deref() == Some(&*format!("test:{consumer}"))
         })
     };
     assert!(
@@ -566,7 +581,7 @@ fn remote_jwks_is_fetched_kept_on_failure_and_rotated() {
     );
     let fresh = s.sign("ES256", &claims("fresh", json!({})));
     assert!(all_ok(&fresh, "fresh"), "last good keys were dropped");
-    assert!(gw.log().contains("JWKS refresh failed, keeping the last good keys"));
+    assert!(gw.log().contains("JWKS refresh failed, keeping the keys loaded"));
 
     // The key set rotates: the new key works and the old one stops, cached tokens included.
     let rotated = jwt_simple::prelude::ES256KeyPair::generate().with_key_id("es256-v2");
@@ -587,9 +602,14 @@ fn remote_jwks_is_fetched_kept_on_failure_and_rotated() {
 fn bad_configuration_is_refused_with_every_json_path() {
     let upstream = Upstream::start("127.0.0.1:0").unwrap();
     let config = json!({
-        "jwt": {"providers": [{"name": "p", "issuers": "not-a-list", "jwks": {"keys": [{"kty": "oct", "k": "c2hvcnQ"}]}}]},
+        "jwt": {"providers": [{"name": "p", "issuers": "not-a-list", "claim_headers": {"sub": "x-portico-consumer"},
+                               "jwks": {"keys": [{"kty": "oct", "k": "c2hvcnQ"}]}}]},
         "api_keys": {"consumers": [{"name": "c", "keys": [{"sha256": "abc"}]}]},
-        "routes": [{"match": {"path": "/a"}, "auth": "maybe"}],
+        "routes": [
+            {"match": {"path": "/a"}, "auth": "maybe"},
+            {"match": {"path": "/admin/{*rest}"}, "auth": "none"},
+            {"match": {"path": "/admin/{*rest}", "methods": ["POST"]}, "auth": "jwt", "allow": {"consumers": ["alice"]}}
+        ],
         "strip_credential": true
     });
     let failure = Gateway::try_start(&EnvoyConfig::new(upstream.addr).wasm("auth", &config))
@@ -604,6 +624,9 @@ fn bad_configuration_is_refused_with_every_json_path() {
         "invalid configuration: $.api_keys.consumers[0].keys[0].sha256: expected 64 hex digits",
         "invalid configuration: $.routes[0].auth: unknown value \"maybe\", expected one of: none, jwt, api_key, any",
         "invalid configuration: $.strip_credential: unknown field",
+        "invalid configuration: $.jwt.providers[0].claim_headers.sub: `x-portico-` headers carry Portico's own identity and routing",
+        "invalid configuration: $.routes[2].allow.consumers[0]: \"alice\" is not a consumer id: write `<namespace>:<name>`, such as `apikey:alice`",
+        "invalid configuration: $.routes[2]: competes with $.routes[1] (path \"/admin/{*rest}\"",
     ] {
         assert!(
             failure.log.contains(expected),
@@ -631,14 +654,14 @@ fn pem_keys_and_several_providers_are_chosen_by_issuer() {
     let partner_token = jwt_simple::prelude::ECDSAP256KeyPairLike::sign(&partner_key, c).unwrap();
     assert_allowed(
         &get("/x").bearer(&partner_token).send(gw.addr),
-        "svc-7",
+        "partner:svc-7",
         "PEM key, partner issuer",
     );
     assert_allowed(
         &get("/x")
             .bearer(&s.sign("PS384", &claims("m", json!({}))))
             .send(gw.addr),
-        "m",
+        "main:m",
         "main issuer",
     );
 
@@ -661,4 +684,184 @@ fn pem_keys_and_several_providers_are_chosen_by_issuer() {
         "unknown issuer",
     );
     gw.assert_no_wasm_panic();
+}
+
+#[test]
+fn numeric_subjects_and_jose_typed_tokens_pass_and_foreign_types_do_not() {
+    let (gw, _up) = inline_gateway();
+    let s = signers();
+    let exp = now() + 600;
+    let numeric = s.sign(
+        "ES256",
+        &json!({"iss": ISSUER, "aud": AUDIENCE, "sub": 1001, "exp": exp}),
+    );
+    assert_allowed(
+        &get("/jwt/x").bearer(&numeric).send(gw.addr),
+        "test:1001",
+        "numeric sub",
+    );
+    let fractional = s.sign(
+        "RS256",
+        &json!({"iss": ISSUER, "aud": AUDIENCE, "sub": 1001.5, "exp": exp}),
+    );
+    assert_denied(
+        &get("/jwt/x").bearer(&fractional).send(gw.addr),
+        401,
+        "invalid_consumer_claim",
+        "fractional sub",
+    );
+    for typ in ["JOSE", "application/jwt", "at+jwt"] {
+        let token = s.es256_typed(typ, &claims("typed", json!({})));
+        assert_allowed(&get("/jwt/x").bearer(&token).send(gw.addr), "test:typed", typ);
+    }
+    let proof = s.es256_typed("dpop+jwt", &claims("typed", json!({})));
+    assert_denied(
+        &get("/jwt/x").bearer(&proof).send(gw.addr),
+        401,
+        "unsupported_token_type",
+        "a DPoP proof is no access token",
+    );
+    gw.assert_no_wasm_panic();
+}
+
+#[test]
+fn api_keys_never_reach_an_upstream_on_any_route_and_jwts_do_unless_stripped() {
+    let (gw, _up) = inline_gateway();
+    let token = signers().sign("ES256", &claims("k", json!({})));
+
+    // A public route checks nothing, and still removes every API key source.
+    let r = get("/public/x?api_key=acme-key-1&keep=1")
+        .header("x-api-key", "acme-key-1")
+        .send(gw.addr);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.upstream_header("x-api-key"), None);
+    assert_eq!(r.json()["path"], "/public/x?keep=1");
+    let r = get("/public/x").bearer("hobby-key").send(gw.addr);
+    assert_eq!(r.upstream_header("authorization"), None, "an opaque bearer is a key");
+
+    // A JWT route forwards the token (JWT stripping is opt-in) and drops a stray key.
+    let r = get("/jwt/x")
+        .bearer(&token)
+        .header("x-api-key", "hobby-key")
+        .send(gw.addr);
+    assert_allowed(&r, "test:k", "jwt with a stray key");
+    assert!(r.upstream_header("authorization").is_some());
+    assert_eq!(r.upstream_header("x-api-key"), None);
+    let r = get("/public/x").bearer(&token).send(gw.addr);
+    assert!(
+        r.upstream_header("authorization").is_some(),
+        "a JWT on a public route stays"
+    );
+}
+
+#[test]
+fn header_names_with_underscores_are_refused_by_envoy_before_any_filter() {
+    let (gw, up) = inline_gateway();
+    assert_eq!(get("/public/x").send(gw.addr).status, 200);
+    for name in ["x_portico_consumer", "x_portico_tier", "x_api_key"] {
+        let r = get("/public/x").header(name, "apikey:admin").send(gw.addr);
+        assert_eq!(r.status, 400, "{name}: {}", r.text());
+    }
+    assert_eq!(up.requests(), 1, "nothing after the first request reached the upstream");
+    assert!(eventually(Duration::from_secs(3), || gw
+        .metric("portico_auth_requests_total", &[])
+        == 1));
+    assert_eq!(gw.metric("portico_auth_requests_total", &[]), 1, "auth never saw them");
+
+    // Every shipped Envoy config refuses them too; the embedded gateway, for real.
+    let mut shipped_configs = vec![root().join("envoy/gateway.yaml")];
+    let mut examples: Vec<_> = std::fs::read_dir(root().join("envoy/examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    examples.sort();
+    shipped_configs.extend(examples);
+    for path in shipped_configs {
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("headers_with_underscores_action: REJECT_REQUEST"),
+            "{} lets `x_portico_consumer` through",
+            path.display()
+        );
+    }
+    let shipped = Shipped::start(None);
+    let r = get("/public/status")
+        .header("x_portico_consumer", "apikey:admin")
+        .send(shipped.gw.addr);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(shipped.backend_a.requests() + shipped.backend_b.requests(), 0);
+}
+
+/// A JWKS document of `keys` padded with an unused member to at least `bytes` bytes.
+fn padded_jwks(keys: Value, bytes: usize) -> String {
+    json!({"keys": keys, "padding": "x".repeat(bytes)}).to_string()
+}
+
+#[test]
+fn remote_jwks_beyond_its_bounds_is_a_failed_fetch_and_shared_secrets_are_opt_in() {
+    let upstream = Upstream::start("127.0.0.1:0").unwrap();
+    let s = signers();
+    // The test JWKS holds an `oct` key (kid `hmac`) beside the public keys.
+    upstream.set_jwks(200, s.jwks().to_string());
+    let remote = |extra: Value| {
+        let mut r = json!({"cluster": "jwks", "path": JWKS_PATH, "refresh_seconds": 1, "timeout_ms": 1000,
+                           "max_bytes": 65536});
+        r.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        auth_config(json!({ "remote_jwks": r }))
+    };
+    let gw = Gateway::start(
+        &EnvoyConfig::new(upstream.addr)
+            .cluster("jwks", upstream.addr)
+            .wasm("auth", &remote(json!({}))),
+    );
+    let es = s.sign("ES256", &claims("es", json!({})));
+    let works = |token: &str| (0..6).all(|_| get("/jwt/x").bearer(token).send(gw.addr).status == 200);
+    assert!(eventually(Duration::from_secs(10), || works(&es)), "keys never loaded");
+
+    // The shared secret was skipped, said so and counted: an HS256 token names an unknown key.
+    let hs = s.sign("HS256", &claims("hs", json!({})));
+    assert_denied(
+        &get("/jwt/x").bearer(&hs).send(gw.addr),
+        401,
+        "unknown_key_id",
+        "oct skipped",
+    );
+    assert!(gw
+        .log()
+        .contains("skipped a JWKS key: keys[0]: a shared secret (kty \"oct\")"));
+    assert!(gw.metric("portico_auth_jwks_keys_skipped", &[]) >= 1);
+
+    // An answer over max_bytes, then one with too many keys: failed fetches, keys kept.
+    let failed = gw.metric("portico_auth_jwks_fetch_failed", &[]);
+    upstream.set_jwks(200, padded_jwks(s.jwks()["keys"].clone(), 70_000));
+    assert!(eventually(Duration::from_secs(10), || gw
+        .log()
+        .contains("more than remote_jwks.max_bytes (65536)")));
+    let es_key = s.jwks()["keys"][2].clone();
+    upstream.set_jwks(200, json!({ "keys": vec![es_key; 101] }).to_string());
+    assert!(eventually(Duration::from_secs(10), || gw
+        .log()
+        .contains("101 keys, more than the 100 accepted")));
+    assert!(gw.log().contains("JWKS refresh failed, keeping the keys loaded"));
+    assert!(gw.metric("portico_auth_jwks_fetch_failed", &[]) >= failed + 2);
+    let fresh = s.sign("ES256", &claims("fresh", json!({})));
+    assert!(works(&fresh), "the last good keys were dropped");
+    gw.assert_no_wasm_panic();
+    drop(gw);
+
+    // Opted in, the shared secret serves HS256 tokens.
+    upstream.set_jwks(200, s.jwks().to_string());
+    let gw = Gateway::start(
+        &EnvoyConfig::new(upstream.addr)
+            .cluster("jwks", upstream.addr)
+            .wasm("auth", &remote(json!({"accept_shared_secrets": true}))),
+    );
+    let hs = s.sign("HS256", &claims("hs", json!({})));
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let r = get("/jwt/x").bearer(&hs).send(gw.addr);
+            r.status == 200 && r.upstream_header("x-portico-consumer").as_deref() == Some("test:hs")
+        }),
+        "accepted shared secrets are used"
+    );
 }

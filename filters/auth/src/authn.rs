@@ -9,7 +9,7 @@ use portico_core::secret::constant_time_eq;
 
 use crate::cache::TokenCache;
 use crate::config::{Accept, Config, Identity, Rule, TokenSource};
-use crate::keys::{self, Key, SignatureError};
+use crate::keys::{self, Key};
 use crate::reason::Reason;
 use crate::token;
 
@@ -17,7 +17,7 @@ use crate::token;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     /// Forward it, with these identity headers (none on public routes), after removing the
-    /// credential from `strip`.
+    /// credentials found at `strip`.
     Allow {
         identity: Option<Rc<Identity>>,
         strip: Vec<Location>,
@@ -53,7 +53,8 @@ struct Found {
 #[derive(Debug, Default)]
 struct RemoteKeys {
     keys: Vec<Key>,
-    loaded: bool,
+    /// When the current keys were loaded; `None`: never.
+    loaded_at: Option<u64>,
     /// Bumped whenever the key set changes, so cached tokens are checked again.
     generation: u64,
     digest: Option<[u8; 32]>,
@@ -61,16 +62,35 @@ struct RemoteKeys {
     in_flight: bool,
 }
 
-/// What happened to a JWKS fetch, for the shell to log.
+/// What happened to a JWKS fetch, for the shell to log and count.
 #[derive(Debug, PartialEq, Eq)]
 pub enum FetchOutcome {
-    Updated { keys: usize, skipped: Vec<String> },
+    Updated {
+        keys: usize,
+        skipped: Vec<String>,
+    },
     Unchanged,
-    Failed(String),
+    /// `loaded_at`: when the keys still in use were loaded; `None` when no key was ever loaded,
+    /// so the provider's tokens are refused with `keys_unavailable` until a fetch succeeds.
+    Failed {
+        message: String,
+        loaded_at: Option<u64>,
+    },
 }
 
 /// Retry delay after a failed JWKS fetch, capped by the provider's refresh interval.
 const RETRY_SECONDS: u64 = 5;
+
+/// Most signature checks one token may cost. A token names its key with `kid`; one without is
+/// checked against the keys of its algorithm in order, and a provider with more keys than this
+/// must send `kid`. Without the bound, a JWKS of many keys made one kid-less token cost a
+/// signature check per key (60,000 keys: 185-345 ms of one worker's CPU).
+pub const MAX_SIGNATURE_CHECKS: usize = 4;
+
+/// The failure of an answer larger than `limit` bytes.
+pub fn too_large(size: usize, limit: usize) -> String {
+    format!("the answer has {size} bytes, more than remote_jwks.max_bytes ({limit})")
+}
 
 /// Per-worker authentication state around the immutable configuration.
 #[derive(Debug)]
@@ -111,39 +131,64 @@ impl Authenticator {
         due
     }
 
-    /// Records the result of a fetch for `provider`: `Ok(body)` for a 200 answer.
-    pub fn fetch_done(&mut self, provider: usize, result: Result<&[u8], String>, now: u64) -> FetchOutcome {
-        let refresh = self
-            .config
+    /// The largest JWKS answer `provider` accepts, so the shell can refuse a larger one before
+    /// copying it into the VM.
+    pub fn jwks_max_bytes(&self, provider: usize) -> usize {
+        self.remote_config(provider).map_or(0, |r| r.max_bytes)
+    }
+
+    fn remote_config(&self, provider: usize) -> Option<&crate::config::RemoteJwks> {
+        self.config
             .jwt
             .as_ref()
             .and_then(|j| j.providers.get(provider))
             .and_then(|p| p.remote.as_ref())
-            .map_or(300, |r| r.refresh_seconds);
+    }
+
+    /// Records the result of a fetch for `provider`: `Ok(body)` for a 200 answer.
+    pub fn fetch_done(&mut self, provider: usize, result: Result<&[u8], String>, now: u64) -> FetchOutcome {
+        let Some(remote) = self.remote_config(provider).cloned() else {
+            return FetchOutcome::Failed {
+                message: "unknown provider".to_owned(),
+                loaded_at: None,
+            };
+        };
         let Some(state) = self.remote.get_mut(provider) else {
-            return FetchOutcome::Failed("unknown provider".to_owned());
+            return FetchOutcome::Failed {
+                message: "unknown provider".to_owned(),
+                loaded_at: None,
+            };
         };
         state.in_flight = false;
+        let refresh = remote.refresh_seconds;
         let failed = |state: &mut RemoteKeys, message: String| {
             // Before the first success, retry every second: requests are waiting on it.
-            let retry = if state.loaded { RETRY_SECONDS.min(refresh) } else { 1 };
+            let retry = if state.loaded_at.is_some() {
+                RETRY_SECONDS.min(refresh)
+            } else {
+                1
+            };
             state.next_fetch_at = now.saturating_add(retry);
-            FetchOutcome::Failed(message)
+            FetchOutcome::Failed {
+                message,
+                loaded_at: state.loaded_at,
+            }
         };
         let body = match result {
+            Ok(body) if body.len() > remote.max_bytes => return failed(state, too_large(body.len(), remote.max_bytes)),
             Ok(body) => body,
             Err(message) => return failed(state, message),
         };
         let digest = hmac_sha256::Hash::hash(body);
-        if state.loaded && state.digest == Some(digest) {
+        if state.loaded_at.is_some() && state.digest == Some(digest) {
             state.next_fetch_at = now.saturating_add(refresh);
             return FetchOutcome::Unchanged;
         }
-        match keys::parse_remote_jwks(body) {
+        match keys::parse_remote_jwks(body, remote.accept_shared_secrets) {
             Ok((keys, skipped)) => {
                 let count = keys.len();
                 state.keys = keys;
-                state.loaded = true;
+                state.loaded_at = Some(now);
                 state.digest = Some(digest);
                 state.generation = state.generation.wrapping_add(1);
                 state.next_fetch_at = now.saturating_add(refresh);
@@ -171,11 +216,9 @@ impl Authenticator {
     pub fn decide(&mut self, request: &RequestView, now: u64) -> Decision {
         let config = Rc::clone(&self.config);
         let rule = config.routes.find(request).map_or(&config.default_rule, |m| m.rule);
+        let strip = strip_locations(&config, request);
         if rule.accept == Accept::None {
-            return Decision::Allow {
-                identity: None,
-                strip: Vec::new(),
-            };
+            return Decision::Allow { identity: None, strip };
         }
         let deny = |reason| Decision::Deny {
             reason,
@@ -198,22 +241,12 @@ impl Authenticator {
             Kind::Jwt => self.verify_jwt(value, now),
             Kind::ApiKey => verify_api_key(&config, value),
         };
-        let identity = match identity.and_then(|id| authorize(rule, &id).map(|()| id)) {
-            Ok(id) => id,
-            Err(reason) => return deny(reason),
-        };
-        let strip_kind = match first.kind {
-            Kind::Jwt => config.strip.jwt,
-            Kind::ApiKey => config.strip.api_key,
-        };
-        let strip = if strip_kind {
-            found.into_iter().map(|f| f.location).collect()
-        } else {
-            Vec::new()
-        };
-        Decision::Allow {
-            identity: Some(identity),
-            strip,
+        match identity.and_then(|id| authorize(rule, &id).map(|()| id)) {
+            Ok(identity) => Decision::Allow {
+                identity: Some(identity),
+                strip,
+            },
+            Err(reason) => deny(reason),
         }
     }
 
@@ -242,14 +275,14 @@ impl Authenticator {
         let valid_until = token::check_claims(&parsed.claims, provider, now)?;
 
         let remote = self.remote.get(index);
-        let waiting_for_remote = provider.remote.is_some() && !remote.is_some_and(|r| r.loaded);
+        let waiting_for_remote = provider.remote.is_some() && remote.is_none_or(|r| r.loaded_at.is_none());
         let candidates = provider
             .static_keys
             .iter()
             .chain(remote.map(|r| r.keys.as_slice()).unwrap_or_default());
         let mut kid_known = false;
-        let mut tried = false;
-        let mut outcome = Err(Reason::InvalidSignature);
+        let mut checks = 0;
+        let mut verified = false;
         for key in candidates {
             if let (Some(want), Some(have)) = (&parsed.kid, &key.kid) {
                 if want != have {
@@ -260,20 +293,16 @@ impl Authenticator {
             if key.alg != parsed.alg {
                 continue;
             }
-            tried = true;
-            match key.verify(raw) {
-                Ok(()) => {
-                    outcome = Ok(());
-                    break;
-                }
-                Err(SignatureError::Malformed) => {
-                    outcome = Err(Reason::MalformedToken);
-                    break;
-                }
-                Err(SignatureError::Invalid) => {}
+            if checks == MAX_SIGNATURE_CHECKS {
+                break;
+            }
+            checks += 1;
+            if key.verify(parsed.signing_input.as_bytes(), &parsed.signature) {
+                verified = true;
+                break;
             }
         }
-        if !tried {
+        if checks == 0 {
             return Err(if waiting_for_remote && !kid_known {
                 Reason::KeysUnavailable
             } else if parsed.kid.is_some() && !kid_known {
@@ -282,7 +311,9 @@ impl Authenticator {
                 Reason::AlgorithmNotAllowed
             });
         }
-        outcome?;
+        if !verified {
+            return Err(Reason::InvalidSignature);
+        }
         let identity = Rc::new(token::identity(&parsed.claims, provider)?);
         let generation = self.generation(index);
         self.cache
@@ -326,6 +357,28 @@ fn authorize(rule: &Rule, identity: &Identity) -> Result<(), Reason> {
     } else {
         Err(Reason::InsufficientScope)
     }
+}
+
+/// Where to remove credentials before the request goes upstream: every credential of a kind
+/// `strip_credentials` names, wherever the configuration looks for that kind, on every route,
+/// whichever credential (if any) the route used. A gateway credential is for the gateway: an API
+/// key sent along on a public or JWT route must not reach the upstream either. A bearer value
+/// counts as the kind its shape says when both kinds are read from `Authorization`.
+fn strip_locations(config: &Config, request: &RequestView) -> Vec<Location> {
+    if !config.strip.jwt && !config.strip.api_key {
+        return Vec::new();
+    }
+    let mut locations: Vec<Location> = Vec::new();
+    for found in collect(config, Accept::Any, request) {
+        let strip = match found.kind {
+            Kind::Jwt => config.strip.jwt,
+            Kind::ApiKey => config.strip.api_key,
+        };
+        if strip && !locations.contains(&found.location) {
+            locations.push(found.location);
+        }
+    }
+    locations
 }
 
 /// Every credential the request carries in a place the route's accepted kinds look at.

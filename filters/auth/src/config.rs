@@ -6,10 +6,12 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use portico_core::config::{read_bytes, read_value, Errors, Node, Object};
+use portico_core::identity::{consumer_id, parse_consumer_id, valid_namespace, RESERVED_PREFIX};
 use portico_core::route::{RouteMatch, RouteTable};
 use serde_json::Value;
 
 use crate::keys::{self, Key};
+use crate::token::header_safe;
 
 /// The checked configuration.
 #[derive(Debug)]
@@ -35,6 +37,10 @@ pub struct JwtConfig {
 #[derive(Debug)]
 pub struct Provider {
     pub name: String,
+    /// The namespace of this provider's consumer ids: `consumer_namespace`, else `name`.
+    pub namespace: String,
+    /// Whether `consumer_namespace` was written (a deliberate choice, which may be shared).
+    pub namespace_explicit: bool,
     pub issuers: Vec<String>,
     pub audiences: Vec<String>,
     pub clock_skew_seconds: u64,
@@ -56,6 +62,10 @@ pub struct RemoteJwks {
     pub path: String,
     pub refresh_seconds: u64,
     pub timeout_ms: u64,
+    /// A larger answer is a failed fetch.
+    pub max_bytes: usize,
+    /// Whether `oct` keys (shared secrets) in the document are used.
+    pub accept_shared_secrets: bool,
 }
 
 /// Where a credential is looked for.
@@ -71,6 +81,10 @@ pub enum TokenSource {
 #[derive(Debug)]
 pub struct ApiKeyConfig {
     pub sources: Vec<TokenSource>,
+    /// The namespace of API-key consumer ids (`namespace`, default `apikey`).
+    pub namespace: String,
+    /// Whether `namespace` was written.
+    pub namespace_explicit: bool,
     /// SHA-256 digest of a key to the key's entry.
     pub by_digest: HashMap<[u8; 32], ApiKeyEntry>,
 }
@@ -84,6 +98,7 @@ pub struct ApiKeyEntry {
 /// Who the caller is, once authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
+    /// The consumer id, `<namespace>:<name>` (see `portico_core::identity`).
     pub consumer: String,
     pub tier: Option<String>,
     pub scopes: Vec<String>,
@@ -121,6 +136,7 @@ impl Accept {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Access {
+    /// Consumer ids, checked at load to be in a namespace that exists.
     pub consumers: Vec<String>,
     pub tiers: Vec<String>,
 }
@@ -146,10 +162,30 @@ pub struct StripPolicy {
 }
 
 const DEFAULT_MAX_TOKEN_BYTES: u64 = 8192;
+const TOKEN_BYTES: (u64, u64) = (256, 65536);
 const DEFAULT_CACHE_ENTRIES: u64 = 1024;
+/// An entry holds an identity (consumer, tier, scopes, claim headers): a few hundred bytes.
+const MAX_CACHE_ENTRIES: u64 = 100_000;
 const DEFAULT_CLOCK_SKEW: u64 = 30;
+const MAX_CLOCK_SKEW: u64 = 600;
 const DEFAULT_REFRESH_SECONDS: u64 = 300;
+const REFRESH_SECONDS: (u64, u64) = (1, 86_400);
 const DEFAULT_TIMEOUT_MS: u64 = 5000;
+const TIMEOUT_MS: (u64, u64) = (100, 60_000);
+const DEFAULT_JWKS_BYTES: u64 = 256 * 1024;
+const JWKS_BYTES: (u64, u64) = (1024, 4 * 1024 * 1024);
+const MAX_REALM: usize = 128;
+/// The namespace of API-key consumers unless `api_keys.namespace` says otherwise.
+pub const API_KEY_NAMESPACE: &str = "apikey";
+
+/// Reads an optional integer field that must lie within `bounds` (inclusive).
+fn bounded(obj: &mut Object<'_>, key: &'static str, default: u64, bounds: (u64, u64), errors: &mut Errors) -> u64 {
+    let value = obj.opt_u64(key, errors).unwrap_or(default);
+    if !(bounds.0..=bounds.1).contains(&value) {
+        obj.field_error(key, errors, format!("must be between {} and {}", bounds.0, bounds.1));
+    }
+    value
+}
 
 impl Config {
     /// Parses and checks the plugin configuration bytes.
@@ -171,19 +207,33 @@ impl Config {
 
 fn read_config(mut root: Object<'_>, errors: &mut Errors) -> Config {
     let realm = root.opt_str("realm", errors).unwrap_or("portico").to_owned();
-    if realm.contains('"') || realm.contains('\\') {
-        root.field_error("realm", errors, "must not contain quotes or backslashes");
+    let realm_ok = realm.len() <= MAX_REALM
+        && realm
+            .bytes()
+            .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+    if !realm_ok {
+        root.field_error(
+            "realm",
+            errors,
+            format!("must be printable ASCII without quotes or backslashes, at most {MAX_REALM} bytes"),
+        );
     }
     let jwt = root.opt("jwt").and_then(|n| read_jwt(&n, errors));
     let api_keys = root.opt("api_keys").and_then(|n| read_api_keys(&n, errors));
+    let namespaces = check_namespaces(jwt.as_ref(), api_keys.as_ref(), root.path(), errors);
+    if let Some(jwt) = &jwt {
+        check_claim_headers(jwt, api_keys.as_ref(), root.path(), errors);
+    }
 
     let mut rules = Vec::new();
+    // The configuration index of each rule kept, so errors name the right one after a skip.
+    let mut indexes = Vec::new();
     for (i, node) in root.array("routes", errors).into_iter().enumerate() {
         let Some(mut obj) = node.object(errors) else {
             continue;
         };
         let m = obj.req("match", errors).and_then(|n| RouteMatch::parse(&n, errors));
-        let rule = read_rule(&mut obj, errors);
+        let rule = read_rule(&mut obj, &namespaces, errors);
         obj.finish(errors);
         if let (Some(m), Some(rule)) = (m, rule) {
             check_rule(
@@ -194,9 +244,11 @@ fn read_config(mut root: Object<'_>, errors: &mut Errors) -> Config {
                 errors,
             );
             rules.push((m, rule));
+            indexes.push(i);
         }
     }
-    let routes = RouteTable::build(rules, |i| format!("$.routes[{i}]"), errors);
+    let path_of = |i: usize| format!("$.routes[{}]", indexes.get(i).copied().unwrap_or(i));
+    let routes = RouteTable::build(rules, path_of, errors);
 
     // Without a `default`, unmatched requests need a credential: fail closed. A `default` that
     // does not parse has been reported; the fallback only keeps reading the rest.
@@ -204,7 +256,7 @@ fn read_config(mut root: Object<'_>, errors: &mut Errors) -> Config {
         .opt("default")
         .and_then(|n| n.object(errors))
         .and_then(|mut obj| {
-            let rule = read_rule(&mut obj, errors);
+            let rule = read_rule(&mut obj, &namespaces, errors);
             obj.finish(errors);
             rule
         })
@@ -255,7 +307,109 @@ fn read_config(mut root: Object<'_>, errors: &mut Errors) -> Config {
     }
 }
 
-fn read_rule(obj: &mut Object<'_>, errors: &mut Errors) -> Option<Rule> {
+/// Every consumer namespace in use. Two credential sources may share a namespace (and with it
+/// their consumers' rate limits, budgets and cache entries) only when at least one of them says
+/// so with `consumer_namespace` or `namespace`: never by the accident of a provider named
+/// `apikey`.
+fn check_namespaces(
+    jwt: Option<&JwtConfig>,
+    api_keys: Option<&ApiKeyConfig>,
+    root: &str,
+    errors: &mut Errors,
+) -> Vec<String> {
+    // (namespace, set explicitly, JSON path of the source)
+    let mut sources: Vec<(&str, bool, String)> = Vec::new();
+    for (i, p) in jwt.iter().flat_map(|j| j.providers.iter().enumerate()) {
+        sources.push((&p.namespace, p.namespace_explicit, format!("{root}.jwt.providers[{i}]")));
+    }
+    if let Some(keys) = api_keys {
+        sources.push((&keys.namespace, keys.namespace_explicit, format!("{root}.api_keys")));
+    }
+    let mut namespaces: Vec<String> = Vec::new();
+    for (i, (namespace, explicit, path)) in sources.iter().enumerate() {
+        let earlier = sources.iter().take(i).find(|(ns, _, _)| ns == namespace);
+        if let Some((_, earlier_explicit, earlier_path)) = earlier {
+            if !explicit && !earlier_explicit {
+                errors.push(
+                    path,
+                    format!(
+                        "would share the consumer namespace {namespace:?} with {earlier_path} by default; \
+                         set `consumer_namespace` (or `api_keys.namespace`) to share it deliberately, or rename"
+                    ),
+                );
+            }
+        }
+        if !namespace.is_empty() && !namespaces.iter().any(|n| n == namespace) {
+            namespaces.push((*namespace).to_owned());
+        }
+    }
+    namespaces
+}
+
+/// Why `name` may not receive a claim, if it may not. Claims are the token holder's words: they
+/// must never land where Envoy, Portico or the upstream reads something else.
+fn claim_header_problem(name: &str) -> Option<&'static str> {
+    if name.starts_with(':') {
+        return Some("pseudo-headers cannot carry claims");
+    }
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        // No `_` either: CGI-style upstreams read `x_a` and `x-a` as one header.
+        return Some("not a header name: use lowercase letters, digits and `-`");
+    }
+    if name.starts_with(RESERVED_PREFIX) {
+        return Some("`x-portico-` headers carry Portico's own identity and routing");
+    }
+    if name.starts_with("x-envoy-") {
+        return Some("`x-envoy-` headers steer Envoy");
+    }
+    if name.starts_with("x-forwarded-") || name == "x-real-ip" {
+        return Some("forwarding headers describe the client connection");
+    }
+    if matches!(name, "x-api-key" | "x-request-id") {
+        return Some("this header already means something to the gateway");
+    }
+    if !name.starts_with("x-") {
+        return Some(
+            "claim headers must start with `x-` (standard headers such as authorization, cookie, host, \
+             forwarded, content-length or transfer-encoding keep their meaning)",
+        );
+    }
+    None
+}
+
+/// Claim headers must not be where a credential is read from, and one header takes one claim.
+fn check_claim_headers(jwt: &JwtConfig, api_keys: Option<&ApiKeyConfig>, root: &str, errors: &mut Errors) {
+    let source_headers: Vec<&str> = jwt
+        .sources
+        .iter()
+        .chain(api_keys.iter().flat_map(|k| &k.sources))
+        .filter_map(|s| match s {
+            TokenSource::Header(name) => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    for (i, provider) in jwt.providers.iter().enumerate() {
+        let path = format!("{root}.jwt.providers[{i}].claim_headers");
+        for (n, (claim, header)) in provider.claim_headers.iter().enumerate() {
+            if source_headers.contains(&header.as_str()) {
+                errors.push(
+                    &path,
+                    format!("claim {claim:?} would write {header:?}, where credentials are read from"),
+                );
+            }
+            let twice = provider.claim_headers.iter().take(n).find(|(_, h)| h == header);
+            if let Some((first, _)) = twice {
+                errors.push(&path, format!("claims {first:?} and {claim:?} both write {header:?}"));
+            }
+        }
+    }
+}
+
+fn read_rule(obj: &mut Object<'_>, namespaces: &[String], errors: &mut Errors) -> Option<Rule> {
     let accept = match obj
         .req("auth", errors)?
         .one_of(&["none", "jwt", "api_key", "any"], errors)?
@@ -266,8 +420,14 @@ fn read_rule(obj: &mut Object<'_>, errors: &mut Errors) -> Option<Rule> {
         _ => Accept::Any,
     };
     let scopes = obj.string_list("scopes", errors);
-    let allow = obj.opt("allow").map(|n| read_access(&n, errors)).unwrap_or_default();
-    let deny = obj.opt("deny").map(|n| read_access(&n, errors)).unwrap_or_default();
+    let allow = obj
+        .opt("allow")
+        .map(|n| read_access(&n, namespaces, errors))
+        .unwrap_or_default();
+    let deny = obj
+        .opt("deny")
+        .map(|n| read_access(&n, namespaces, errors))
+        .unwrap_or_default();
     Some(Rule {
         accept,
         scopes,
@@ -297,12 +457,32 @@ fn check_rule(rule: &Rule, path: &str, has_jwt: bool, has_keys: bool, errors: &m
     }
 }
 
-fn read_access(node: &Node<'_>, errors: &mut Errors) -> Access {
+/// An `allow` or `deny` list. Consumers are ids in a namespace that exists: a bare `alice`,
+/// or a namespace no credential source has, could never match, and an `allow` that can never
+/// match is as silent as a typo gets.
+fn read_access(node: &Node<'_>, namespaces: &[String], errors: &mut Errors) -> Access {
     let Some(mut obj) = node.object(errors) else {
         return Access::default();
     };
+    let mut consumers = Vec::new();
+    for item in obj.array("consumers", errors) {
+        let Some(id) = item.non_empty_str(errors) else {
+            continue;
+        };
+        match parse_consumer_id(id) {
+            Err(message) => item.error(errors, message),
+            Ok((namespace, _)) if !namespaces.iter().any(|n| n == namespace) => item.error(
+                errors,
+                format!(
+                    "{id:?}: no JWT provider or API-key set has the consumer namespace {namespace:?} (known: {})",
+                    namespaces.join(", ")
+                ),
+            ),
+            Ok(_) => consumers.push(id.to_owned()),
+        }
+    }
     let access = Access {
-        consumers: obj.string_list("consumers", errors),
+        consumers,
         tiers: obj.string_list("tiers", errors),
     };
     obj.finish(errors);
@@ -366,24 +546,45 @@ fn read_sources(
 fn read_jwt(node: &Node<'_>, errors: &mut Errors) -> Option<JwtConfig> {
     let mut obj = node.object(errors)?;
     let sources = read_sources(obj.opt("sources"), vec![TokenSource::Bearer], true, errors);
-    let max_token_bytes = obj
-        .opt_u64("max_token_bytes", errors)
-        .unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
-    if !(256..=65536).contains(&max_token_bytes) {
-        obj.field_error("max_token_bytes", errors, "must be between 256 and 65536");
+    let max_token_bytes = bounded(
+        &mut obj,
+        "max_token_bytes",
+        DEFAULT_MAX_TOKEN_BYTES,
+        TOKEN_BYTES,
+        errors,
+    );
+    let cache_entries = bounded(
+        &mut obj,
+        "token_cache_entries",
+        DEFAULT_CACHE_ENTRIES,
+        (0, MAX_CACHE_ENTRIES),
+        errors,
+    );
+    let nodes = obj.array("providers", errors);
+    let mut providers: Vec<Provider> = Vec::new();
+    for node in &nodes {
+        let Some(provider) = read_provider(node, errors) else {
+            continue;
+        };
+        if let Some(i) = providers.iter().position(|p| p.name == provider.name) {
+            errors.push(
+                &format!("{}.name", node.path()),
+                format!("provider name {:?} is taken by $.jwt.providers[{i}]", provider.name),
+            );
+        }
+        for issuer in &provider.issuers {
+            if let Some(i) = providers.iter().position(|p| p.issuers.contains(issuer)) {
+                errors.push(
+                    &format!("{}.issuers", node.path()),
+                    format!(
+                        "issuer {issuer:?} is listed by $.jwt.providers[{i}] too: a token's `iss` picks one provider"
+                    ),
+                );
+            }
+        }
+        providers.push(provider);
     }
-    let cache_entries = obj
-        .opt_u64("token_cache_entries", errors)
-        .unwrap_or(DEFAULT_CACHE_ENTRIES);
-    if cache_entries > 1_000_000 {
-        obj.field_error("token_cache_entries", errors, "must be at most 1000000");
-    }
-    let providers: Vec<Provider> = obj
-        .array("providers", errors)
-        .iter()
-        .filter_map(|n| read_provider(n, errors))
-        .collect();
-    if providers.is_empty() {
+    if nodes.is_empty() {
         obj.field_error("providers", errors, "must list at least one provider");
     }
     if providers.len() > 1 && providers.iter().any(|p| p.issuers.is_empty()) {
@@ -405,32 +606,55 @@ fn read_jwt(node: &Node<'_>, errors: &mut Errors) -> Option<JwtConfig> {
 fn read_provider(node: &Node<'_>, errors: &mut Errors) -> Option<Provider> {
     let mut obj = node.object(errors)?;
     let name = obj.req_str("name", errors).unwrap_or_default().to_owned();
+    let explicit = obj.opt_str("consumer_namespace", errors);
+    let namespace = match explicit {
+        Some(ns) => {
+            if !valid_namespace(ns) {
+                obj.field_error(
+                    "consumer_namespace",
+                    errors,
+                    "must match [a-z0-9][a-z0-9_.-]* (at most 64 bytes)",
+                );
+            }
+            ns.to_owned()
+        }
+        None => {
+            if !name.is_empty() && !valid_namespace(&name) {
+                obj.field_error(
+                    "name",
+                    errors,
+                    "is the provider's consumer namespace unless `consumer_namespace` is set, so it \
+                     must match [a-z0-9][a-z0-9_.-]* (at most 64 bytes)",
+                );
+            }
+            name.clone()
+        }
+    };
     let issuers = obj.string_list("issuers", errors);
     let audiences = obj.string_list("audiences", errors);
-    let clock_skew_seconds = obj.opt_u64("clock_skew_seconds", errors).unwrap_or(DEFAULT_CLOCK_SKEW);
-    if clock_skew_seconds > 600 {
-        obj.field_error("clock_skew_seconds", errors, "must be at most 600");
-    }
+    let clock_skew_seconds = bounded(
+        &mut obj,
+        "clock_skew_seconds",
+        DEFAULT_CLOCK_SKEW,
+        (0, MAX_CLOCK_SKEW),
+        errors,
+    );
     let required_claims = match obj.opt("required_claims") {
         Some(n) => n.string_list(errors).unwrap_or_default(),
         None => vec!["exp".to_owned()],
     };
     let consumer_claim = obj.opt_str("consumer_claim", errors).unwrap_or("sub").to_owned();
     let tier_claim = obj.opt_str("tier_claim", errors).map(str::to_owned);
-    let default_tier = obj.opt_str("default_tier", errors).map(str::to_owned);
+    let default_tier = read_header_value(&mut obj, "default_tier", errors);
     let mut claim_headers = Vec::new();
     if let Some(mut map) = obj.opt("claim_headers").and_then(|n| n.object(errors)) {
         for (claim, header_node) in map.entries() {
             let Some(header) = header_node.non_empty_str(errors) else {
                 continue;
             };
-            let header = header.to_ascii_lowercase();
-            if !valid_header_name(&header) {
-                header_node.error(errors, "not a valid header name");
-            } else if !header.starts_with("x-") {
-                header_node.error(errors, "claim headers must start with `x-`");
-            } else {
-                claim_headers.push((claim.to_owned(), header));
+            match claim_header_problem(header) {
+                Some(problem) => header_node.error(errors, problem),
+                None => claim_headers.push((claim.to_owned(), header.to_owned())),
             }
         }
         map.finish(errors);
@@ -453,6 +677,8 @@ fn read_provider(node: &Node<'_>, errors: &mut Errors) -> Option<Provider> {
     obj.finish(errors);
     Some(Provider {
         name,
+        namespace,
+        namespace_explicit: explicit.is_some(),
         issuers,
         audiences,
         clock_skew_seconds,
@@ -466,24 +692,52 @@ fn read_provider(node: &Node<'_>, errors: &mut Errors) -> Option<Provider> {
     })
 }
 
+/// An optional string that becomes a header value (a tier): it must be one.
+fn read_header_value(obj: &mut Object<'_>, key: &'static str, errors: &mut Errors) -> Option<String> {
+    let value = obj.opt_str(key, errors)?;
+    if !header_safe(value) {
+        obj.field_error(
+            key,
+            errors,
+            "must be a header value: no control characters, at most 1024 bytes",
+        );
+    }
+    Some(value.to_owned())
+}
+
+/// Printable ASCII without spaces: what a request path or authority may be sent as.
+fn request_line_safe(value: &str) -> bool {
+    value.bytes().all(|b| b > 0x20 && b < 0x7f)
+}
+
 fn read_remote(node: &Node<'_>, errors: &mut Errors) -> Option<RemoteJwks> {
     let mut obj = node.object(errors)?;
     let cluster = obj.req_str("cluster", errors).map(str::to_owned);
     let path = obj.req_str("path", errors).map(str::to_owned);
-    if path.as_ref().is_some_and(|p| !p.starts_with('/')) {
-        obj.field_error("path", errors, "must start with '/'");
+    if path
+        .as_ref()
+        .is_some_and(|p| !p.starts_with('/') || !request_line_safe(p))
+    {
+        obj.field_error(
+            "path",
+            errors,
+            "must start with '/' and hold no spaces or control characters",
+        );
     }
     let authority = obj.opt_str("authority", errors).map(str::to_owned);
-    let refresh_seconds = obj
-        .opt_u64("refresh_seconds", errors)
-        .unwrap_or(DEFAULT_REFRESH_SECONDS);
-    if refresh_seconds == 0 {
-        obj.field_error("refresh_seconds", errors, "must be at least 1");
+    if authority.as_deref().is_some_and(|a| !request_line_safe(a)) {
+        obj.field_error("authority", errors, "must hold no spaces or control characters");
     }
-    let timeout_ms = obj.opt_u64("timeout_ms", errors).unwrap_or(DEFAULT_TIMEOUT_MS);
-    if !(1..=60_000).contains(&timeout_ms) {
-        obj.field_error("timeout_ms", errors, "must be between 1 and 60000");
-    }
+    let refresh_seconds = bounded(
+        &mut obj,
+        "refresh_seconds",
+        DEFAULT_REFRESH_SECONDS,
+        REFRESH_SECONDS,
+        errors,
+    );
+    let timeout_ms = bounded(&mut obj, "timeout_ms", DEFAULT_TIMEOUT_MS, TIMEOUT_MS, errors);
+    let max_bytes = bounded(&mut obj, "max_bytes", DEFAULT_JWKS_BYTES, JWKS_BYTES, errors);
+    let accept_shared_secrets = obj.opt_bool("accept_shared_secrets", errors).unwrap_or(false);
     obj.finish(errors);
     let cluster = cluster?;
     Some(RemoteJwks {
@@ -492,6 +746,8 @@ fn read_remote(node: &Node<'_>, errors: &mut Errors) -> Option<RemoteJwks> {
         path: path?,
         refresh_seconds,
         timeout_ms,
+        max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+        accept_shared_secrets,
     })
 }
 
@@ -503,6 +759,15 @@ fn read_api_keys(node: &Node<'_>, errors: &mut Errors) -> Option<ApiKeyConfig> {
         false,
         errors,
     );
+    let explicit = obj.opt_str("namespace", errors);
+    let namespace = explicit.unwrap_or(API_KEY_NAMESPACE).to_owned();
+    if !valid_namespace(&namespace) {
+        obj.field_error(
+            "namespace",
+            errors,
+            "must match [a-z0-9][a-z0-9_.-]* (at most 64 bytes)",
+        );
+    }
     let mut by_digest = HashMap::new();
     let consumers = obj.array("consumers", errors);
     if consumers.is_empty() {
@@ -517,12 +782,18 @@ fn read_api_keys(node: &Node<'_>, errors: &mut Errors) -> Option<ApiKeyConfig> {
         if let Some(n) = &name {
             if names.contains(n) {
                 c.field_error("name", errors, format!("duplicate consumer {n:?}"));
+            } else if !header_safe(n) {
+                c.field_error(
+                    "name",
+                    errors,
+                    "must be a header value: no control characters, at most 1024 bytes",
+                );
             }
             names.push(n.clone());
         }
         let identity = Rc::new(Identity {
-            consumer: name.unwrap_or_default(),
-            tier: c.opt_str("tier", errors).map(str::to_owned),
+            consumer: consumer_id(&namespace, name.as_deref().unwrap_or_default()),
+            tier: read_header_value(&mut c, "tier", errors),
             scopes: c.string_list("scopes", errors),
             headers: Vec::new(),
         });
@@ -560,7 +831,12 @@ fn read_api_keys(node: &Node<'_>, errors: &mut Errors) -> Option<ApiKeyConfig> {
         c.finish(errors);
     }
     obj.finish(errors);
-    Some(ApiKeyConfig { sources, by_digest })
+    Some(ApiKeyConfig {
+        sources,
+        namespace,
+        namespace_explicit: explicit.is_some(),
+        by_digest,
+    })
 }
 
 fn parse_digest(hex: &str) -> Option<[u8; 32]> {
@@ -574,11 +850,4 @@ fn parse_digest(hex: &str) -> Option<[u8; 32]> {
         *slot = u8::from_str_radix(s, 16).ok()?;
     }
     Some(out)
-}
-
-fn valid_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }

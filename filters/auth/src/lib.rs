@@ -27,7 +27,7 @@ use portico_core::request::{remove_cookie, remove_query_param, RequestView};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 
-use crate::authn::{Authenticator, Decision, FetchOutcome, Location};
+use crate::authn::{too_large, Authenticator, Decision, FetchOutcome, Location};
 use crate::config::Config;
 use crate::reason::Reason;
 
@@ -52,6 +52,7 @@ struct Metrics {
     requests: Option<Family>,
     jwks_updated: Option<u32>,
     jwks_failed: Option<u32>,
+    jwks_keys_skipped: Option<u32>,
 }
 
 impl Metrics {
@@ -62,6 +63,7 @@ impl Metrics {
             requests: Some(Family::counter("portico_auth_requests_total", 200)),
             jwks_updated: counter("portico_auth_jwks_updated"),
             jwks_failed: counter("portico_auth_jwks_fetch_failed"),
+            jwks_keys_skipped: counter("portico_auth_jwks_keys_skipped"),
         }
     }
 
@@ -88,32 +90,54 @@ impl Context for AuthRoot {
             return;
         };
         let Some(auth) = &self.auth else { return };
+        let Ok(mut auth) = auth.try_borrow_mut() else {
+            return;
+        };
         let status = self
             .get_http_call_response_header_bytes(":status")
             .and_then(|s| String::from_utf8(s).ok());
-        let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
-        let result = match status.as_deref() {
-            Some("200") => Ok(body.as_slice()),
+        let limit = auth.jwks_max_bytes(provider);
+        // A larger answer is never copied into the VM.
+        let body = match status.as_deref() {
+            Some("200") if body_size > limit => Err(too_large(body_size, limit)),
+            Some("200") => Ok(self.get_http_call_response_body(0, body_size).unwrap_or_default()),
             Some(other) => Err(format!("JWKS server answered status {other}")),
             None => Err("no answer from the JWKS server (timeout or connection failure)".to_owned()),
         };
         let now = unix_seconds(self.get_current_time());
-        let Ok(mut auth) = auth.try_borrow_mut() else {
-            return;
-        };
         let name = provider_name(&auth, provider);
-        match auth.fetch_done(provider, result, now) {
+        match auth.fetch_done(provider, body.as_deref().map_err(Clone::clone), now) {
             FetchOutcome::Updated { keys, skipped } => {
                 bump(self.metrics.jwks_updated, 1);
                 info!("{NAME}: provider {name}: loaded {keys} keys from remote JWKS");
+                bump(
+                    self.metrics.jwks_keys_skipped,
+                    u64::try_from(skipped.len()).unwrap_or(u64::MAX),
+                );
                 for s in skipped {
                     warn!("{NAME}: provider {name}: skipped a JWKS key: {s}");
                 }
             }
             FetchOutcome::Unchanged => {}
-            FetchOutcome::Failed(message) => {
+            FetchOutcome::Failed {
+                message,
+                loaded_at: Some(loaded_at),
+            } => {
                 bump(self.metrics.jwks_failed, 1);
-                warn!("{NAME}: provider {name}: JWKS refresh failed, keeping the last good keys: {message}");
+                warn!(
+                    "{NAME}: provider {name}: JWKS refresh failed, keeping the keys loaded {} s ago: {message}",
+                    now.saturating_sub(loaded_at)
+                );
+            }
+            FetchOutcome::Failed {
+                message,
+                loaded_at: None,
+            } => {
+                bump(self.metrics.jwks_failed, 1);
+                warn!(
+                    "{NAME}: provider {name}: JWKS fetch failed and no key was ever loaded: its tokens get \
+                     503 keys_unavailable until a fetch succeeds: {message}"
+                );
             }
         }
     }

@@ -7,6 +7,7 @@ pub enum Reason {
     MissingCredentials,
     MultipleCredentials,
     MalformedToken,
+    UnsupportedTokenType,
     TokenTooLarge,
     AlgorithmNotAllowed,
     UnknownKeyId,
@@ -16,6 +17,7 @@ pub enum Reason {
     InvalidIssuer,
     InvalidAudience,
     MissingClaim,
+    InvalidConsumerClaim,
     InvalidApiKey,
     RevokedApiKey,
     InsufficientScope,
@@ -27,10 +29,11 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for defining one metric each at start-up.
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 21] = [
         Reason::MissingCredentials,
         Reason::MultipleCredentials,
         Reason::MalformedToken,
+        Reason::UnsupportedTokenType,
         Reason::TokenTooLarge,
         Reason::AlgorithmNotAllowed,
         Reason::UnknownKeyId,
@@ -40,6 +43,7 @@ impl Reason {
         Reason::InvalidIssuer,
         Reason::InvalidAudience,
         Reason::MissingClaim,
+        Reason::InvalidConsumerClaim,
         Reason::InvalidApiKey,
         Reason::RevokedApiKey,
         Reason::InsufficientScope,
@@ -55,6 +59,7 @@ impl Reason {
             Reason::MissingCredentials => "missing_credentials",
             Reason::MultipleCredentials => "multiple_credentials",
             Reason::MalformedToken => "malformed_token",
+            Reason::UnsupportedTokenType => "unsupported_token_type",
             Reason::TokenTooLarge => "token_too_large",
             Reason::AlgorithmNotAllowed => "algorithm_not_allowed",
             Reason::UnknownKeyId => "unknown_key_id",
@@ -64,6 +69,7 @@ impl Reason {
             Reason::InvalidIssuer => "invalid_issuer",
             Reason::InvalidAudience => "invalid_audience",
             Reason::MissingClaim => "missing_claim",
+            Reason::InvalidConsumerClaim => "invalid_consumer_claim",
             Reason::InvalidApiKey => "invalid_api_key",
             Reason::RevokedApiKey => "revoked_api_key",
             Reason::InsufficientScope => "insufficient_scope",
@@ -79,6 +85,7 @@ impl Reason {
             Reason::MissingCredentials => "this route requires credentials",
             Reason::MultipleCredentials => "the request carries more than one different credential; send exactly one",
             Reason::MalformedToken => "the token is not a well-formed JWT",
+            Reason::UnsupportedTokenType => "the token's typ header names a kind of token this gateway does not accept",
             Reason::TokenTooLarge => "the token is larger than this gateway accepts",
             Reason::AlgorithmNotAllowed => "the token's signature algorithm is not accepted for its key",
             Reason::UnknownKeyId => "the token names a signing key (kid) that is not known",
@@ -88,6 +95,7 @@ impl Reason {
             Reason::InvalidIssuer => "the token's issuer is not accepted",
             Reason::InvalidAudience => "the token is not meant for this audience",
             Reason::MissingClaim => "the token lacks a required claim",
+            Reason::InvalidConsumerClaim => "the token's consumer claim is not a non-empty string or an integer",
             Reason::InvalidApiKey => "the API key is not valid",
             Reason::RevokedApiKey => "the API key has been revoked",
             Reason::InsufficientScope => "the credential lacks a scope this route requires",

@@ -6,6 +6,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use portico_core::identity::consumer_id;
 use serde_json::{Map, Value};
 
 use crate::config::{Identity, Provider};
@@ -14,10 +15,13 @@ use crate::reason::Reason;
 
 /// A token whose structure is valid; its signature is not checked yet.
 #[derive(Debug)]
-pub struct Parsed {
+pub struct Parsed<'t> {
     pub alg: Alg,
     pub kid: Option<String>,
     pub claims: Map<String, Value>,
+    /// What the signature covers: `header.payload` exactly as sent.
+    pub signing_input: &'t str,
+    pub signature: Vec<u8>,
 }
 
 /// True when `value` has the shape of a compact JWS (three base64url segments), which tells a
@@ -29,15 +33,30 @@ pub fn looks_like_jwt(value: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'='))
 }
 
-pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed, Reason> {
+/// Whether a `typ` header names a token auth accepts: a JWT (`JWT`, RFC 7519 section 5.1), a
+/// JWS in compact form (`JOSE`, RFC 7515 section 4.1.9) or a JWT access token (`at+jwt`, RFC
+/// 9068), each with or without the `application/` prefix, in any case. Other explicitly typed
+/// JWTs (`dpop+jwt` proofs, `logout+jwt`, `secevent+jwt`) are not access tokens: RFC 8725
+/// section 3.11 types them precisely so that one cannot pass for another.
+fn accepted_type(typ: &str) -> bool {
+    let lower = typ.to_ascii_lowercase();
+    let bare = lower.strip_prefix("application/").unwrap_or(&lower);
+    matches!(bare, "jwt" | "jose" | "at+jwt")
+}
+
+pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed<'_>, Reason> {
     if token.len() > max_bytes {
         return Err(Reason::TokenTooLarge);
     }
-    let mut parts = token.split('.');
-    let (Some(header), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let Some((signing_input, signature)) = token.rsplit_once('.') else {
         return Err(Reason::MalformedToken);
     };
+    let Some((header, payload)) = signing_input.split_once('.') else {
+        return Err(Reason::MalformedToken);
+    };
+    if payload.contains('.') {
+        return Err(Reason::MalformedToken);
+    }
     let header = decode_object(header)?;
     let alg = match header.get("alg") {
         Some(Value::String(name)) => Alg::from_name(name).ok_or(Reason::AlgorithmNotAllowed)?,
@@ -50,16 +69,29 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<Parsed, Reason> {
     {
         return Err(Reason::MalformedToken);
     }
+    match header.get("typ") {
+        None => {}
+        Some(Value::String(typ)) if accepted_type(typ) => {}
+        Some(Value::String(_)) => return Err(Reason::UnsupportedTokenType),
+        Some(_) => return Err(Reason::MalformedToken),
+    }
     let kid = match header.get("kid") {
         None => None,
         Some(Value::String(kid)) => Some(kid.clone()),
         Some(_) => return Err(Reason::MalformedToken),
     };
+    let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| Reason::MalformedToken)?;
     if signature.is_empty() {
         return Err(Reason::MalformedToken);
     }
     let claims = decode_object(payload)?;
-    Ok(Parsed { alg, kid, claims })
+    Ok(Parsed {
+        alg,
+        kid,
+        claims,
+        signing_input,
+        signature,
+    })
 }
 
 fn decode_object(segment: &str) -> Result<Map<String, Value>, Reason> {
@@ -134,13 +166,15 @@ pub fn check_claims(claims: &Map<String, Value>, provider: &Provider, now: u64) 
     Ok(exp.map(|e| e.saturating_add(skew)))
 }
 
-/// Who the token says the caller is.
+/// Who the token says the caller is. The consumer claim must be a non-empty string or an
+/// integer (taken as its decimal text); the consumer id is it in the provider's namespace.
 pub fn identity(claims: &Map<String, Value>, provider: &Provider) -> Result<Identity, Reason> {
-    let consumer = claims
-        .get(&provider.consumer_claim)
-        .and_then(scalar_text)
-        .filter(|c| header_safe(c))
-        .ok_or(Reason::MissingClaim)?;
+    let name = match claims.get(&provider.consumer_claim) {
+        None => return Err(Reason::MissingClaim),
+        Some(Value::String(s)) if !s.is_empty() && header_safe(s) => s.clone(),
+        Some(Value::Number(n)) if n.is_u64() || n.is_i64() => n.to_string(),
+        Some(_) => return Err(Reason::InvalidConsumerClaim),
+    };
     let tier = provider
         .tier_claim
         .as_ref()
@@ -169,7 +203,7 @@ pub fn identity(claims: &Map<String, Value>, provider: &Provider) -> Result<Iden
         })
         .collect();
     Ok(Identity {
-        consumer,
+        consumer: consumer_id(&provider.namespace, &name),
         tier,
         scopes,
         headers,
@@ -185,8 +219,9 @@ fn scalar_text(value: &Value) -> Option<String> {
     }
 }
 
-/// Claim values become header values: refuse anything that could split or corrupt a header.
-fn header_safe(value: &str) -> bool {
+/// Claim and configured values become header values: refuse anything that could split or
+/// corrupt a header, and anything absurdly long.
+pub fn header_safe(value: &str) -> bool {
     value.len() <= 1024 && value.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
@@ -198,6 +233,8 @@ mod tests {
     fn provider() -> Provider {
         Provider {
             name: "p".into(),
+            namespace: "p".into(),
+            namespace_explicit: false,
             issuers: vec!["https://iss".into()],
             audiences: vec!["api".into()],
             clock_skew_seconds: 10,
@@ -235,6 +272,8 @@ mod tests {
             ),
             ("claims an array", format!("{good_header}.{}.c2ln", seg(&json!([1])))),
             ("empty signature", format!("{good_header}.e30.")),
+            ("signature not base64url", format!("{good_header}.e30.c2ln+")),
+            ("padded signature", format!("{good_header}.e30.c2lnbg==")),
             (
                 "kid not a string",
                 format!("{}.e30.c2ln", seg(&json!({"alg": "HS256", "kid": 1}))),
@@ -274,6 +313,8 @@ mod tests {
         assert_eq!(p.alg, Alg::Es256);
         assert_eq!(p.kid.as_deref(), Some("k1"));
         assert_eq!(p.claims.get("sub"), Some(&json!("a")));
+        assert_eq!(Some(p.signing_input), token.rsplit_once('.').map(|(input, _)| input));
+        assert_eq!(p.signature, b"sig");
     }
 
     #[test]
@@ -335,7 +376,7 @@ mod tests {
             json!({"sub": "alice", "tier": "pro", "scope": "read write", "scp": ["admin"], "email": "a@x", "groups": ["g1", "g2"]}),
         );
         let id = identity(&c, &p).unwrap();
-        assert_eq!(id.consumer, "alice");
+        assert_eq!(id.consumer, "p:alice");
         assert_eq!(id.tier.as_deref(), Some("pro"));
         assert_eq!(id.scopes, vec!["read", "write", "admin"]);
         assert_eq!(
@@ -345,9 +386,72 @@ mod tests {
                 ("x-portico-groups".to_owned(), "g1,g2".to_owned())
             ]
         );
-        let no_tier = identity(&claims(json!({"sub": 42})), &p).unwrap();
-        assert_eq!(no_tier.consumer, "42");
+        let no_tier = identity(&claims(json!({"sub": "bob"})), &p).unwrap();
         assert_eq!(no_tier.tier.as_deref(), Some("free"));
+    }
+
+    #[test]
+    fn the_consumer_claim_is_a_string_or_an_integer_in_the_providers_namespace() {
+        let mut p = provider();
+        p.namespace = "shared".into();
+        let consumer = |sub: Value| identity(&claims(json!({ "sub": sub })), &p).map(|id| id.consumer);
+        assert_eq!(consumer(json!("user-1001")), Ok("shared:user-1001".to_owned()));
+        assert_eq!(consumer(json!(1001)), Ok("shared:1001".to_owned()));
+        assert_eq!(consumer(json!(-7)), Ok("shared:-7".to_owned()));
+        assert_eq!(
+            consumer(json!(18_446_744_073_709_551_615u64)),
+            Ok("shared:18446744073709551615".to_owned())
+        );
+        for bad in [
+            json!(1001.5),
+            json!(1e300),
+            json!(true),
+            json!(null),
+            json!(""),
+            json!(["a"]),
+            json!({"id": 1}),
+        ] {
+            assert_eq!(consumer(bad.clone()), Err(Reason::InvalidConsumerClaim), "{bad}");
+        }
+        assert_eq!(
+            identity(&claims(json!({"email": "x"})), &p).unwrap_err(),
+            Reason::MissingClaim
+        );
+    }
+
+    #[test]
+    fn jwt_jose_and_access_token_types_are_accepted_in_any_case() {
+        let token = |typ: Value| format!("{}.{}.c2ln", seg(&json!({"alg": "HS256", "typ": typ})), seg(&json!({})));
+        for ok in [
+            "JWT",
+            "jwt",
+            "JOSE",
+            "jose",
+            "application/jwt",
+            "Application/JOSE",
+            "at+jwt",
+            "application/at+JWT",
+        ] {
+            assert!(parse(&token(json!(ok)), 8192).is_ok(), "{ok}");
+        }
+        for other in [
+            "dpop+jwt",
+            "logout+jwt",
+            "secevent+jwt",
+            "JWE",
+            "application/json",
+            "",
+            "jwt ",
+        ] {
+            assert_eq!(
+                parse(&token(json!(other)), 8192).unwrap_err(),
+                Reason::UnsupportedTokenType,
+                "{other}"
+            );
+        }
+        assert_eq!(parse(&token(json!(1)), 8192).unwrap_err(), Reason::MalformedToken);
+        let untyped = format!("{}.{}.c2ln", seg(&json!({"alg": "HS256"})), seg(&json!({})));
+        assert!(parse(&untyped, 8192).is_ok());
     }
 
     #[test]
@@ -355,7 +459,7 @@ mod tests {
         let p = provider();
         assert_eq!(
             identity(&claims(json!({"sub": "a\r\nx-evil: 1"})), &p).unwrap_err(),
-            Reason::MissingClaim
+            Reason::InvalidConsumerClaim
         );
         let id = identity(&claims(json!({"sub": "a", "email": "x\ny"})), &p).unwrap();
         assert!(id.headers.is_empty());

@@ -42,7 +42,7 @@ fn config(extra: Value) -> Config {
             {"match": {"path": "/keys"}, "auth": "api_key"},
             {"match": {"path": "/chat"}, "auth": "any", "scopes": ["chat"]},
             {"match": {"path": "/pro"}, "auth": "any", "allow": {"tiers": ["pro"]}},
-            {"match": {"path": "/not-bob"}, "auth": "any", "deny": {"consumers": ["bob"]}}
+            {"match": {"path": "/not-bob"}, "auth": "any", "deny": {"consumers": ["apikey:bob"]}}
         ]
     });
     if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
@@ -110,26 +110,26 @@ fn decisions_by_case() {
             "jwt accepted",
             "/jwt",
             vec![("authorization", bearer(&alice))],
-            Ok(Some("alice")),
+            Ok(Some("p:alice")),
         ),
         (
             "jwt from a cookie",
             "/jwt",
             vec![("cookie", format!("a=b; session={alice}"))],
-            Ok(Some("alice")),
+            Ok(Some("p:alice")),
         ),
         ("jwt missing", "/jwt", vec![], Err(Reason::MissingCredentials)),
         (
             "api key header",
             "/keys",
             vec![("x-api-key", "k-acme".into())],
-            Ok(Some("acme")),
+            Ok(Some("apikey:acme")),
         ),
         (
             "api key as bearer",
             "/keys",
             vec![("authorization", bearer("k-acme"))],
-            Ok(Some("acme")),
+            Ok(Some("apikey:acme")),
         ),
         (
             "unknown api key",
@@ -153,7 +153,7 @@ fn decisions_by_case() {
             "opaque bearer on an any route is a key",
             "/chat",
             vec![("authorization", bearer("k-acme"))],
-            Ok(Some("acme")),
+            Ok(Some("apikey:acme")),
         ),
         (
             "key lacks the scope",
@@ -165,7 +165,7 @@ fn decisions_by_case() {
             "tier allowed",
             "/pro",
             vec![("x-api-key", "k-acme".into())],
-            Ok(Some("acme")),
+            Ok(Some("apikey:acme")),
         ),
         (
             "tier refused",
@@ -183,7 +183,7 @@ fn decisions_by_case() {
             "other consumer passes a deny list",
             "/not-bob",
             vec![("x-api-key", "k-acme".into())],
-            Ok(Some("acme")),
+            Ok(Some("apikey:acme")),
         ),
         (
             "key and jwt together",
@@ -287,12 +287,12 @@ fn a_verified_token_is_served_from_the_cache_until_it_expires() {
     let t = format!("Bearer {}", good("c"));
     assert_eq!(
         consumer(&decide(&mut auth, "/jwt", &[("authorization", &t)])),
-        Some("c")
+        Some("p:c")
     );
     assert_eq!(auth.cache.len(), 1);
     assert_eq!(
         consumer(&auth.decide(&request("/jwt", &[("authorization", &t)]), NOW + 60)),
-        Some("c")
+        Some("p:c")
     );
     // One second past exp (skew 0), the cached entry no longer counts.
     let late = auth.decide(&request("/jwt", &[("authorization", &t)]), NOW + 61);
@@ -316,7 +316,7 @@ fn failed_tokens_are_not_cached() {
 fn remote_config() -> Config {
     config(json!({"jwt": {"providers": [{
         "name": "remote",
-        "remote_jwks": {"cluster": "idp", "path": "/jwks", "refresh_seconds": 60}
+        "remote_jwks": {"cluster": "idp", "path": "/jwks", "refresh_seconds": 60, "accept_shared_secrets": true}
     }]}}))
 }
 
@@ -342,7 +342,7 @@ fn remote_keys_are_fetched_on_schedule_and_kept_on_failure() {
     // A failure before the first success retries after a second.
     assert!(matches!(
         auth.fetch_done(0, Err("down".into()), NOW),
-        FetchOutcome::Failed(_)
+        FetchOutcome::Failed { .. }
     ));
     assert!(auth.fetches_due(NOW).is_empty());
     assert_eq!(auth.fetches_due(NOW + 1), vec![0]);
@@ -356,7 +356,7 @@ fn remote_keys_are_fetched_on_schedule_and_kept_on_failure() {
     );
     assert_eq!(
         consumer(&decide(&mut auth, "/jwt", &[("authorization", &t)])),
-        Some("r")
+        Some("remote:r")
     );
 
     // Next refresh after the interval; the same document changes nothing.
@@ -368,12 +368,12 @@ fn remote_keys_are_fetched_on_schedule_and_kept_on_failure() {
     assert_eq!(auth.fetches_due(NOW + 121), vec![0]);
     assert!(matches!(
         auth.fetch_done(0, Ok(b"<html>"), NOW + 121),
-        FetchOutcome::Failed(_)
+        FetchOutcome::Failed { .. }
     ));
     let fresh = format!("Bearer {}", token(json!({"sub": "fresh", "exp": NOW + 600})));
     assert_eq!(
         consumer(&decide(&mut auth, "/jwt", &[("authorization", &fresh)])),
-        Some("fresh")
+        Some("remote:fresh")
     );
     assert_eq!(auth.fetches_due(NOW + 126), vec![0], "failed refreshes retry after 5 s");
 
@@ -409,7 +409,7 @@ fn several_providers_are_chosen_by_issuer() {
             "/jwt",
             &[("authorization", &format!("Bearer {tb}"))]
         )),
-        Some("svc")
+        Some("b:svc")
     );
     let tc = token(json!({"iss": "iss-c", "sub": "x"}));
     assert_eq!(
@@ -441,7 +441,7 @@ fn configuration_errors_name_every_bad_field() {
         ),
         (
             json!({"jwt": {"sources": [{"type": "header"}], "providers": [{"name": "p", "remote_jwks": {"cluster": "c", "path": "jwks", "refresh_seconds": 0}}]}}),
-            "$.jwt.sources[0].name: required field is missing; $.jwt.providers[0].remote_jwks.path: must start with '/'; $.jwt.providers[0].remote_jwks.refresh_seconds: must be at least 1",
+            "$.jwt.sources[0].name: required field is missing; $.jwt.providers[0].remote_jwks.path: must start with '/' and hold no spaces or control characters; $.jwt.providers[0].remote_jwks.refresh_seconds: must be between 1 and 86400",
         ),
         (
             json!({"api_keys": {"sources": [{"type": "cookie", "name": "k"}], "consumers": [{"name": "a", "keys": [{"sha256": hex("q")}]}]}}),
@@ -451,10 +451,10 @@ fn configuration_errors_name_every_bad_field() {
             json!({"api_keys": {"consumers": [{"name": "a", "keys": [{"sha256": hex("q")}]}]}, "routes": [{"match": {"path": "/p"}, "auth": "none", "scopes": ["x"]}]}),
             "$.routes[0].auth: a public route (\"none\") cannot require scopes or consumers",
         ),
-        (json!({"realm": "a\"b", "api_keys": {"consumers": [{"name": "a", "keys": [{"sha256": hex("q")}]}]}}), "$.realm: must not contain quotes or backslashes"),
+        (json!({"realm": "a\"b", "api_keys": {"consumers": [{"name": "a", "keys": [{"sha256": hex("q")}]}]}}), "$.realm: must be printable ASCII without quotes or backslashes, at most 128 bytes"),
         (
             json!({"jwt": {"providers": [{"name": "p", "claim_headers": {"email": "authorization"}, "keys": [{"alg": "HS256", "secret": std::str::from_utf8(SECRET).unwrap()}]}]}}),
-            "$.jwt.providers[0].claim_headers.email: claim headers must start with `x-`",
+            "$.jwt.providers[0].claim_headers.email: claim headers must start with `x-` (standard headers such as authorization, cookie, host, forwarded, content-length or transfer-encoding keep their meaning)",
         ),
     ];
     for (value, want) in cases {
@@ -472,4 +472,501 @@ fn empty_configuration_is_refused_because_nothing_could_authenticate() {
     );
     let err = Config::from_bytes(b"{not json").unwrap_err().to_string();
     assert!(err.starts_with("$: not valid JSON"), "{err}");
+}
+
+// === Identity: consumer namespaces ===
+
+const OTHER_SECRET: &str = "another-unit-test-secret-32bytes";
+
+/// Two providers, `a` and `b`, whose tokens carry the same `sub`; `b_extra` adds fields to `b`.
+fn two_providers(b_extra: Value, api_keys_extra: Value) -> Config {
+    let mut b = json!({"name": "b", "issuers": ["iss-b"], "required_claims": [],
+                       "keys": [{"alg": "HS256", "secret": OTHER_SECRET}]});
+    b.as_object_mut().unwrap().extend(b_extra.as_object().unwrap().clone());
+    let mut keys = json!({"consumers": [{"name": "alice", "keys": [{"sha256": hex("k-alice")}]}]});
+    keys.as_object_mut()
+        .unwrap()
+        .extend(api_keys_extra.as_object().unwrap().clone());
+    config(json!({
+        "routes": [
+            {"match": {"path": "/jwt"}, "auth": "jwt"},
+            {"match": {"path": "/keys"}, "auth": "api_key"},
+            {"match": {"path": "/chat"}, "auth": "any", "scopes": ["chat"]}
+        ],
+        "jwt": {"providers": [
+            {"name": "a", "issuers": ["iss-a"], "required_claims": [],
+             "keys": [{"alg": "HS256", "secret": std::str::from_utf8(SECRET).unwrap()}]},
+            b
+        ]},
+        "api_keys": keys
+    }))
+}
+
+fn signed(secret: &[u8], claims: Value) -> String {
+    let custom: Map<String, Value> = claims.as_object().cloned().unwrap();
+    let mut c = Claims::with_custom_claims(custom, Duration::from_secs(0));
+    c.issued_at = None;
+    c.expires_at = None;
+    c.invalid_before = None;
+    HS256Key::from_bytes(secret).authenticate(c).unwrap()
+}
+
+fn who(auth: &mut Authenticator, headers: &[(&str, &str)]) -> Option<String> {
+    consumer(&decide(auth, "/chat", headers)).map(str::to_owned)
+}
+
+#[test]
+fn the_same_name_from_two_providers_or_an_api_key_is_three_consumers() {
+    let mut auth = Authenticator::new(Rc::new(two_providers(json!({}), json!({}))));
+    let from_a = format!(
+        "Bearer {}",
+        signed(SECRET, json!({"iss": "iss-a", "sub": "alice", "scope": "chat"}))
+    );
+    let from_b = format!(
+        "Bearer {}",
+        signed(
+            OTHER_SECRET.as_bytes(),
+            json!({"iss": "iss-b", "sub": "alice", "scope": "chat"})
+        )
+    );
+    let a = who(&mut auth, &[("authorization", &from_a)]);
+    let b = who(&mut auth, &[("authorization", &from_b)]);
+    let key = who(&mut auth, &[("x-api-key", "k-alice")]);
+    assert_eq!(a.as_deref(), Some("a:alice"));
+    assert_eq!(b.as_deref(), Some("b:alice"));
+    assert_eq!(key.as_deref(), None, "the key lacks the chat scope");
+    let d = decide(&mut auth, "/jwt", &[("x-api-key", "k-alice")]);
+    assert_eq!(reason(&d), Some(Reason::MissingCredentials));
+    let d = decide(&mut auth, "/keys", &[("x-api-key", "k-alice")]);
+    assert_eq!(consumer(&d), Some("apikey:alice"));
+}
+
+#[test]
+fn an_operator_may_map_providers_and_api_keys_into_one_namespace() {
+    let cfg = two_providers(json!({"consumer_namespace": "a"}), json!({"namespace": "a"}));
+    let mut auth = Authenticator::new(Rc::new(cfg));
+    let from_b = format!(
+        "Bearer {}",
+        signed(OTHER_SECRET.as_bytes(), json!({"iss": "iss-b", "sub": "alice"}))
+    );
+    let from_a = format!("Bearer {}", signed(SECRET, json!({"iss": "iss-a", "sub": "alice"})));
+    assert_eq!(
+        consumer(&decide(&mut auth, "/jwt", &[("authorization", &from_a)])),
+        Some("a:alice")
+    );
+    assert_eq!(
+        consumer(&decide(&mut auth, "/jwt", &[("authorization", &from_b)])),
+        Some("a:alice")
+    );
+    assert_eq!(
+        consumer(&decide(&mut auth, "/keys", &[("x-api-key", "k-alice")])),
+        Some("a:alice")
+    );
+}
+
+#[test]
+fn a_numeric_sub_is_its_decimal_text_and_other_types_are_refused() {
+    let mut auth = Authenticator::new(Rc::new(config(json!({}))));
+    let numeric = format!(
+        "Bearer {}",
+        token(json!({"iss": "iss", "aud": "aud", "sub": 1001, "exp": NOW + 60}))
+    );
+    assert_eq!(
+        consumer(&decide(&mut auth, "/jwt", &[("authorization", &numeric)])),
+        Some("p:1001")
+    );
+    let float = format!(
+        "Bearer {}",
+        token(json!({"iss": "iss", "aud": "aud", "sub": 10.5, "exp": NOW + 60}))
+    );
+    assert_eq!(
+        reason(&decide(&mut auth, "/jwt", &[("authorization", &float)])),
+        Some(Reason::InvalidConsumerClaim)
+    );
+    // Other registered claims of unexpected types no longer make a valid token malformed.
+    let odd = format!(
+        "Bearer {}",
+        token(json!({"iss": "iss", "aud": "aud", "sub": "s", "jti": 7, "nonce": 8, "exp": NOW + 60}))
+    );
+    assert_eq!(
+        consumer(&decide(&mut auth, "/jwt", &[("authorization", &odd)])),
+        Some("p:s")
+    );
+}
+
+/// A compact token with this header, signed with `SECRET` over exactly these bytes.
+fn token_with_header(header: Value, claims: Value) -> String {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let input = format!("{}.{}", b64.encode(header.to_string()), b64.encode(claims.to_string()));
+    let tag = HS256Key::from_bytes(SECRET).authentication_tag(input.as_bytes());
+    format!("{input}.{}", b64.encode(tag))
+}
+
+#[test]
+fn tokens_typed_jose_are_verified_and_foreign_types_refused() {
+    let mut auth = Authenticator::new(Rc::new(config(json!({}))));
+    let claims = json!({"iss": "iss", "aud": "aud", "sub": "j", "exp": NOW + 60});
+    for typ in ["JOSE", "jwt", "application/at+jwt"] {
+        let t = format!(
+            "Bearer {}",
+            token_with_header(json!({"alg": "HS256", "kid": "h", "typ": typ}), claims.clone())
+        );
+        assert_eq!(
+            consumer(&decide(&mut auth, "/jwt", &[("authorization", &t)])),
+            Some("p:j"),
+            "{typ}"
+        );
+    }
+    let dpop = format!(
+        "Bearer {}",
+        token_with_header(json!({"alg": "HS256", "kid": "h", "typ": "dpop+jwt"}), claims)
+    );
+    assert_eq!(
+        reason(&decide(&mut auth, "/jwt", &[("authorization", &dpop)])),
+        Some(Reason::UnsupportedTokenType)
+    );
+}
+
+// === Stripping ===
+
+fn strip_of(d: &Decision) -> Vec<Location> {
+    match d {
+        Decision::Allow { strip, .. } => strip.clone(),
+        Decision::Deny { .. } => panic!("denied: {d:?}"),
+    }
+}
+
+#[test]
+fn api_keys_never_reach_the_upstream_whatever_the_route_used() {
+    let mut auth = Authenticator::new(Rc::new(config(json!({}))));
+    let jwt = format!("Bearer {}", good("a"));
+    let key_header = Location::Header("x-api-key".into());
+    // A public route: nothing is checked, the key is still removed.
+    assert_eq!(
+        strip_of(&decide(&mut auth, "/open", &[("x-api-key", "k-acme")])),
+        vec![key_header.clone()]
+    );
+    assert_eq!(
+        strip_of(&decide(&mut auth, "/open", &[("authorization", "Bearer sk-opaque")])),
+        vec![Location::Authorization]
+    );
+    // A JWT route: the token is kept (JWT stripping is opt-in), the stray key is not.
+    assert_eq!(
+        strip_of(&decide(
+            &mut auth,
+            "/jwt",
+            &[("authorization", &jwt), ("x-api-key", "k-acme")]
+        )),
+        vec![key_header]
+    );
+    assert!(strip_of(&decide(&mut auth, "/open", &[("authorization", &jwt)])).is_empty());
+}
+
+#[test]
+fn jwt_stripping_when_configured_covers_every_route_too() {
+    let cfg = config(json!({"strip_credentials": {"jwt": true, "api_key": false}}));
+    let mut auth = Authenticator::new(Rc::new(cfg));
+    let session = format!("session={}", good("a"));
+    assert_eq!(
+        strip_of(&decide(
+            &mut auth,
+            "/open",
+            &[("cookie", &session), ("x-api-key", "k-acme")]
+        )),
+        vec![Location::Cookie("session".into())]
+    );
+    let none = config(json!({"strip_credentials": {"jwt": false, "api_key": false}}));
+    let mut auth = Authenticator::new(Rc::new(none));
+    assert!(strip_of(&decide(&mut auth, "/keys", &[("x-api-key", "k-acme")])).is_empty());
+}
+
+// === Bounded signature work ===
+
+/// A provider with `n` HS256 keys without `kid`, the i-th with secret `secret(i)`.
+fn many_keys(n: usize) -> (Authenticator, impl Fn(usize) -> String) {
+    let secret = |i: usize| format!("kidless-secret-number-{i:02}-32-bytes!!");
+    let keys: Vec<Value> = (0..n).map(|i| json!({"alg": "HS256", "secret": secret(i)})).collect();
+    let cfg = config(json!({"jwt": {"providers": [{"name": "p", "required_claims": [], "keys": keys}]}}));
+    let tok = move |i: usize| {
+        format!(
+            "Bearer {}",
+            signed(secret(i).as_bytes(), json!({"sub": format!("u{i}")}))
+        )
+    };
+    (Authenticator::new(Rc::new(cfg)), tok)
+}
+
+#[test]
+fn a_token_without_kid_costs_at_most_a_few_signature_checks() {
+    let (mut auth, tok) = many_keys(MAX_SIGNATURE_CHECKS + 2);
+    for i in 0..MAX_SIGNATURE_CHECKS {
+        assert_eq!(
+            consumer(&decide(&mut auth, "/jwt", &[("authorization", &tok(i))])),
+            Some(format!("p:u{i}").as_str())
+        );
+    }
+    for i in MAX_SIGNATURE_CHECKS..MAX_SIGNATURE_CHECKS + 2 {
+        assert_eq!(
+            reason(&decide(&mut auth, "/jwt", &[("authorization", &tok(i))])),
+            Some(Reason::InvalidSignature),
+            "key {i} is past the bound: the token must name it with kid"
+        );
+    }
+}
+
+// === Remote key sets: bounds and truthful outcomes ===
+
+#[test]
+fn a_jwks_answer_over_max_bytes_is_a_failed_fetch_and_keys_are_kept() {
+    let cfg = config(json!({"jwt": {"providers": [{
+        "name": "remote",
+        "remote_jwks": {"cluster": "idp", "path": "/jwks", "refresh_seconds": 60, "max_bytes": 1024,
+                        "accept_shared_secrets": true}
+    }]}}));
+    let mut auth = Authenticator::new(Rc::new(cfg));
+    assert_eq!(auth.jwks_max_bytes(0), 1024);
+    let big = vec![b' '; 1025];
+    assert_eq!(
+        auth.fetch_done(0, Ok(&big), NOW),
+        FetchOutcome::Failed {
+            message: "the answer has 1025 bytes, more than remote_jwks.max_bytes (1024)".into(),
+            loaded_at: None
+        }
+    );
+    assert!(matches!(
+        auth.fetch_done(0, Ok(&jwks("h")), NOW + 1),
+        FetchOutcome::Updated { .. }
+    ));
+    assert_eq!(
+        auth.fetch_done(0, Ok(&big), NOW + 70),
+        FetchOutcome::Failed {
+            message: "the answer has 1025 bytes, more than remote_jwks.max_bytes (1024)".into(),
+            loaded_at: Some(NOW + 1)
+        }
+    );
+    let t = format!("Bearer {}", token(json!({"sub": "r", "exp": NOW + 600})));
+    assert_eq!(
+        consumer(&auth.decide(&request("/jwt", &[("authorization", &t)]), NOW + 70)),
+        Some("remote:r")
+    );
+}
+
+#[test]
+fn remote_shared_secrets_are_not_used_unless_accepted() {
+    let mut auth = Authenticator::new(Rc::new(config(json!({"jwt": {"providers": [{
+        "name": "remote",
+        "remote_jwks": {"cluster": "idp", "path": "/jwks"}
+    }]}}))));
+    let outcome = auth.fetch_done(0, Ok(&jwks("h")), NOW);
+    assert!(
+        matches!(&outcome, FetchOutcome::Failed { message, loaded_at: None } if message.starts_with("no usable key (keys[0]: a shared secret")),
+        "{outcome:?}"
+    );
+    let t = format!("Bearer {}", token(json!({"sub": "r", "exp": NOW + 600})));
+    assert_eq!(
+        reason(&decide(&mut auth, "/jwt", &[("authorization", &t)])),
+        Some(Reason::KeysUnavailable)
+    );
+}
+
+// === Configuration that would break at runtime ===
+
+fn config_error(extra: Value) -> String {
+    let mut base = json!({
+        "jwt": {"providers": [{"name": "p", "keys": [{"alg": "HS256", "secret": std::str::from_utf8(SECRET).unwrap()}]}]},
+        "api_keys": {"consumers": [{"name": "a", "keys": [{"sha256": hex("q")}]}]}
+    });
+    base.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    Config::from_value(&base)
+        .map(|_| ())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
+}
+
+fn provider_with(extra: Value) -> Value {
+    let mut p = json!({"name": "p", "keys": [{"alg": "HS256", "secret": std::str::from_utf8(SECRET).unwrap()}]});
+    p.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    json!({"jwt": {"providers": [p]}})
+}
+
+#[test]
+fn consumer_lists_name_namespaced_ids_of_namespaces_that_exist() {
+    let route = |consumers: Value| json!({"routes": [{"match": {"path": "/x"}, "auth": "any", "allow": {"consumers": consumers}}]});
+    assert_eq!(config_error(route(json!(["apikey:a", "p:alice", "p:urn:x:1"]))), "");
+    assert_eq!(
+        config_error(route(json!(["alice"]))),
+        "$.routes[0].allow.consumers[0]: \"alice\" is not a consumer id: write `<namespace>:<name>`, such as `apikey:alice`"
+    );
+    assert_eq!(
+        config_error(route(json!(["idp:alice"]))),
+        "$.routes[0].allow.consumers[0]: \"idp:alice\": no JWT provider or API-key set has the consumer namespace \"idp\" (known: p, apikey)"
+    );
+    let deny = json!({"default": {"auth": "any", "deny": {"consumers": ["Apikey:a"]}}});
+    assert!(config_error(deny)
+        .starts_with("$.default.deny.consumers[0]: \"Apikey:a\": the namespace \"Apikey\" must match"),);
+}
+
+#[test]
+fn namespaces_are_checked_and_shared_only_on_purpose() {
+    let cases = [
+        (
+            provider_with(json!({"name": "Corp IdP"})),
+            "$.jwt.providers[0].name: is the provider's consumer namespace unless `consumer_namespace` is set, so it must match [a-z0-9][a-z0-9_.-]* (at most 64 bytes)",
+        ),
+        (
+            provider_with(json!({"name": "Corp IdP", "consumer_namespace": "CORP"})),
+            "$.jwt.providers[0].consumer_namespace: must match [a-z0-9][a-z0-9_.-]* (at most 64 bytes)",
+        ),
+        (
+            provider_with(json!({"name": "apikey"})),
+            "$.api_keys: would share the consumer namespace \"apikey\" with $.jwt.providers[0] by default; set `consumer_namespace` (or `api_keys.namespace`) to share it deliberately, or rename",
+        ),
+        (json!({"api_keys": {"namespace": "a:b", "consumers": [{"name": "a", "keys": [{"sha256": hex("q")}]}]}}),
+            "$.api_keys.namespace: must match [a-z0-9][a-z0-9_.-]* (at most 64 bytes)"),
+        (
+            json!({"jwt": {"providers": [
+                {"name": "p", "issuers": ["i1"], "keys": [{"alg": "HS256", "secret": std::str::from_utf8(SECRET).unwrap()}]},
+                {"name": "p", "issuers": ["i2", "i1"], "keys": [{"alg": "HS256", "secret": std::str::from_utf8(SECRET).unwrap()}]}
+            ]}}),
+            "$.jwt.providers[1].name: provider name \"p\" is taken by $.jwt.providers[0]; \
+             $.jwt.providers[1].issuers: issuer \"i1\" is listed by $.jwt.providers[0] too: a token's `iss` picks one provider; \
+             $.jwt.providers[1]: would share the consumer namespace \"p\" with $.jwt.providers[0] by default; \
+             set `consumer_namespace` (or `api_keys.namespace`) to share it deliberately, or rename",
+        ),
+    ];
+    for (extra, want) in cases {
+        assert_eq!(config_error(extra.clone()), want, "{extra}");
+    }
+    // Deliberate sharing is fine, in either direction.
+    assert_eq!(
+        config_error(provider_with(json!({"name": "apikey", "consumer_namespace": "apikey"}))),
+        ""
+    );
+    assert_eq!(
+        config_error(
+            json!({"api_keys": {"namespace": "p", "consumers": [{"name": "a", "keys": [{"sha256": hex("q")}]}]}})
+        ),
+        ""
+    );
+}
+
+#[test]
+fn claim_headers_cannot_overwrite_what_others_read() {
+    let claim = |header: &str| provider_with(json!({"claim_headers": {"c": header}}));
+    let cases = [
+        (
+            "x-portico-consumer",
+            "`x-portico-` headers carry Portico's own identity and routing",
+        ),
+        (
+            "x-portico-tier",
+            "`x-portico-` headers carry Portico's own identity and routing",
+        ),
+        (
+            "x-portico-cluster",
+            "`x-portico-` headers carry Portico's own identity and routing",
+        ),
+        ("x-forwarded-for", "forwarding headers describe the client connection"),
+        ("x-real-ip", "forwarding headers describe the client connection"),
+        ("x-envoy-original-path", "`x-envoy-` headers steer Envoy"),
+        ("x-api-key", "this header already means something to the gateway"),
+        ("x-request-id", "this header already means something to the gateway"),
+        (":authority", "pseudo-headers cannot carry claims"),
+        ("X-User", "not a header name: use lowercase letters, digits and `-`"),
+        ("x_user", "not a header name: use lowercase letters, digits and `-`"),
+        ("x-us er", "not a header name: use lowercase letters, digits and `-`"),
+        ("forwarded", "claim headers must start with `x-`"),
+        ("host", "claim headers must start with `x-`"),
+        ("cookie", "claim headers must start with `x-`"),
+        ("content-length", "claim headers must start with `x-`"),
+        ("transfer-encoding", "claim headers must start with `x-`"),
+    ];
+    for (header, want) in cases {
+        let got = config_error(claim(header));
+        assert!(
+            got.starts_with(&format!("$.jwt.providers[0].claim_headers.c: {want}")),
+            "{header}: {got}"
+        );
+    }
+    let token_header = json!({"jwt": {"sources": [{"type": "header", "name": "X-Token"}],
+        "providers": [{"name": "p", "claim_headers": {"email": "x-token", "mail": "x-user", "e": "x-user"},
+                       "keys": [{"alg": "HS256", "secret": std::str::from_utf8(SECRET).unwrap()}]}]}});
+    assert_eq!(
+        config_error(token_header),
+        "$.jwt.providers[0].claim_headers: claim \"email\" would write \"x-token\", where credentials are read from; \
+         $.jwt.providers[0].claim_headers: claims \"e\" and \"mail\" both write \"x-user\""
+    );
+    assert_eq!(config_error(claim("x-user-email")), "");
+}
+
+#[test]
+fn sizes_and_periods_have_stated_bounds() {
+    let jwt = |extra: Value| {
+        let mut j = json!({"providers": [{"name": "p", "keys": [{"alg": "HS256", "secret": std::str::from_utf8(SECRET).unwrap()}]}]});
+        j.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        json!({ "jwt": j })
+    };
+    let remote = |extra: Value| {
+        let mut r = json!({"cluster": "c", "path": "/jwks"});
+        r.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        provider_with(json!({"remote_jwks": r}))
+    };
+    let cases = [
+        (jwt(json!({"max_token_bytes": 0})), "$.jwt.max_token_bytes: must be between 256 and 65536"),
+        (jwt(json!({"max_token_bytes": 1_000_000})), "$.jwt.max_token_bytes: must be between 256 and 65536"),
+        (jwt(json!({"token_cache_entries": 100_001})), "$.jwt.token_cache_entries: must be between 0 and 100000"),
+        (provider_with(json!({"clock_skew_seconds": 601})), "$.jwt.providers[0].clock_skew_seconds: must be between 0 and 600"),
+        (remote(json!({"refresh_seconds": 0})), "$.jwt.providers[0].remote_jwks.refresh_seconds: must be between 1 and 86400"),
+        (remote(json!({"refresh_seconds": 86_401})), "$.jwt.providers[0].remote_jwks.refresh_seconds: must be between 1 and 86400"),
+        (remote(json!({"timeout_ms": 0})), "$.jwt.providers[0].remote_jwks.timeout_ms: must be between 100 and 60000"),
+        (remote(json!({"timeout_ms": 3_600_000})), "$.jwt.providers[0].remote_jwks.timeout_ms: must be between 100 and 60000"),
+        (remote(json!({"max_bytes": 0})), "$.jwt.providers[0].remote_jwks.max_bytes: must be between 1024 and 4194304"),
+        (remote(json!({"max_bytes": 1u64 << 40})), "$.jwt.providers[0].remote_jwks.max_bytes: must be between 1024 and 4194304"),
+        (remote(json!({"path": "/jwks\r\nx: y"})), "$.jwt.providers[0].remote_jwks.path: must start with '/' and hold no spaces or control characters"),
+        (remote(json!({"authority": "idp example"})), "$.jwt.providers[0].remote_jwks.authority: must hold no spaces or control characters"),
+        (provider_with(json!({"default_tier": "pro\r\nx-portico-tier: admin"})), "$.jwt.providers[0].default_tier: must be a header value: no control characters, at most 1024 bytes"),
+        (json!({"api_keys": {"consumers": [{"name": "a\nb", "tier": "t\u{7f}", "keys": [{"sha256": hex("q")}]}]}}),
+         "$.api_keys.consumers[0].name: must be a header value: no control characters, at most 1024 bytes; $.api_keys.consumers[0].tier: must be a header value: no control characters, at most 1024 bytes"),
+        (json!({"realm": "r\r\nx: y"}), "$.realm: must be printable ASCII without quotes or backslashes, at most 128 bytes"),
+    ];
+    for (extra, want) in cases {
+        assert_eq!(config_error(extra.clone()), want, "{extra}");
+    }
+    assert_eq!(
+        config_error(remote(
+            json!({"refresh_seconds": 1, "timeout_ms": 100, "max_bytes": 1024})
+        )),
+        ""
+    );
+}
+
+#[test]
+fn a_public_rule_cannot_shadow_a_protected_one_with_the_same_pattern() {
+    let routes = json!({"routes": [
+        {"match": {"path": "/admin/{*rest}"}, "auth": "none"},
+        {"match": {"path": "/admin/{*rest}", "methods": ["POST"]}, "auth": "jwt"}
+    ]});
+    assert_eq!(
+        config_error(routes),
+        "$.routes[1]: competes with $.routes[0] (path \"/admin/{*rest}\", overlapping methods and hosts): \
+         the earlier rule would always win; give them disjoint methods or hosts, or merge them"
+    );
+}
+
+#[test]
+fn errors_name_the_configured_rule_even_after_an_unreadable_one() {
+    let routes = json!({"routes": [
+        {"match": {"path": "/a"}, "auth": "maybe"},
+        {"match": {"path": "/b"}, "auth": "none"},
+        {"match": {"path": "/b"}, "auth": "jwt"}
+    ]});
+    let got = config_error(routes);
+    assert!(
+        got.ends_with(
+            "$.routes[2]: competes with $.routes[1] (path \"/b\", overlapping methods and hosts): \
+                       the earlier rule would always win; give them disjoint methods or hosts, or merge them"
+        ),
+        "{got}"
+    );
 }
