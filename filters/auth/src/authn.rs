@@ -216,7 +216,13 @@ impl Authenticator {
     pub fn decide(&mut self, request: &RequestView, now: u64) -> Decision {
         let config = Rc::clone(&self.config);
         let rule = config.routes.find(request).map_or(&config.default_rule, |m| m.rule);
-        let strip = strip_locations(&config, request);
+        // Every credential of every kind, when stripping or the route needs them all; read once.
+        let everything = if config.strip.jwt || config.strip.api_key || rule.accept == Accept::Any {
+            collect(&config, Accept::Any, request)
+        } else {
+            Vec::new()
+        };
+        let strip = strip_locations(&config, &everything);
         if rule.accept == Accept::None {
             return Decision::Allow { identity: None, strip };
         }
@@ -224,7 +230,11 @@ impl Authenticator {
             reason,
             scopes: rule.scopes.clone(),
         };
-        let found = collect(&config, rule.accept, request);
+        let found = if rule.accept == Accept::Any {
+            everything
+        } else {
+            collect(&config, rule.accept, request)
+        };
         let Some(first) = found.first() else {
             return deny(Reason::MissingCredentials);
         };
@@ -364,18 +374,16 @@ fn authorize(rule: &Rule, identity: &Identity) -> Result<(), Reason> {
 /// whichever credential (if any) the route used. A gateway credential is for the gateway: an API
 /// key sent along on a public or JWT route must not reach the upstream either. A bearer value
 /// counts as the kind its shape says when both kinds are read from `Authorization`.
-fn strip_locations(config: &Config, request: &RequestView) -> Vec<Location> {
-    if !config.strip.jwt && !config.strip.api_key {
-        return Vec::new();
-    }
+/// `everything` is what [`collect`] finds for [`Accept::Any`].
+fn strip_locations(config: &Config, everything: &[Found]) -> Vec<Location> {
     let mut locations: Vec<Location> = Vec::new();
-    for found in collect(config, Accept::Any, request) {
+    for found in everything {
         let strip = match found.kind {
             Kind::Jwt => config.strip.jwt,
             Kind::ApiKey => config.strip.api_key,
         };
         if strip && !locations.contains(&found.location) {
-            locations.push(found.location);
+            locations.push(found.location.clone());
         }
     }
     locations

@@ -660,6 +660,11 @@ fn api_keys_never_reach_the_upstream_whatever_the_route_used() {
         vec![key_header]
     );
     assert!(strip_of(&decide(&mut auth, "/open", &[("authorization", &jwt)])).is_empty());
+    // A route that takes either kind: the key it used, as before.
+    assert_eq!(
+        strip_of(&decide(&mut auth, "/pro", &[("authorization", "Bearer k-acme")])),
+        vec![Location::Authorization]
+    );
 }
 
 #[test]
