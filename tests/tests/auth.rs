@@ -624,7 +624,7 @@ fn bad_configuration_is_refused_with_every_json_path() {
         "invalid configuration: $.api_keys.consumers[0].keys[0].sha256: expected 64 hex digits",
         "invalid configuration: $.routes[0].auth: unknown value \"maybe\", expected one of: none, jwt, api_key, any",
         "invalid configuration: $.strip_credential: unknown field",
-        "invalid configuration: $.jwt.providers[0].claim_headers.sub: `x-portico-` headers carry Portico's own identity and routing",
+        "invalid configuration: $.jwt.providers[0].claim_headers.sub: \"x-portico-consumer\" is Portico's own header",
         "invalid configuration: $.routes[2].allow.consumers[0]: \"alice\" is not a consumer id: write `<namespace>:<name>`, such as `apikey:alice`",
         "invalid configuration: $.routes[2]: competes with $.routes[1] (path \"/admin/{*rest}\"",
     ] {

@@ -5,13 +5,15 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use std::ops::RangeInclusive;
+
 use portico_core::config::{read_bytes, read_value, Errors, Node, Object};
-use portico_core::identity::{consumer_id, parse_consumer_id, valid_namespace, RESERVED_PREFIX};
+use portico_core::header::{value_problem, write_problem, Writer};
+use portico_core::identity::{consumer_id, parse_consumer_id, valid_namespace};
 use portico_core::route::{RouteMatch, RouteTable};
 use serde_json::Value;
 
 use crate::keys::{self, Key};
-use crate::token::header_safe;
 
 /// The checked configuration.
 #[derive(Debug)]
@@ -162,30 +164,21 @@ pub struct StripPolicy {
 }
 
 const DEFAULT_MAX_TOKEN_BYTES: u64 = 8192;
-const TOKEN_BYTES: (u64, u64) = (256, 65536);
+const TOKEN_BYTES: RangeInclusive<u64> = 256..=65536;
 const DEFAULT_CACHE_ENTRIES: u64 = 1024;
 /// An entry holds an identity (consumer, tier, scopes, claim headers): a few hundred bytes.
-const MAX_CACHE_ENTRIES: u64 = 100_000;
+const CACHE_ENTRIES: RangeInclusive<u64> = 0..=100_000;
 const DEFAULT_CLOCK_SKEW: u64 = 30;
-const MAX_CLOCK_SKEW: u64 = 600;
+const CLOCK_SKEW: RangeInclusive<u64> = 0..=600;
 const DEFAULT_REFRESH_SECONDS: u64 = 300;
-const REFRESH_SECONDS: (u64, u64) = (1, 86_400);
+const REFRESH_SECONDS: RangeInclusive<u64> = 1..=86_400;
 const DEFAULT_TIMEOUT_MS: u64 = 5000;
-const TIMEOUT_MS: (u64, u64) = (100, 60_000);
+const TIMEOUT_MS: RangeInclusive<u64> = 100..=60_000;
 const DEFAULT_JWKS_BYTES: u64 = 256 * 1024;
-const JWKS_BYTES: (u64, u64) = (1024, 4 * 1024 * 1024);
+const JWKS_BYTES: RangeInclusive<u64> = 1024..=4 * 1024 * 1024;
 const MAX_REALM: usize = 128;
 /// The namespace of API-key consumers unless `api_keys.namespace` says otherwise.
 pub const API_KEY_NAMESPACE: &str = "apikey";
-
-/// Reads an optional integer field that must lie within `bounds` (inclusive).
-fn bounded(obj: &mut Object<'_>, key: &'static str, default: u64, bounds: (u64, u64), errors: &mut Errors) -> u64 {
-    let value = obj.opt_u64(key, errors).unwrap_or(default);
-    if !(bounds.0..=bounds.1).contains(&value) {
-        obj.field_error(key, errors, format!("must be between {} and {}", bounds.0, bounds.1));
-    }
-    value
-}
 
 impl Config {
     /// Parses and checks the plugin configuration bytes.
@@ -347,38 +340,32 @@ fn check_namespaces(
 }
 
 /// Why `name` may not receive a claim, if it may not. Claims are the token holder's words: they
-/// must never land where Envoy, Portico or the upstream reads something else.
-fn claim_header_problem(name: &str) -> Option<&'static str> {
-    if name.starts_with(':') {
-        return Some("pseudo-headers cannot carry claims");
+/// must never land where Envoy, Portico or the upstream reads something else. Beyond what no
+/// configured header write may touch (pseudo-headers, framing, `host`, `x-portico-*`), a claim
+/// header is a lowercase `x-` name outside Envoy's, the forwarding and the credential headers.
+fn claim_header_problem(name: &str) -> Option<String> {
+    if let Some(problem) = write_problem(name, Writer::Operation) {
+        return Some(problem);
     }
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    let reason = if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     {
         // No `_` either: CGI-style upstreams read `x_a` and `x-a` as one header.
-        return Some("not a header name: use lowercase letters, digits and `-`");
-    }
-    if name.starts_with(RESERVED_PREFIX) {
-        return Some("`x-portico-` headers carry Portico's own identity and routing");
-    }
-    if name.starts_with("x-envoy-") {
-        return Some("`x-envoy-` headers steer Envoy");
-    }
-    if name.starts_with("x-forwarded-") || name == "x-real-ip" {
-        return Some("forwarding headers describe the client connection");
-    }
-    if matches!(name, "x-api-key" | "x-request-id") {
-        return Some("this header already means something to the gateway");
-    }
-    if !name.starts_with("x-") {
-        return Some(
-            "claim headers must start with `x-` (standard headers such as authorization, cookie, host, \
-             forwarded, content-length or transfer-encoding keep their meaning)",
-        );
-    }
-    None
+        "claim header names use lowercase letters, digits and `-` only"
+    } else if name.starts_with("x-envoy-") {
+        "`x-envoy-` headers steer Envoy"
+    } else if name.starts_with("x-forwarded-") || name == "x-real-ip" {
+        "forwarding headers describe the client connection"
+    } else if matches!(name, "x-api-key" | "x-request-id") {
+        "this header already means something to the gateway"
+    } else if !name.starts_with("x-") {
+        "claim headers must start with `x-` (standard headers such as authorization, cookie, \
+         forwarded or via keep their meaning)"
+    } else {
+        return None;
+    };
+    Some(format!("{name:?}: {reason}"))
 }
 
 /// Claim headers must not be where a credential is read from, and one header takes one claim.
@@ -546,20 +533,12 @@ fn read_sources(
 fn read_jwt(node: &Node<'_>, errors: &mut Errors) -> Option<JwtConfig> {
     let mut obj = node.object(errors)?;
     let sources = read_sources(obj.opt("sources"), vec![TokenSource::Bearer], true, errors);
-    let max_token_bytes = bounded(
-        &mut obj,
-        "max_token_bytes",
-        DEFAULT_MAX_TOKEN_BYTES,
-        TOKEN_BYTES,
-        errors,
-    );
-    let cache_entries = bounded(
-        &mut obj,
-        "token_cache_entries",
-        DEFAULT_CACHE_ENTRIES,
-        (0, MAX_CACHE_ENTRIES),
-        errors,
-    );
+    let max_token_bytes = obj
+        .opt_u64_in("max_token_bytes", TOKEN_BYTES, errors)
+        .unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
+    let cache_entries = obj
+        .opt_u64_in("token_cache_entries", CACHE_ENTRIES, errors)
+        .unwrap_or(DEFAULT_CACHE_ENTRIES);
     let nodes = obj.array("providers", errors);
     let mut providers: Vec<Provider> = Vec::new();
     for node in &nodes {
@@ -632,29 +611,24 @@ fn read_provider(node: &Node<'_>, errors: &mut Errors) -> Option<Provider> {
     };
     let issuers = obj.string_list("issuers", errors);
     let audiences = obj.string_list("audiences", errors);
-    let clock_skew_seconds = bounded(
-        &mut obj,
-        "clock_skew_seconds",
-        DEFAULT_CLOCK_SKEW,
-        (0, MAX_CLOCK_SKEW),
-        errors,
-    );
+    let clock_skew_seconds = obj
+        .opt_u64_in("clock_skew_seconds", CLOCK_SKEW, errors)
+        .unwrap_or(DEFAULT_CLOCK_SKEW);
     let required_claims = match obj.opt("required_claims") {
         Some(n) => n.string_list(errors).unwrap_or_default(),
         None => vec!["exp".to_owned()],
     };
     let consumer_claim = obj.opt_str("consumer_claim", errors).unwrap_or("sub").to_owned();
     let tier_claim = obj.opt_str("tier_claim", errors).map(str::to_owned);
-    let default_tier = read_header_value(&mut obj, "default_tier", errors);
+    let default_tier = obj.opt("default_tier").and_then(|n| n.header_value(errors));
     let mut claim_headers = Vec::new();
     if let Some(mut map) = obj.opt("claim_headers").and_then(|n| n.object(errors)) {
         for (claim, header_node) in map.entries() {
             let Some(header) = header_node.non_empty_str(errors) else {
                 continue;
             };
-            match claim_header_problem(header) {
-                Some(problem) => header_node.error(errors, problem),
-                None => claim_headers.push((claim.to_owned(), header.to_owned())),
+            if header_node.report(claim_header_problem(header), errors) {
+                claim_headers.push((claim.to_owned(), header.to_owned()));
             }
         }
         map.finish(errors);
@@ -692,19 +666,6 @@ fn read_provider(node: &Node<'_>, errors: &mut Errors) -> Option<Provider> {
     })
 }
 
-/// An optional string that becomes a header value (a tier): it must be one.
-fn read_header_value(obj: &mut Object<'_>, key: &'static str, errors: &mut Errors) -> Option<String> {
-    let value = obj.opt_str(key, errors)?;
-    if !header_safe(value) {
-        obj.field_error(
-            key,
-            errors,
-            "must be a header value: no control characters, at most 1024 bytes",
-        );
-    }
-    Some(value.to_owned())
-}
-
 /// Printable ASCII without spaces: what a request path or authority may be sent as.
 fn request_line_safe(value: &str) -> bool {
     value.bytes().all(|b| b > 0x20 && b < 0x7f)
@@ -728,15 +689,15 @@ fn read_remote(node: &Node<'_>, errors: &mut Errors) -> Option<RemoteJwks> {
     if authority.as_deref().is_some_and(|a| !request_line_safe(a)) {
         obj.field_error("authority", errors, "must hold no spaces or control characters");
     }
-    let refresh_seconds = bounded(
-        &mut obj,
-        "refresh_seconds",
-        DEFAULT_REFRESH_SECONDS,
-        REFRESH_SECONDS,
-        errors,
-    );
-    let timeout_ms = bounded(&mut obj, "timeout_ms", DEFAULT_TIMEOUT_MS, TIMEOUT_MS, errors);
-    let max_bytes = bounded(&mut obj, "max_bytes", DEFAULT_JWKS_BYTES, JWKS_BYTES, errors);
+    let refresh_seconds = obj
+        .opt_u64_in("refresh_seconds", REFRESH_SECONDS, errors)
+        .unwrap_or(DEFAULT_REFRESH_SECONDS);
+    let timeout_ms = obj
+        .opt_u64_in("timeout_ms", TIMEOUT_MS, errors)
+        .unwrap_or(DEFAULT_TIMEOUT_MS);
+    let max_bytes = obj
+        .opt_u64_in("max_bytes", JWKS_BYTES, errors)
+        .unwrap_or(DEFAULT_JWKS_BYTES);
     let accept_shared_secrets = obj.opt_bool("accept_shared_secrets", errors).unwrap_or(false);
     obj.finish(errors);
     let cluster = cluster?;
@@ -778,22 +739,23 @@ fn read_api_keys(node: &Node<'_>, errors: &mut Errors) -> Option<ApiKeyConfig> {
         let Some(mut c) = consumer.object(errors) else {
             continue;
         };
-        let name = c.req_str("name", errors).map(str::to_owned);
-        if let Some(n) = &name {
+        let name_node = c.req("name", errors);
+        let name = name_node
+            .as_ref()
+            .and_then(|n| n.non_empty_str(errors))
+            .map(str::to_owned);
+        if let (Some(n), Some(node)) = (&name, &name_node) {
             if names.contains(n) {
-                c.field_error("name", errors, format!("duplicate consumer {n:?}"));
-            } else if !header_safe(n) {
-                c.field_error(
-                    "name",
-                    errors,
-                    "must be a header value: no control characters, at most 1024 bytes",
-                );
+                node.error(errors, format!("duplicate consumer {n:?}"));
+            } else {
+                // It travels in `x-portico-consumer`.
+                node.report(value_problem(n), errors);
             }
             names.push(n.clone());
         }
         let identity = Rc::new(Identity {
             consumer: consumer_id(&namespace, name.as_deref().unwrap_or_default()),
-            tier: read_header_value(&mut c, "tier", errors),
+            tier: c.opt("tier").and_then(|n| n.header_value(errors)),
             scopes: c.string_list("scopes", errors),
             headers: Vec::new(),
         });

@@ -219,9 +219,9 @@ fn scalar_text(value: &Value) -> Option<String> {
     }
 }
 
-/// Claim and configured values become header values: refuse anything that could split or
-/// corrupt a header, and anything absurdly long.
-pub fn header_safe(value: &str) -> bool {
+/// Claim values become header values: refuse anything that could split or corrupt a header,
+/// and anything absurdly long.
+fn header_safe(value: &str) -> bool {
     value.len() <= 1024 && value.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 

@@ -14,9 +14,6 @@
 pub const CONSUMER_HEADER: &str = "x-portico-consumer";
 /// The caller's tier (for example `free`, `pro`), used by rate limits and routing.
 pub const TIER_HEADER: &str = "x-portico-tier";
-/// Every header with this prefix belongs to Portico's filters: no configuration may make a
-/// client value or a claim land in one.
-pub const RESERVED_PREFIX: &str = "x-portico-";
 
 /// Longest namespace accepted.
 pub const MAX_NAMESPACE: usize = 64;

@@ -454,7 +454,7 @@ fn configuration_errors_name_every_bad_field() {
         (json!({"realm": "a\"b", "api_keys": {"consumers": [{"name": "a", "keys": [{"sha256": hex("q")}]}]}}), "$.realm: must be printable ASCII without quotes or backslashes, at most 128 bytes"),
         (
             json!({"jwt": {"providers": [{"name": "p", "claim_headers": {"email": "authorization"}, "keys": [{"alg": "HS256", "secret": std::str::from_utf8(SECRET).unwrap()}]}]}}),
-            "$.jwt.providers[0].claim_headers.email: claim headers must start with `x-` (standard headers such as authorization, cookie, host, forwarded, content-length or transfer-encoding keep their meaning)",
+            "$.jwt.providers[0].claim_headers.email: \"authorization\": claim headers must start with `x-` (standard headers such as authorization, cookie, forwarded or via keep their meaning)",
         ),
     ];
     for (value, want) in cases {
@@ -859,33 +859,66 @@ fn namespaces_are_checked_and_shared_only_on_purpose() {
 #[test]
 fn claim_headers_cannot_overwrite_what_others_read() {
     let claim = |header: &str| provider_with(json!({"claim_headers": {"c": header}}));
+    let portico = |h: &str| {
+        format!(
+            "\"{h}\" is Portico's own header (x-portico- headers carry identity and routing between its filters): \
+             header operations cannot change it"
+        )
+    };
+    let own = |h: &str, reason: &str| format!("\"{h}\": {reason}");
     let cases = [
+        ("x-portico-consumer", portico("x-portico-consumer")),
+        ("x-portico-tier", portico("x-portico-tier")),
+        ("x-portico-cluster", portico("x-portico-cluster")),
         (
-            "x-portico-consumer",
-            "`x-portico-` headers carry Portico's own identity and routing",
+            "x-forwarded-for",
+            own("x-forwarded-for", "forwarding headers describe the client connection"),
         ),
         (
-            "x-portico-tier",
-            "`x-portico-` headers carry Portico's own identity and routing",
+            "x-real-ip",
+            own("x-real-ip", "forwarding headers describe the client connection"),
         ),
         (
-            "x-portico-cluster",
-            "`x-portico-` headers carry Portico's own identity and routing",
+            "x-envoy-original-path",
+            own("x-envoy-original-path", "`x-envoy-` headers steer Envoy"),
         ),
-        ("x-forwarded-for", "forwarding headers describe the client connection"),
-        ("x-real-ip", "forwarding headers describe the client connection"),
-        ("x-envoy-original-path", "`x-envoy-` headers steer Envoy"),
-        ("x-api-key", "this header already means something to the gateway"),
-        ("x-request-id", "this header already means something to the gateway"),
-        (":authority", "pseudo-headers cannot carry claims"),
-        ("X-User", "not a header name: use lowercase letters, digits and `-`"),
-        ("x_user", "not a header name: use lowercase letters, digits and `-`"),
-        ("x-us er", "not a header name: use lowercase letters, digits and `-`"),
-        ("forwarded", "claim headers must start with `x-`"),
-        ("host", "claim headers must start with `x-`"),
-        ("cookie", "claim headers must start with `x-`"),
-        ("content-length", "claim headers must start with `x-`"),
-        ("transfer-encoding", "claim headers must start with `x-`"),
+        (
+            "x-api-key",
+            own("x-api-key", "this header already means something to the gateway"),
+        ),
+        (
+            "x-request-id",
+            own("x-request-id", "this header already means something to the gateway"),
+        ),
+        (":authority", "\":authority\" is the request's authority".to_owned()),
+        (":status", "\":status\" is a pseudo-header".to_owned()),
+        ("host", "\"host\" is the request's authority".to_owned()),
+        ("content-length", "\"content-length\" frames the message".to_owned()),
+        (
+            "transfer-encoding",
+            "\"transfer-encoding\" frames the message".to_owned(),
+        ),
+        ("x-us er", "header name \"x-us er\" contains ' '".to_owned()),
+        (
+            "X-User",
+            own(
+                "X-User",
+                "claim header names use lowercase letters, digits and `-` only",
+            ),
+        ),
+        (
+            "x_user",
+            own(
+                "x_user",
+                "claim header names use lowercase letters, digits and `-` only",
+            ),
+        ),
+        ("forwarded", own("forwarded", "claim headers must start with `x-`")),
+        ("cookie", own("cookie", "claim headers must start with `x-`")),
+        (
+            "authorization",
+            own("authorization", "claim headers must start with `x-`"),
+        ),
     ];
     for (header, want) in cases {
         let got = config_error(claim(header));
@@ -930,9 +963,10 @@ fn sizes_and_periods_have_stated_bounds() {
         (remote(json!({"max_bytes": 1u64 << 40})), "$.jwt.providers[0].remote_jwks.max_bytes: must be between 1024 and 4194304"),
         (remote(json!({"path": "/jwks\r\nx: y"})), "$.jwt.providers[0].remote_jwks.path: must start with '/' and hold no spaces or control characters"),
         (remote(json!({"authority": "idp example"})), "$.jwt.providers[0].remote_jwks.authority: must hold no spaces or control characters"),
-        (provider_with(json!({"default_tier": "pro\r\nx-portico-tier: admin"})), "$.jwt.providers[0].default_tier: must be a header value: no control characters, at most 1024 bytes"),
+        (provider_with(json!({"default_tier": "pro\r\nx-portico-tier: admin"})), "$.jwt.providers[0].default_tier: header value contains '\\r', a control character HTTP does not allow in a value (CR and LF would split the message)"),
         (json!({"api_keys": {"consumers": [{"name": "a\nb", "tier": "t\u{7f}", "keys": [{"sha256": hex("q")}]}]}}),
-         "$.api_keys.consumers[0].name: must be a header value: no control characters, at most 1024 bytes; $.api_keys.consumers[0].tier: must be a header value: no control characters, at most 1024 bytes"),
+         "$.api_keys.consumers[0].name: header value contains '\\n', a control character HTTP does not allow in a value (CR and LF would split the message); \
+          $.api_keys.consumers[0].tier: header value contains '\\u{7f}', a control character HTTP does not allow in a value (CR and LF would split the message)"),
         (json!({"realm": "r\r\nx: y"}), "$.realm: must be printable ASCII without quotes or backslashes, at most 128 bytes"),
     ];
     for (extra, want) in cases {
