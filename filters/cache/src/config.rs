@@ -300,12 +300,12 @@ mod tests {
             ),
             (
                 "duplicate route names",
-                json!({"routes": [{"name": "chat"}, {"name": "chat"}]}),
+                json!({"routes": [{"name": "chat", "match": {"path": "/a"}}, {"name": "chat", "match": {"path": "/b"}}]}),
                 "$.routes[1].name: duplicate route name \"chat\" (a route without `name` is called route<index>)",
             ),
             (
                 "a name that an unnamed route already has",
-                json!({"routes": [{"name": "route1"}, {}]}),
+                json!({"routes": [{"name": "route1", "match": {"path": "/a"}}, {"match": {"path": "/b"}}]}),
                 "$.routes[1]: duplicate route name \"route1\" (a route without `name` is called route<index>)",
             ),
             (
