@@ -56,7 +56,7 @@ fn gateway(shared: bool) -> (Gateway, Upstream, Upstream) {
         "per_consumer_metrics": true,
         "rules": [{"name": "per_consumer", "match": {"path": "/hello"}, "key": ["consumer"],
                    "limit": {"requests": REQUESTS, "period_seconds": 3600}}],
-        "token_quotas": [{"name": "llm", "match": {"path": "/v1/{*rest}"}, "key": ["consumer"],
+        "token_quotas": [{"name": "llm", "match": {"path": "/v1/{*rest}"}, "key": ["consumer"], "default_max_tokens": 256,
                           "budgets": [{"tokens": TOKENS, "period_seconds": 3600}]}]
     });
     let header_routing = json!({
