@@ -147,10 +147,15 @@ pub fn sum_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
 }
 
 /// Envoy's `json_to_metadata` filter lifting `fields` of JSON request bodies into the
-/// `portico` metadata namespace, as `envoy/gateway.yaml` does.
+/// `portico` metadata namespace, as `envoy/gateway.yaml` does. `max_tokens` lifts both names
+/// of the output budget, OpenAI's newer `max_completion_tokens` too, as every shipped config does.
 pub fn json_to_metadata(fields: &[&str]) -> Value {
     let rules: Vec<Value> = fields
         .iter()
+        .flat_map(|f| match *f {
+            "max_tokens" => vec!["max_tokens", "max_completion_tokens"],
+            other => vec![other],
+        })
         .map(|f| {
             json!({"selectors": [{"key": f}],
                    "on_present": {"metadata_namespace": "portico", "key": f, "type": "STRING"},

@@ -13,6 +13,8 @@ pub struct Request {
     path: String,
     headers: Vec<(String, Vec<u8>)>,
     body: Vec<u8>,
+    /// Send the body chunked (no `content-length`), in pieces of this many bytes.
+    chunk_size: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -33,6 +35,7 @@ impl Request {
             path: path.to_owned(),
             headers: Vec::new(),
             body: Vec::new(),
+            chunk_size: None,
         }
     }
 
@@ -47,6 +50,13 @@ impl Request {
 
     pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
         self.body = body.into();
+        self
+    }
+
+    /// Sends the body with `transfer-encoding: chunked` in chunks of `size` bytes, as clients
+    /// that stream their upload do: the gateway sees no `content-length`.
+    pub fn chunked(mut self, size: usize) -> Self {
+        self.chunk_size = Some(size.max(1));
         self
     }
 
@@ -83,14 +93,29 @@ impl Request {
             out.extend_from_slice(b"\r\n");
         }
         let connection = if keep_alive { "keep-alive" } else { "close" };
-        out.extend_from_slice(
-            format!(
-                "content-length: {}\r\nconnection: {connection}\r\n\r\n",
-                self.body.len()
-            )
-            .as_bytes(),
-        );
-        out.extend_from_slice(&self.body);
+        match self.chunk_size {
+            Some(size) => {
+                out.extend_from_slice(
+                    format!("transfer-encoding: chunked\r\nconnection: {connection}\r\n\r\n").as_bytes(),
+                );
+                for chunk in self.body.chunks(size) {
+                    out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                    out.extend_from_slice(chunk);
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"0\r\n\r\n");
+            }
+            None => {
+                out.extend_from_slice(
+                    format!(
+                        "content-length: {}\r\nconnection: {connection}\r\n\r\n",
+                        self.body.len()
+                    )
+                    .as_bytes(),
+                );
+                out.extend_from_slice(&self.body);
+            }
+        }
         stream.write_all(&out)?;
         let raw = read_response(stream)?;
         parse_response(&raw)

@@ -9,7 +9,7 @@
 //! request as the real API would (required fields, no foreign fields, `anthropic-version`) and
 //! answer 400 in that API's error shape otherwise; they call the first offered tool unless the
 //! last turn is a tool result. Steered by headers: `x-mock-usage: PROMPT,COMPLETION` puts usage in the
-//! answer (none without it), `x-mock-delay-ms: N` waits before answering, `x-mock-stream: 1` streams with `x-mock-events: N` text deltas and `x-mock-gap-ms: N` between writes (default 15) (and `x-mock-cut: 1` drops the connection halfway, `x-mock-cut: clean` ends the body there), SSE in several flushed chunks with the
+//! answer (none without it; COMPLETION `max` is the request's own `max_tokens`), `x-mock-delay-ms: N` waits before answering, `x-mock-stream: 1` streams with `x-mock-events: N` text deltas and `x-mock-gap-ms: N` between writes (default 15) (and `x-mock-cut: 1` drops the connection halfway, `x-mock-cut: clean` ends the body there), SSE in several flushed chunks with the
 //! usage event split across two of them, `x-mock-status: N` answers an error without usage,
 //! `x-mock-pad: N` lengthens the answer text by N bytes, `x-mock-cache-control: V` sends that
 //! `cache-control`, `x-mock-header: NAME=VALUE` sends that header, `x-mock-answer: KIND` spoils a
@@ -252,7 +252,17 @@ fn mock_usage(request: &Request) -> Option<(u64, u64)> {
         return (!steered).then_some((request.body.len() as u64 / 4, 2));
     };
     let (p, c) = given.split_once(',')?;
-    Some((p.trim().parse().ok()?, c.trim().parse().ok()?))
+    // `max`: the answer used every output token the request allowed.
+    let completion = match c.trim() {
+        "max" => {
+            let body: serde_json::Value = serde_json::from_slice(&request.body).ok()?;
+            body.get("max_completion_tokens")
+                .or_else(|| body.get("max_tokens"))
+                .and_then(serde_json::Value::as_u64)?
+        }
+        c => c.parse().ok()?,
+    };
+    Some((p.trim().parse().ok()?, completion))
 }
 
 const OPENAI_KEYS: &[&str] = &[
