@@ -6,7 +6,8 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
-use portico_tests::envoy::{json_to_metadata, EnvoyConfig, Gateway};
+use portico_tests::demo::{demo_env, Shipped};
+use portico_tests::envoy::{eventually, json_to_metadata, EnvoyConfig, Gateway};
 use portico_tests::http::{get, Connection, Request, Response};
 use portico_tests::upstream::Upstream;
 use serde_json::{json, Value};
@@ -16,6 +17,14 @@ fn gateway(config: &Value) -> (Gateway, Upstream) {
     let envoy = EnvoyConfig::new(upstream.addr)
         .native(json_to_metadata(&["model", "max_tokens"]))
         .wasm("rate-limit", config);
+    (Gateway::start(&envoy), upstream)
+}
+
+/// Rate-limit with nothing in front that buffers the body: a chunked body arrives in pieces
+/// after the headers were decided.
+fn unbuffered_gateway(config: &Value) -> (Gateway, Upstream) {
+    let upstream = Upstream::start("127.0.0.1:0").unwrap();
+    let envoy = EnvoyConfig::new(upstream.addr).wasm("rate-limit", config);
     (Gateway::start(&envoy), upstream)
 }
 
@@ -182,11 +191,13 @@ fn dry_run_counts_and_reports_but_never_refuses() {
     assert_eq!(decisions(&gw, "trial", "allowed"), 2);
 }
 
+fn quota_config(tokens: u64, period: u64) -> Value {
+    json!({"token_quotas": [{"name": "llm", "match": {"path": "/v1/{*rest}"}, "key": ["consumer"],
+        "default_max_tokens": 100, "budgets": [{"tokens": tokens, "period_seconds": period}]}]})
+}
+
 fn quota_gateway(tokens: u64, period: u64) -> (Gateway, Upstream) {
-    gateway(
-        &json!({"token_quotas": [{"name": "llm", "match": {"path": "/v1/{*rest}"}, "key": ["consumer"],
-        "default_max_tokens": 100, "budgets": [{"tokens": tokens, "period_seconds": period}]}]}),
-    )
+    gateway(&quota_config(tokens, period))
 }
 
 /// A budget period long enough that refill during a test is below one token.
@@ -366,4 +377,356 @@ fn memory_stays_flat_across_100k_distinct_keys() {
         "RSS grew from {after_10k} to {after_100k} KiB"
     );
     gw.assert_no_wasm_panic();
+}
+
+/// What the next request of `consumer` shows left of a budget (one that refills too slowly to
+/// move during a test), once the earlier answers have settled.
+fn remaining_after(gw: &Gateway, consumer: &str) -> u64 {
+    thread::sleep(Duration::from_millis(100));
+    let r = chat("/v1/chat/completions", consumer, Some((1, 1)), false).send(gw.addr);
+    assert_eq!(r.status, 200, "{}", r.text());
+    remaining_tokens(&r)
+}
+
+fn chat_estimate() -> u64 {
+    200 + (chat_body().len() as u64).div_ceil(4)
+}
+
+#[test]
+fn a_backend_claiming_2_to_the_64_tokens_cannot_lock_a_consumer_out() {
+    let (gw, _up) = quota_gateway(100_000, YEAR);
+    let estimate = chat_estimate();
+    let lie = (3, u64::MAX);
+    let cases = [
+        ("/v1/chat/completions", false),
+        ("/v1/messages", false),
+        ("/v1/chat/completions", true),
+        ("/v1/messages", true),
+    ];
+    for (i, (path, stream)) in cases.into_iter().enumerate() {
+        let consumer = format!("victim-{i}");
+        let r = chat(path, &consumer, Some(lie), stream).send(gw.addr);
+        assert_eq!(r.status, 200, "{path} stream={stream}: {}", r.text());
+        // Charged four times the reservation at most: the next request is admitted, with the
+        // reservation of the lie's settlement and its own in the headers, and sane times.
+        thread::sleep(Duration::from_millis(100));
+        let next = chat(path, &consumer, Some((1, 1)), false).send(gw.addr);
+        assert_eq!(next.status, 200, "{path} stream={stream}: {}", next.text());
+        assert_eq!(next.header("retry-after"), None);
+        assert_eq!(
+            remaining_tokens(&next),
+            100_000 - 4 * estimate - estimate,
+            "{path} stream={stream}"
+        );
+        let reset: u64 = next
+            .header("x-ratelimit-reset-tokens")
+            .and_then(|v| v.strip_suffix('s'))
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        assert!(reset <= YEAR, "reset in {reset} s");
+    }
+    let clamped = gw.metric(
+        "portico_ratelimit_usage_anomalies_total",
+        &[("rule", "llm"), ("reason", "clamped")],
+    );
+    assert_eq!(clamped, 4);
+    // Counted as charged: four lies at 4 x the estimate, and four honest answers of 2 tokens.
+    let counted = gw.metric("portico_tokens_total", &[("tier", "pro"), ("model", "gpt-test")]);
+    assert_eq!(counted, 4 * 4 * estimate + 4 * 2);
+    gw.assert_no_wasm_panic();
+}
+
+#[test]
+fn answers_over_the_reservation_are_charged_in_full_and_counted() {
+    let (gw, _up) = quota_gateway(100_000, YEAR);
+    let estimate = chat_estimate();
+    // Twice the reservation: within the bound, so charged as reported.
+    let r = chat("/v1/chat/completions", "big", Some((estimate, estimate)), false).send(gw.addr);
+    assert_eq!(r.status, 200);
+    assert_eq!(remaining_after(&gw, "big"), 100_000 - 2 * estimate - estimate);
+    assert_eq!(
+        gw.metric(
+            "portico_ratelimit_usage_anomalies_total",
+            &[("rule", "llm"), ("reason", "over_reservation")]
+        ),
+        1
+    );
+}
+
+#[test]
+fn max_completion_tokens_is_reserved_like_max_tokens() {
+    let (gw, _up) = quota_gateway(100_000, YEAR);
+    let send = |consumer: &str, fields: Value| {
+        let mut body = json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]});
+        for (k, v) in fields.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let text = body.to_string();
+        let prompt = (text.len() as u64).div_ceil(4);
+        let r = Request::new("POST", "/v1/chat/completions")
+            .header("content-type", "application/json")
+            .header("x-portico-consumer", consumer)
+            .body(text)
+            .send(gw.addr);
+        assert_eq!(r.status, 200, "{}", r.text());
+        100_000 - remaining_tokens(&r) - prompt
+    };
+    assert_eq!(send("a", json!({"max_completion_tokens": 3000})), 3000);
+    // Both given: the larger, which no backend exceeds.
+    assert_eq!(
+        send("b", json!({"max_tokens": 50, "max_completion_tokens": 3000})),
+        3000
+    );
+    assert_eq!(
+        send("c", json!({"max_tokens": 3000, "max_completion_tokens": 50})),
+        3000
+    );
+    assert_eq!(send("d", json!({})), 100, "the quota's default");
+}
+
+type StartQuota = fn(u64) -> (Gateway, Upstream);
+
+/// Gateways with a yearly token quota of the given size: behind `json_to_metadata`, and with
+/// nothing in front that buffers the body. Without json_to_metadata nothing lifts the
+/// request's `max_tokens` (200 below), so the quota's default (100) is reserved for output.
+const GATEWAYS: [(&str, StartQuota, u64); 2] = [
+    ("behind json_to_metadata", |tokens| quota_gateway(tokens, YEAR), 200),
+    (
+        "unbuffered",
+        |tokens| unbuffered_gateway(&quota_config(tokens, YEAR)),
+        100,
+    ),
+];
+
+/// A JSON chat body whose prompt is `text`.
+fn prompt_body(text: &str) -> String {
+    json!({"model": "gpt-test", "max_tokens": 200, "messages": [{"role": "user", "content": text}]}).to_string()
+}
+
+fn post(consumer: &str, body: &str) -> Request {
+    Request::new("POST", "/v1/chat/completions")
+        .header("content-type", "application/json")
+        .header("x-portico-consumer", consumer)
+        .header("x-mock-usage", "5,5")
+        .body(body.to_owned())
+}
+
+#[test]
+fn a_chunked_prompt_is_reserved_for_its_real_size() {
+    let body = prompt_body(&"lorem ipsum ".repeat(3400));
+    assert!(body.len() > 40_000);
+    let prompt = (body.len() as u64).div_ceil(4);
+    for (name, (gw, _up), output) in GATEWAYS.map(|(name, start, output)| (name, start(100_000), output)) {
+        let r = post("chunked", &body).chunked(4096).send(gw.addr);
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+        assert_eq!(remaining_tokens(&r), 100_000 - prompt - output, "{name}");
+        gw.assert_no_wasm_panic();
+    }
+}
+
+#[test]
+fn a_cjk_prompt_is_reserved_at_a_token_per_byte() {
+    let text = "请用中文总结这篇文章。".repeat(1000);
+    let body = prompt_body(&text);
+    let non_ascii = text.len() as u64;
+    let prompt = non_ascii + (body.len() as u64 - non_ascii).div_ceil(4);
+    for (name, (gw, _up), output) in GATEWAYS.map(|(name, start, output)| (name, start(100_000), output)) {
+        let estimate = prompt + output;
+        let r = post("cjk", &body).send(gw.addr);
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+        assert_eq!(
+            remaining_tokens(&r),
+            100_000 - estimate,
+            "{name}: 33,000 bytes, not 8,250 tokens"
+        );
+        // The same text as JSON escapes (`json.dumps` by default) is reserved as much.
+        let escaped = serde_json::to_string(&text)
+            .unwrap()
+            .chars()
+            .map(|c| {
+                if c.is_ascii() {
+                    c.to_string()
+                } else {
+                    format!("\\u{:04x}", c as u32)
+                }
+            })
+            .collect::<String>();
+        let body = prompt_body("").replace("\"\"", &escaped);
+        let r = post("cjk-escaped", &body).send(gw.addr);
+        assert_eq!(r.status, 200, "{name}: {}", r.text());
+        assert!(100_000 - remaining_tokens(&r) >= estimate, "{name}");
+    }
+}
+
+#[test]
+fn a_prompt_the_budget_cannot_fit_is_refused_once_the_body_shows_it() {
+    let big = prompt_body(&"lorem ipsum ".repeat(3400));
+    let cjk = prompt_body(&"请用中文总结这篇文章。".repeat(300));
+    for (name, (gw, up), body, chunked) in [
+        // Nothing buffers the chunked body: admitted on its headers, refused at its end.
+        (
+            "unbuffered chunked",
+            unbuffered_gateway(&quota_config(5_000, YEAR)),
+            &big,
+            true,
+        ),
+        // Its size read as ASCII (about 2,500 tokens) fits; its 9,900 bytes of CJK do not.
+        ("CJK behind json_to_metadata", quota_gateway(5_000, YEAR), &cjk, false),
+    ] {
+        let mut request = post("heavy", body);
+        if chunked {
+            request = request.chunked(4096);
+        }
+        let r = request.send(gw.addr);
+        assert_eq!(r.status, 429, "{name}: {}", r.text());
+        assert_eq!(r.error_code(), "token_quota_exceeded", "{name}");
+        assert_eq!(r.json()["error"]["type"], "rate_limit_error");
+        let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!(retry >= 1, "{name}: retry-after {retry}");
+        assert!(r.header("ratelimit").is_some(), "{name}");
+        assert_eq!(up.requests(), 0, "{name}: the upstream never got a complete request");
+        // The refusal took nothing: a small request sees the whole budget.
+        let small = post("heavy", &prompt_body("hi")).send(gw.addr);
+        assert_eq!(small.status, 200, "{name}: {}", small.text());
+        let output = if chunked { 100 } else { 200 };
+        let small_estimate = output + (prompt_body("hi").len() as u64).div_ceil(4);
+        assert_eq!(remaining_tokens(&small), 5_000 - small_estimate, "{name}");
+        assert_eq!(
+            gw.metric(
+                "portico_ratelimit_requests_total",
+                &[("rule", "llm"), ("outcome", "limited")]
+            ),
+            1,
+            "{name}: one decision per request"
+        );
+        assert_eq!(
+            gw.metric(
+                "portico_ratelimit_requests_total",
+                &[("rule", "llm"), ("outcome", "allowed")]
+            ),
+            1,
+            "{name}"
+        );
+        gw.assert_no_wasm_panic();
+    }
+}
+
+/// rate-limit, header-routing and body-transform as shipped, with an OpenAI client routed to
+/// an Anthropic backend (which requires `max_tokens`). body-transform's own default (4096)
+/// is far above the quota's (100).
+fn translating_gateway(budget: u64) -> (Gateway, Upstream) {
+    let anthropic = Upstream::start_named("127.0.0.1:0", "anthropic").unwrap();
+    let routing = json!({
+        "backends": [{"name": "anthropic", "cluster": "anthropic", "format": "anthropic", "credential": {"api_key": "k"}}],
+        "routes": [{"name": "chat", "match": {"path": "/v1/chat/completions"},
+                    "models": {"aliases": {"claude-test": {"backend": "anthropic"}}}}]
+    });
+    let transform =
+        json!({"default_max_tokens": 4096, "routes": [{"match": {"path": "/v1/{*rest}"}, "translate": "auto"}]});
+    let limits = json!({"token_quotas": [{"name": "llm", "key": ["consumer"], "default_max_tokens": 100,
+        "budgets": [{"tokens": budget, "period_seconds": YEAR}]}]});
+    let envoy = EnvoyConfig::new(anthropic.addr)
+        .route_by_header("x-portico-cluster")
+        .cluster("anthropic", anthropic.addr)
+        .native(json_to_metadata(&["model", "max_tokens", "stream"]))
+        .wasm("rate-limit", &limits)
+        .wasm("header-routing", &routing)
+        .wasm("body-transform", &transform);
+    (Gateway::start(&envoy), anthropic)
+}
+
+#[test]
+fn a_backend_that_requires_max_tokens_is_asked_for_what_the_quota_reserved() {
+    let body = json!({"model": "claude-test", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let estimate = 100 + (body.len() as u64).div_ceil(4);
+    // Room for ten and a half reservations, as in the report (10,430 for ten).
+    let budget = 10 * estimate + estimate / 2;
+    let (gw, _up) = translating_gateway(budget);
+    let request = Request::new("POST", "/v1/chat/completions")
+        .header("content-type", "application/json")
+        .header("x-portico-consumer", "ten")
+        // The mock uses every output token it was allowed: what it was asked for shows.
+        .header("x-mock-usage", "10,max")
+        .body(body);
+    for i in 0..10 {
+        let r = request.send(gw.addr);
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(
+            r.json()["usage"]["completion_tokens"],
+            100,
+            "the backend was asked for 100"
+        );
+    }
+    // Ten answers of 110 tokens: 1,100 charged, within the budget, never 40,000.
+    thread::sleep(Duration::from_millis(100));
+    let r = request.send(gw.addr);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(remaining_tokens(&r), budget - 10 * 110 - estimate);
+    // With max_tokens given, the client's value is what the backend gets.
+    let own = Request::new("POST", "/v1/chat/completions")
+        .header("content-type", "application/json")
+        .header("x-portico-consumer", "own")
+        .header("x-mock-usage", "10,max")
+        .body(
+            json!({"model": "claude-test", "max_tokens": 42, "messages": [{"role": "user", "content": "hi"}]})
+                .to_string(),
+        )
+        .send(gw.addr);
+    assert_eq!(own.json()["usage"]["completion_tokens"], 42);
+    gw.assert_no_wasm_panic();
+}
+
+#[test]
+fn the_shipped_access_log_and_metrics_count_a_lying_backend_within_the_bound() {
+    let dir = std::env::temp_dir().join(format!("portico-ratelimit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log_path = dir.join("access.log");
+    let _ = std::fs::remove_file(&log_path);
+    let shipped = Shipped::start(Some(&log_path));
+    let token = demo_env("PORTICO_DEMO_TOKEN");
+    // A different prompt each time, so that the cache answers none of them.
+    let body =
+        |n: u32| json!({"model": "smart", "messages": [{"role": "user", "content": format!("hi {n}")}]}).to_string();
+    let send = |n: u32, usage: &str| {
+        Request::new("POST", "/v1/chat/completions")
+            .bearer(&token)
+            .header("content-type", "application/json")
+            .header("x-mock-usage", usage)
+            .body(body(n))
+            .send(shipped.gw.addr)
+    };
+    // No max_tokens: the demo backend is asked for the quota's default, 1024.
+    let honest = send(1, "3,max");
+    assert_eq!(honest.status, 200, "{}", honest.text());
+    assert_eq!(honest.json()["usage"]["completion_tokens"], 1024);
+    let estimate = 1024 + (body(2).len() as u64).div_ceil(4);
+    let lie = send(2, &format!("3,{}", u64::MAX));
+    assert_eq!(lie.status, 200, "{}", lie.text());
+    let next = send(3, "3,4");
+    assert_eq!(next.status, 200, "{}", next.text());
+    assert_eq!(next.header("retry-after"), None);
+    let logged = eventually(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log_path).is_ok_and(|t| t.lines().count() >= 3)
+    });
+    assert!(logged, "no access log lines");
+    let lines: Vec<Value> = std::fs::read_to_string(&log_path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let tokens = |line: &Value, field: &str| -> u64 { line[field].as_str().unwrap().parse().unwrap() };
+    assert_eq!(tokens(&lines[0], "completion_tokens"), 1024);
+    assert_eq!(tokens(&lines[1], "prompt_tokens"), 3);
+    assert_eq!(
+        tokens(&lines[1], "completion_tokens"),
+        4 * estimate - 3,
+        "cut to the bound"
+    );
+    let completion = shipped.gw.metric(
+        "portico_tokens_total",
+        &[("model", "claude-sonnet-demo"), ("kind", "completion")],
+    );
+    assert_eq!(completion, 1024 + 4 * estimate - 3 + 4);
+    shipped.gw.assert_no_wasm_panic();
+    let _ = std::fs::remove_dir_all(&dir);
 }

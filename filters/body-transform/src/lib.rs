@@ -326,7 +326,12 @@ impl HttpContext for TransformHttp {
         });
         let translated = match self.direction {
             Some(Direction::OpenAiToAnthropic) => {
-                translate::request::openai_to_anthropic(&value, self.config.default_max_tokens).map(Some)
+                // What a token quota reserved for the answer, if one did: never ask for more.
+                let reserved = self
+                    .get_property(vec![state::MAX_OUTPUT_TOKENS])
+                    .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok());
+                let default_max_tokens = reserved.unwrap_or(self.config.default_max_tokens);
+                translate::request::openai_to_anthropic(&value, default_max_tokens).map(Some)
             }
             Some(Direction::AnthropicToOpenAi) => translate::request::anthropic_to_openai(&value).map(Some),
             None => Ok(None),

@@ -34,6 +34,11 @@ pub mod state {
     /// Set by rate-limit when a model response reports usage.
     pub const PROMPT_TOKENS: &str = "portico_prompt_tokens";
     pub const COMPLETION_TOKENS: &str = "portico_completion_tokens";
+    /// Set by rate-limit on requests a token quota reserved for: the output tokens it reserved
+    /// (the client's `max_tokens`, else the quota's default). body-transform asks a backend
+    /// that requires `max_tokens` for this many when the client named none, so the request
+    /// never asks for more than was reserved.
+    pub const MAX_OUTPUT_TOKENS: &str = "portico_max_output_tokens";
     /// Set by cache: HIT, MISS or BYPASS.
     pub const CACHE: &str = "portico_cache";
 }

@@ -1,12 +1,15 @@
 //! Portico rate-limit: exact request limits across Envoy workers, and LLM token quotas.
 //!
-//! This file is the host shell: it gathers headers, the client address, lifted body metadata
-//! and the clock, calls [`plan::admit`], and applies the answer; on the way back it feeds the
-//! response body to the usage readers and calls [`plan::settle`].
+//! This file is the host shell: it gathers headers, the client address, lifted body metadata,
+//! the body's size and the clock, calls [`plan::admit`], and applies the answer. On a request
+//! that reserved tokens it then reads the body, whole, to refine the prompt estimate
+//! ([`plan::Hold::top_up`]); on the way back it feeds the response body to the usage readers
+//! and settles ([`plan::Hold::settle`]).
 // Off wasm the host shell below is compiled but never entered; the wasm clippy run checks it.
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
 pub mod config;
+pub mod estimate;
 pub mod gcra;
 pub mod headers;
 pub mod plan;
@@ -27,8 +30,8 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 
 use crate::config::Config;
-use crate::plan::{Event, Reservation};
-use crate::usage::{StreamUsage, Usage};
+use crate::plan::{Anomaly, Event, Hold, TopUp};
+use crate::usage::{Reported, StreamUsage, Usage};
 
 const NAME: &str = "portico-rate-limit";
 const SALT_KEY: &str = "portico/rate-limit/salt";
@@ -57,6 +60,9 @@ struct Metrics {
     tokens: Family,
     /// `portico_consumer_tokens_total{consumer, kind}`, only when configured.
     consumer_tokens: Option<Family>,
+    /// `portico_ratelimit_usage_anomalies_total{rule, reason}`: responses whose usage was above
+    /// the reservation, above the bound, or not a count (`plan::Anomaly`).
+    anomalies: Family,
     no_usage: Option<u32>,
 }
 
@@ -68,7 +74,15 @@ impl Metrics {
             consumer_tokens: config
                 .per_consumer_metrics
                 .then(|| Family::counter("portico_consumer_tokens_total", 5_000)),
+            anomalies: Family::counter("portico_ratelimit_usage_anomalies_total", MAX_SERIES),
             no_usage: counter("portico_ratelimit_responses_without_usage"),
+        }
+    }
+
+    fn record_quotas(&self, config: &Config, events: &[(usize, Event)]) {
+        for (i, event) in events {
+            let name = config.quotas.get(*i).map(|q| q.select.name.as_str());
+            self.record(name, "tokens", *event);
         }
     }
 
@@ -145,7 +159,9 @@ impl RootContext for LimitRoot {
             salt: self.salt,
             metrics: self.metrics.clone()?,
             headers: Vec::new(),
-            reservations: Vec::new(),
+            hold: Hold::default(),
+            pending_quota_events: Vec::new(),
+            read_request_body: false,
             follow_usage: false,
             tier: String::new(),
             consumer: String::new(),
@@ -176,7 +192,11 @@ struct LimitHttp {
     salt: [u8; 32],
     metrics: Rc<Metrics>,
     headers: Vec<(&'static str, String)>,
-    reservations: Vec<Reservation>,
+    hold: Hold,
+    /// Quota decisions not yet counted: the body may still change them.
+    pending_quota_events: Vec<(usize, Event)>,
+    /// The request reserved tokens and has a body: read it to refine the prompt estimate.
+    read_request_body: bool,
     /// A model call: its usage is read for token series, quota or not.
     follow_usage: bool,
     tier: String,
@@ -212,44 +232,107 @@ impl LimitHttp {
         (f.is_finite() && f >= 0.0).then_some(f as u64)
     }
 
-    /// The usage body-transform read from the backend's stream before translating it away.
-    fn translated_usage(&self) -> Option<Usage> {
-        let read =
-            |key: &str| -> Option<u64> { std::str::from_utf8(&self.get_property(vec![key])?).ok()?.parse().ok() };
-        Some(Usage {
-            prompt: read(state::PROMPT_TOKENS)?,
-            completion: read(state::COMPLETION_TOKENS)?,
-        })
+    /// The output budget the request states. OpenAI's `max_completion_tokens` supersedes
+    /// `max_tokens`; a request naming both is held to the larger, which no backend exceeds.
+    fn stated_max_tokens(&self) -> Option<u64> {
+        let given = [
+            self.lifted_number("max_tokens"),
+            self.lifted_number("max_completion_tokens"),
+        ];
+        given.into_iter().flatten().max()
     }
 
-    /// Charges what the response reported (`None`: unknown, keep the reservations) and counts
-    /// the tokens by tier and model.
-    fn settle(&mut self, used: Option<Usage>, without_usage: bool) {
-        if without_usage {
-            bump(self.metrics.no_usage, 1);
+    /// The request body's size as far as Envoy knows it at header time: all of it when a
+    /// buffering filter (`json_to_metadata`) runs first, else `content-length`, else 0 for a
+    /// chunked body still on its way (`../shared/ENVOY-FINDINGS`, `request.size`).
+    fn body_size(&self, view: &RequestView) -> Option<u64> {
+        let from_property = self
+            .get_property(vec!["request", "size"])
+            .and_then(|raw| <[u8; 8]>::try_from(raw.as_slice()).ok())
+            .and_then(|bytes| u64::try_from(i64::from_le_bytes(bytes)).ok());
+        from_property.or_else(|| view.header_str("content-length").and_then(|v| v.trim().parse().ok()))
+    }
+
+    /// The usage body-transform read from the backend's stream before translating it away.
+    fn translated_usage(&self) -> Reported {
+        let read =
+            |key: &str| -> Option<u64> { std::str::from_utf8(&self.get_property(vec![key])?).ok()?.parse().ok() };
+        match (read(state::PROMPT_TOKENS), read(state::COMPLETION_TOKENS)) {
+            (Some(prompt), Some(completion)) => Reported::Usage(Usage { prompt, completion }),
+            _ => Reported::Missing,
         }
-        let now = unix_nanos(self.get_current_time());
-        plan::settle(&HostStore, &self.reservations, used.map(|u| u.total()), now);
-        if let Some(u) = used.filter(|_| !without_usage) {
-            for (kind, n, key) in [
-                ("prompt", u.prompt, state::PROMPT_TOKENS),
-                ("completion", u.completion, state::COMPLETION_TOKENS),
-            ] {
-                self.metrics
-                    .tokens
-                    .add(&[("tier", &self.tier), ("model", &self.model), ("kind", kind)], n);
-                if let Some(family) = &self.metrics.consumer_tokens {
-                    family.add(&[("consumer", &self.consumer), ("kind", kind)], n);
-                }
-                self.set_property(vec![key], Some(n.to_string().as_bytes()));
-            }
-        }
+    }
+
+    /// Counts quota decisions that are final.
+    fn flush_quota_events(&mut self) {
+        let events = std::mem::take(&mut self.pending_quota_events);
+        self.metrics.record_quotas(&self.config, &events);
+    }
+
+    fn count_anomaly(&self, quota: Option<usize>, anomaly: Anomaly) {
+        let rule = match quota {
+            Some(i) => self.config.quotas.get(i).map_or("unknown", |q| q.select.name.as_str()),
+            None => "none",
+        };
+        self.metrics
+            .anomalies
+            .add(&[("rule", rule), ("reason", anomaly.as_str())], 1);
+    }
+
+    /// Charges what the response reported (keeping the reservations when its usage is
+    /// unknown) and counts the tokens by tier and model, as far as the bound allows.
+    fn settle(&mut self, reported: Reported) {
         self.body = Body::Settled;
+        let used = match reported {
+            Reported::Usage(used) => used,
+            Reported::Missing => {
+                bump(self.metrics.no_usage, 1);
+                return;
+            }
+            Reported::Unparseable => {
+                warn!("{NAME}: a response reported usage that is not a count; the reservation stands");
+                bump(self.metrics.no_usage, 1);
+                let quotas: Vec<Option<usize>> = match self.hold.reservations() {
+                    [] => vec![None],
+                    held => held.iter().map(|r| Some(r.quota)).collect(),
+                };
+                for quota in quotas {
+                    self.count_anomaly(quota, Anomaly::Unparseable);
+                }
+                return;
+            }
+        };
+        let now = unix_nanos(self.get_current_time());
+        let settled = self.hold.settle(&HostStore, used, now);
+        for (quota, anomaly) in &settled.anomalies {
+            self.count_anomaly(*quota, *anomaly);
+        }
+        // Over the reservation happens to honest answers (see the README); over the bound
+        // does not.
+        if settled.anomalies.iter().any(|(_, a)| *a == Anomaly::Clamped) {
+            warn!(
+                "{NAME}: a response reported {} prompt and {} completion tokens, beyond belief; counted {} and {}",
+                used.prompt, used.completion, settled.counted.prompt, settled.counted.completion
+            );
+        }
+        let counted = settled.counted;
+        for (kind, n, key) in [
+            ("prompt", counted.prompt, state::PROMPT_TOKENS),
+            ("completion", counted.completion, state::COMPLETION_TOKENS),
+        ] {
+            self.metrics
+                .tokens
+                .add(&[("tier", &self.tier), ("model", &self.model), ("kind", kind)], n);
+            if let Some(family) = &self.metrics.consumer_tokens {
+                family.add(&[("consumer", &self.consumer), ("kind", kind)], n);
+            }
+            self.set_property(vec![key], Some(n.to_string().as_bytes()));
+        }
     }
 }
 
 impl HttpContext for LimitHttp {
-    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         let view = RequestView::new(self.get_http_request_headers_bytes());
         let address = if self.config.needs_client_ip {
             self.get_property(vec!["source", "address"])
@@ -258,11 +341,10 @@ impl HttpContext for LimitHttp {
             None
         };
         let client_ip = address.as_deref().map(strip_port);
-        let body_bytes = view.header_str("content-length").and_then(|v| v.trim().parse().ok());
-        let max_tokens = if self.config.quotas.is_empty() {
-            None
+        let (body_bytes, max_tokens) = if self.config.quotas.is_empty() {
+            (None, None)
         } else {
-            self.lifted_number("max_tokens")
+            (self.body_size(&view), self.stated_max_tokens())
         };
         let request = plan::Request {
             view: &view,
@@ -282,11 +364,9 @@ impl HttpContext for LimitHttp {
                 );
             }
         }
-        for (i, event) in &admission.quota_events {
-            let name = self.config.quotas.get(*i).map(|q| q.select.name.as_str());
-            self.metrics.record(name, "tokens", *event);
-        }
+        self.pending_quota_events = admission.quota_events;
         if let Some(response) = admission.rejection {
+            self.flush_quota_events();
             info!(
                 "{NAME}: {} {} {} {}",
                 response.status,
@@ -298,11 +378,18 @@ impl HttpContext for LimitHttp {
             return Action::Pause;
         }
         self.headers = admission.headers;
-        self.reservations = admission.reservations;
+        self.hold = admission.hold;
+        if let Some(output) = self.hold.output_budget() {
+            self.set_property(vec![state::MAX_OUTPUT_TOKENS], Some(output.to_string().as_bytes()));
+        }
+        self.read_request_body = !end_of_stream && !self.hold.reservations().is_empty();
+        if !self.read_request_body {
+            self.flush_quota_events();
+        }
         // A model call is one whose body named a model (lifted by json_to_metadata) or that
         // reserved tokens; header-routing may later name the upstream model instead.
         let lifted = self.metadata("model").and_then(|m| String::from_utf8(m).ok());
-        self.follow_usage = lifted.is_some() || !self.reservations.is_empty();
+        self.follow_usage = lifted.is_some() || !self.hold.reservations().is_empty();
         if self.follow_usage {
             self.tier = view.header_str(TIER_HEADER).unwrap_or("none").to_owned();
             if self.config.per_consumer_metrics {
@@ -311,6 +398,47 @@ impl HttpContext for LimitHttp {
             self.model = lifted.unwrap_or_else(|| "unknown".to_owned());
         }
         Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !self.read_request_body {
+            return Action::Continue;
+        }
+        // Held until the whole body is here (each call then sees all of it so far); behind
+        // json_to_metadata it arrives whole in one call.
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.read_request_body = false;
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        let prompt = estimate::from_body(&body);
+        let now = unix_nanos(self.get_current_time());
+        let (top_up, events) = self.hold.top_up(&self.config, &HostStore, prompt, now);
+        for (quota, event) in events {
+            if let Some(pending) = self.pending_quota_events.iter_mut().find(|(q, _)| *q == quota) {
+                pending.1 = event;
+            }
+        }
+        self.flush_quota_events();
+        match top_up {
+            TopUp::Unchanged => Action::Continue,
+            TopUp::Reserved(headers) => {
+                self.headers = headers;
+                Action::Continue
+            }
+            TopUp::Refused(response) => {
+                info!(
+                    "{NAME}: {} {} once the body showed a prompt of about {prompt} tokens",
+                    response.status, response.code
+                );
+                // The local reply passes through the response callbacks: nothing to add or settle.
+                self.headers.clear();
+                self.follow_usage = false;
+                self.body = Body::Settled;
+                self.send_http_response(response.status, response.header_pairs(), Some(&response.body()));
+                Action::Pause
+            }
+        }
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
@@ -325,7 +453,7 @@ impl HttpContext for LimitHttp {
                 .is_some_and(|v| v == b"HIT");
             if hit {
                 let now = unix_nanos(self.get_current_time());
-                plan::settle(&HostStore, &self.reservations, Some(0), now);
+                self.hold.settle(&HostStore, Usage::default(), now);
                 self.body = Body::Settled;
                 return Action::Continue;
             }
@@ -355,7 +483,7 @@ impl HttpContext for LimitHttp {
         match &mut self.body {
             Body::Stream(stream) => stream.push(&chunk),
             Body::Json(buffer) => {
-                if buffer.len() + chunk.len() > MAX_JSON_BODY {
+                if buffer.len().saturating_add(chunk.len()) > MAX_JSON_BODY {
                     self.body = Body::JsonTooLarge;
                 } else {
                     buffer.extend_from_slice(&chunk);
@@ -366,15 +494,22 @@ impl HttpContext for LimitHttp {
         if end_of_stream {
             match std::mem::replace(&mut self.body, Body::Settled) {
                 Body::Stream(stream) => {
-                    let used = stream.usage().or_else(|| self.translated_usage());
-                    self.settle(used, used.is_none());
+                    let reported = match stream.usage() {
+                        Reported::Missing => self.translated_usage(),
+                        read => read,
+                    };
+                    self.settle(reported);
                 }
                 // A complete response that reports no usage (an error, say) charges nothing.
                 Body::Json(buffer) => match usage::from_json(&buffer) {
-                    Some(u) => self.settle(Some(u), false),
-                    None => self.settle(Some(Usage::default()), true),
+                    Reported::Missing => {
+                        bump(self.metrics.no_usage, 1);
+                        let now = unix_nanos(self.get_current_time());
+                        self.hold.settle(&HostStore, Usage::default(), now);
+                    }
+                    reported => self.settle(reported),
                 },
-                Body::JsonTooLarge => self.settle(None, true),
+                Body::JsonTooLarge => self.settle(Reported::Missing),
                 Body::Unread | Body::Settled => {}
             }
         }
@@ -382,9 +517,11 @@ impl HttpContext for LimitHttp {
     }
 
     fn on_log(&mut self) {
+        // The body never completed: its quota decisions stand as taken at admission.
+        self.flush_quota_events();
         // The stream ended early (client gone, upstream reset, no body): keep the reservation.
         if self.follow_usage && !matches!(self.body, Body::Settled) {
-            self.settle(None, true);
+            self.settle(Reported::Missing);
         }
     }
 }

@@ -3,13 +3,22 @@
 //! A request is admitted only if every enforcing rule admits it. Rules are charged one after
 //! another; when one refuses, the charges already taken are refunded, so a refused request
 //! consumes nothing. Token quotas then reserve an estimate in every budget (refunded the same
-//! way on refusal), and [`settle`] replaces the estimate with the real usage later.
+//! way on refusal). What an admitted request took is its [`Hold`]: once the body is seen,
+//! [`Hold::top_up`] reserves what a larger prompt needs (or refuses the request, refunding all
+//! of it), and [`Hold::settle`] replaces the estimate with the real usage.
 //!
-//! The estimate: `max_tokens` from the request (lifted by Envoy's `json_to_metadata`), or the
-//! quota's `default_max_tokens`, plus the prompt's size taken as one token per 4 bytes of
-//! request body, the usual rule of thumb for English text with BPE tokenizers. It errs high on
-//! purpose: reserving too much is refunded at settlement, reserving too little lets concurrent
-//! requests overshoot the budget.
+//! The estimate: the output budget, `max_tokens` or `max_completion_tokens` from the request
+//! (lifted by Envoy's `json_to_metadata`; the larger when both are given) or else the quota's
+//! `default_max_tokens`, plus the prompt as [`crate::estimate`] counts it. It errs high on
+//! purpose: reserving too much is refunded at settlement, reserving too little lets
+//! concurrent requests overshoot the budget.
+//!
+//! Settlement trusts a backend's usage only up to [`SETTLE_FACTOR`] times the reservation. An
+//! honest answer to a text prompt stays within it: the completion is at most the output budget
+//! the reservation holds (when the request states its `max_tokens`, or body-transform states it
+//! from the reservation), and the prompt is at most one token per body byte, which is four
+//! times the smallest estimate of it. Anything above is charged at the bound and counted as an
+//! anomaly, so one answer claiming 2^64 tokens cannot lock a consumer out for centuries.
 
 use portico_core::identity::{CONSUMER_HEADER, TIER_HEADER};
 use portico_core::request::RequestView;
@@ -17,19 +26,27 @@ use portico_core::response::{ErrorResponse, ErrorType};
 use portico_core::shared::{Store, UpdateError};
 
 use crate::config::{Config, KeyPart, When};
+use crate::estimate;
 use crate::gcra::Rate;
 use crate::headers::{self, PolicyState};
 use crate::slots::{self, Charge, Outcome};
+use crate::usage::Usage;
 
-/// Bytes of request body counted as one prompt token in the estimate.
-pub const BYTES_PER_TOKEN: u64 = 4;
+/// A response is charged at most this many times its reservation (see the module docs).
+pub const SETTLE_FACTOR: u64 = 4;
+
+/// The most tokens counted for one response that reserved nothing (no token quota applies):
+/// 2^24, more than any model's context window and output together.
+pub const UNRESERVED_LIMIT: u64 = 1 << 24;
 
 /// What the shell gathers from the host for a decision.
 #[derive(Debug)]
 pub struct Request<'a> {
     pub view: &'a RequestView,
     pub client_ip: Option<&'a str>,
+    /// The body's size as far as it is known before the body is seen.
     pub body_bytes: Option<u64>,
+    /// The output budget the request states (`max_tokens` or `max_completion_tokens`).
     pub max_tokens: Option<u64>,
 }
 
@@ -46,8 +63,167 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {
     pub quota: usize,
-    pub estimate: u64,
-    pub charges: Vec<(Charge, Rate)>,
+    /// The prompt estimate and the output budget it reserved.
+    pub prompt: u64,
+    pub output: u64,
+    dry_run: bool,
+    /// Its charges, as indices into the ledger's `taken`.
+    charges: Vec<usize>,
+}
+
+impl Reservation {
+    pub fn estimate(&self) -> u64 {
+        self.prompt.saturating_add(self.output)
+    }
+
+    /// The most a response may be charged against this reservation.
+    pub fn limit(&self) -> u64 {
+        self.estimate().saturating_mul(SETTLE_FACTOR)
+    }
+}
+
+/// Why a response's usage looked wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Anomaly {
+    /// More than reserved, within the bound: charged as reported.
+    OverReservation,
+    /// More than the bound: charged the bound.
+    Clamped,
+    /// Usage that is not a count: the reservation is kept.
+    Unparseable,
+}
+
+impl Anomaly {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Anomaly::OverReservation => "over_reservation",
+            Anomaly::Clamped => "clamped",
+            Anomaly::Unparseable => "unparseable",
+        }
+    }
+}
+
+/// What an admitted request took, kept until its response settles it.
+#[derive(Debug, Default)]
+pub struct Hold {
+    ledger: Ledger,
+    reservations: Vec<Reservation>,
+}
+
+/// The outcome of [`Hold::top_up`].
+#[derive(Debug)]
+pub enum TopUp {
+    /// Nothing more was needed.
+    Unchanged,
+    /// More was reserved: the response headers to send now.
+    Reserved(Vec<(&'static str, String)>),
+    /// Refused: every charge of the request was refunded.
+    Refused(ErrorResponse),
+}
+
+/// What settlement did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// The usage to count in metrics and the access log: as reported, cut to the largest
+    /// limit of the request's reservations (or to [`UNRESERVED_LIMIT`] without one).
+    pub counted: Usage,
+    /// Each anomaly with its quota (`None`: the request reserved nothing).
+    pub anomalies: Vec<(Option<usize>, Anomaly)>,
+}
+
+impl Hold {
+    pub fn reservations(&self) -> &[Reservation] {
+        &self.reservations
+    }
+
+    /// The output budget every reservation covers: the smallest of them (`None` without one).
+    pub fn output_budget(&self) -> Option<u64> {
+        self.reservations.iter().map(|r| r.output).min()
+    }
+
+    /// Reserves what a prompt estimate of `prompt` tokens needs beyond what each reservation
+    /// holds, in every budget. If a budget cannot fit it, the request is refused as at
+    /// admission: everything it took, rule charges included, is refunded. Returns the events
+    /// of the quotas that needed more.
+    pub fn top_up<S: Store + ?Sized>(
+        &mut self,
+        config: &Config,
+        store: &S,
+        prompt: u64,
+        now: u64,
+    ) -> (TopUp, Vec<(usize, Event)>) {
+        self.ledger.retry_after = None;
+        self.ledger.store_failed = false;
+        let mut events = Vec::new();
+        for r in &mut self.reservations {
+            let extra = prompt.saturating_sub(r.prompt);
+            if extra == 0 {
+                continue;
+            }
+            let mut event = Event::Allowed;
+            for &index in &r.charges {
+                match self.ledger.take_more(store, index, now, extra, r.dry_run) {
+                    Event::Allowed => {}
+                    other => event = other,
+                }
+            }
+            r.prompt = prompt;
+            events.push((r.quota, event));
+        }
+        if events.is_empty() {
+            return (TopUp::Unchanged, events);
+        }
+        match self.ledger.refusal(config, Refusal::Tokens) {
+            Some(refusal) => {
+                let response = self.ledger.refuse(config, store, now, refusal);
+                *self = Hold::default();
+                (TopUp::Refused(response), events)
+            }
+            None => (
+                TopUp::Reserved(headers::render(&self.ledger.policies, config.x_ratelimit_headers)),
+                events,
+            ),
+        }
+    }
+
+    /// Replaces each reservation with `reported` usage, charging at most the reservation's
+    /// [`Reservation::limit`].
+    pub fn settle<S: Store + ?Sized>(&self, store: &S, reported: Usage, now: u64) -> Settled {
+        let total = reported.total();
+        let mut anomalies = Vec::new();
+        for r in &self.reservations {
+            let limit = r.limit();
+            if total > limit {
+                anomalies.push((Some(r.quota), Anomaly::Clamped));
+            } else if total > r.estimate() {
+                anomalies.push((Some(r.quota), Anomaly::OverReservation));
+            }
+            let charged = i64::try_from(total.min(limit)).unwrap_or(i64::MAX);
+            for &index in &r.charges {
+                let Some((charge, rate, _)) = self.ledger.taken.get(index) else {
+                    continue;
+                };
+                let delta = charged.saturating_sub(i64::try_from(charge.cost).unwrap_or(i64::MAX));
+                if delta != 0 {
+                    // A failed update leaves the reservation in place: an estimate that errs high.
+                    let _ = slots::adjust(store, charge, rate, now, delta);
+                }
+            }
+        }
+        let limit = self
+            .reservations
+            .iter()
+            .map(Reservation::limit)
+            .max()
+            .unwrap_or(UNRESERVED_LIMIT);
+        if self.reservations.is_empty() && total > limit {
+            anomalies.push((None, Anomaly::Clamped));
+        }
+        Settled {
+            counted: reported.clamp(limit),
+            anomalies,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -56,7 +232,8 @@ pub struct Admission {
     pub rejection: Option<ErrorResponse>,
     /// Headers for the response (on a rejection, already inside it).
     pub headers: Vec<(&'static str, String)>,
-    pub reservations: Vec<Reservation>,
+    /// What an admitted request took (empty on a rejection).
+    pub hold: Hold,
     /// (rule index, event) and (quota index, event).
     pub rule_events: Vec<(usize, Event)>,
     pub quota_events: Vec<(usize, Event)>,
@@ -161,6 +338,48 @@ impl Ledger {
         }
     }
 
+    /// Takes `extra` more units for the charge at `index` (its policy state follows).
+    fn take_more<S: Store + ?Sized>(&mut self, store: &S, index: usize, now: u64, extra: u64, dry_run: bool) -> Event {
+        let Some((charge, rate, policy)) = self.taken.get_mut(index) else {
+            return Event::Allowed;
+        };
+        let (event, remaining, reset_seconds) = match slots::consume_more(store, charge, rate, now, extra) {
+            Ok(Outcome::Allowed {
+                charge: more,
+                remaining,
+                reset_seconds,
+            }) => {
+                if more.owner == charge.owner {
+                    charge.cost = charge.cost.saturating_add(extra);
+                } else {
+                    *charge = more;
+                }
+                (Event::Allowed, remaining, reset_seconds)
+            }
+            Ok(Outcome::Limited {
+                remaining,
+                retry_after_seconds,
+                reset_seconds,
+            }) => {
+                if dry_run {
+                    (Event::DryRunLimited, remaining, reset_seconds)
+                } else {
+                    self.retry_after = self.retry_after.max(Some(retry_after_seconds));
+                    (Event::Limited, remaining, reset_seconds)
+                }
+            }
+            Err(UpdateError::Contention | UpdateError::Host(_)) => {
+                self.store_failed = true;
+                return Event::StoreError;
+            }
+        };
+        if let Some(state) = self.policies.get_mut(*policy) {
+            state.remaining = remaining;
+            state.reset_seconds = reset_seconds;
+        }
+        event
+    }
+
     /// Why the request must be refused so far, if it must.
     fn refusal(&self, config: &Config, over: Refusal) -> Option<Refusal> {
         if self.store_failed && !config.fail_open {
@@ -236,38 +455,41 @@ pub fn admit<S: Store + ?Sized>(config: &Config, store: &S, salt: &[u8; 32], req
         return admission;
     }
 
-    let prompt_estimate = req.body_bytes.unwrap_or(0).div_ceil(BYTES_PER_TOKEN);
+    let prompt = estimate::from_size(req.body_bytes.unwrap_or(0));
+    let mut reservations = Vec::new();
     for (qi, quota) in config.quotas.iter().enumerate() {
         let s = &quota.select;
         if !selected(s) {
             continue;
         }
-        let estimate = prompt_estimate.saturating_add(req.max_tokens.unwrap_or(quota.default_max_tokens));
+        let output = req.max_tokens.unwrap_or(quota.default_max_tokens);
+        let cost = prompt.saturating_add(output);
         let quota_key = key(&s.key, req, s.matcher.pattern());
         let first_charge = ledger.taken.len();
         let mut event = Event::Allowed;
         for (bi, rate) in quota.budgets.for_tier(tier).iter().enumerate() {
             let placement = slots::place(salt, &format!("{}/{bi}", s.prefix), &quota_key, config.max_keys);
             let name = format!("{}_{}s", s.name, rate.period_seconds);
-            match ledger.take(store, &placement, rate, now, estimate, &name, true, s.dry_run) {
+            match ledger.take(store, &placement, rate, now, cost, &name, true, s.dry_run) {
                 Event::Allowed => {}
                 other => event = other,
             }
         }
         admission.quota_events.push((qi, event));
-        let charges = ledger.taken.get(first_charge..).unwrap_or_default();
-        admission.reservations.push(Reservation {
+        reservations.push(Reservation {
             quota: qi,
-            estimate,
-            charges: charges.iter().map(|(c, r, _)| (c.clone(), *r)).collect(),
+            prompt,
+            output,
+            dry_run: s.dry_run,
+            charges: (first_charge..ledger.taken.len()).collect(),
         });
     }
     match ledger.refusal(config, Refusal::Tokens) {
-        Some(refusal) => {
-            admission.rejection = Some(ledger.refuse(config, store, now, refusal));
-            admission.reservations.clear();
+        Some(refusal) => admission.rejection = Some(ledger.refuse(config, store, now, refusal)),
+        None => {
+            admission.headers = headers::render(&ledger.policies, config.x_ratelimit_headers);
+            admission.hold = Hold { ledger, reservations };
         }
-        None => admission.headers = headers::render(&ledger.policies, config.x_ratelimit_headers),
     }
     admission
 }
@@ -281,25 +503,6 @@ fn policy(name: &str, rate: &Rate, tokens: bool, remaining: u64, reset_seconds: 
         remaining,
         reset_seconds,
     }
-}
-
-/// Replaces each reservation's estimate with `used` tokens (`None`: keep the reservation, for
-/// streams that ended without usage and clients that went away). Returns the tokens charged.
-pub fn settle<S: Store + ?Sized>(store: &S, reservations: &[Reservation], used: Option<u64>, now: u64) -> u64 {
-    let Some(used) = used else {
-        return reservations.iter().map(|r| r.estimate).max().unwrap_or(0);
-    };
-    for r in reservations {
-        let delta = i64::try_from(used)
-            .unwrap_or(i64::MAX)
-            .saturating_sub(i64::try_from(r.estimate).unwrap_or(i64::MAX));
-        if delta != 0 {
-            for (charge, rate) in &r.charges {
-                let _ = slots::adjust(store, charge, rate, now, delta);
-            }
-        }
-    }
-    used
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ pub fn place(salt: &[u8; 32], prefix: &str, key: &str, count: u64) -> Placement 
     let first = word(0) % count;
     let mut second = word(8) % count;
     if second == first {
-        second = (first + 1) % count;
+        second = first.saturating_add(1) % count;
     }
     Placement {
         // Fingerprint 0 marks "no owner" in decode; avoid it.
@@ -158,7 +158,31 @@ pub fn consume<S: Store + ?Sized>(
             return Ok(outcome);
         }
     }
-    match try_slot(store, first, placement.fingerprint, true, rate, now, cost)? {
+    share_slot(store, first, placement.fingerprint, rate, now, cost)
+}
+
+/// Takes `cost` more units in the slot of an earlier charge, as its owner: the request turned
+/// out to need more than it reserved. The new charge is returned; if the slot changed hands
+/// since (the earlier charge expired with it), it counts with the new owner, as in a shared slot.
+pub fn consume_more<S: Store + ?Sized>(
+    store: &S,
+    charge: &Charge,
+    rate: &Rate,
+    now: u64,
+    cost: u64,
+) -> Result<Outcome, UpdateError> {
+    share_slot(store, &charge.slot, charge.owner, rate, now, cost)
+}
+
+fn share_slot<S: Store + ?Sized>(
+    store: &S,
+    slot: &str,
+    fingerprint: u64,
+    rate: &Rate,
+    now: u64,
+    cost: u64,
+) -> Result<Outcome, UpdateError> {
+    match try_slot(store, slot, fingerprint, true, rate, now, cost)? {
         Attempt::Done(outcome) => Ok(outcome),
         // Unreachable by construction (sharing never reports occupied); treat as limited.
         Attempt::Occupied => Ok(Outcome::Limited {
@@ -270,6 +294,32 @@ mod tests {
         assert!(!allowed(&consume(&store, &c, &rate, T0, 1).unwrap()));
         // A second later both buckets are full again: c takes a slot of its own.
         assert!(allowed(&consume(&store, &c, &rate, T0 + NS, 1).unwrap()));
+    }
+
+    #[test]
+    fn more_units_come_from_the_slot_of_the_first_charge() {
+        let store = MemoryStore::default();
+        let rate = Rate::new(10, 3600, 10).unwrap();
+        let p = place(&SALT, "p/r", "k", 100);
+        let Outcome::Allowed { charge, .. } = consume(&store, &p, &rate, T0, 4).unwrap() else {
+            panic!()
+        };
+        let Outcome::Allowed {
+            charge: more,
+            remaining,
+            ..
+        } = consume_more(&store, &charge, &rate, T0, 5).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (more.slot.as_str(), more.owner, remaining),
+            (charge.slot.as_str(), charge.owner, 1)
+        );
+        assert!(matches!(
+            consume_more(&store, &charge, &rate, T0, 2).unwrap(),
+            Outcome::Limited { remaining: 1, .. }
+        ));
     }
 
     #[test]

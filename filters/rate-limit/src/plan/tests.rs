@@ -172,6 +172,10 @@ fn quota_config() -> Config {
     )
 }
 
+fn usage(prompt: u64, completion: u64) -> Usage {
+    Usage { prompt, completion }
+}
+
 #[test]
 fn reservations_admit_at_most_what_the_budget_fits() {
     let c = quota_config();
@@ -188,7 +192,9 @@ fn reservations_admit_at_most_what_the_budget_fits() {
 
     // Settling each to 20 real tokens refunds 180 per request: 900 come back.
     for a in &admitted {
-        assert_eq!(settle(&s, &a.reservations, Some(20), T0), 20);
+        let settled = a.hold.settle(&s, usage(5, 15), T0);
+        assert_eq!(settled.counted, usage(5, 15));
+        assert!(settled.anomalies.is_empty());
     }
     let a = admit_at(&c, &s, &view("/", &[("x-portico-consumer", "q")]), T0);
     assert_eq!(status(&a), 200);
@@ -196,17 +202,56 @@ fn reservations_admit_at_most_what_the_budget_fits() {
 }
 
 #[test]
-fn unknown_usage_keeps_the_reservation_and_overuse_is_charged() {
+fn overuse_within_the_bound_is_charged_and_counted() {
     let c = quota_config();
     let s = MemoryStore::default();
     let h = [("x-portico-consumer", "z")];
     let a = admit_at(&c, &s, &view("/", &h), T0);
-    assert_eq!(settle(&s, &a.reservations, None, T0), 200);
     let b = admit_at(&c, &s, &view("/", &h), T0);
     assert_eq!(header(&b, "x-ratelimit-remaining-tokens"), Some("600"));
-    settle(&s, &b.reservations, Some(800), T0);
-    // 200 kept + 800 used = 1000: nothing left.
+    // `a` keeps its 200 (usage unknown: never settled); `b` used 600, three times its 200.
+    let settled = b.hold.settle(&s, usage(100, 500), T0);
+    assert_eq!(settled.counted, usage(100, 500));
+    assert_eq!(settled.anomalies, vec![(Some(0), Anomaly::OverReservation)]);
+    // 200 kept + 600 used = 800: a third reservation of 200 fits, a fourth does not.
+    assert_eq!(status(&admit_at(&c, &s, &view("/", &h), T0)), 200);
     assert_eq!(status(&admit_at(&c, &s, &view("/", &h), T0)), 429);
+    drop(a);
+}
+
+#[test]
+fn a_lying_backend_is_charged_at_most_four_times_the_reservation() {
+    let c = config(
+        json!({"token_quotas": [{"name": "llm", "key": ["consumer"], "default_max_tokens": 100,
+        "budgets": [{"tokens": 10_000, "period_seconds": 3600}]}]}),
+    );
+    let s = MemoryStore::default();
+    let h = [("x-portico-consumer", "victim")];
+    let a = admit_at(&c, &s, &view("/", &h), T0);
+    assert_eq!(a.hold.reservations()[0].estimate(), 200);
+    let settled = a.hold.settle(&s, usage(3, u64::MAX), T0);
+    assert_eq!(settled.counted, usage(3, 797), "cut to 4 x 200, prompt first");
+    assert_eq!(settled.anomalies, vec![(Some(0), Anomaly::Clamped)]);
+    // 800 charged of 10,000: the consumer goes on, with sane headers.
+    let next = admit_at(&c, &s, &view("/", &h), T0);
+    assert_eq!(status(&next), 200);
+    assert_eq!(header(&next, "x-ratelimit-remaining-tokens"), Some("9000"));
+    assert_eq!(header(&next, "x-ratelimit-reset-tokens"), Some("360s"));
+}
+
+#[test]
+fn without_a_reservation_counted_usage_is_cut_to_the_unreserved_limit() {
+    let settled = Hold::default().settle(&MemoryStore::default(), usage(u64::MAX, u64::MAX), T0);
+    assert_eq!(settled.counted, usage(UNRESERVED_LIMIT, 0));
+    assert_eq!(settled.anomalies, vec![(None, Anomaly::Clamped)]);
+    let fine = Hold::default().settle(&MemoryStore::default(), usage(10, 20), T0);
+    assert_eq!(
+        fine,
+        Settled {
+            counted: usage(10, 20),
+            anomalies: vec![]
+        }
+    );
 }
 
 #[test]
@@ -220,8 +265,96 @@ fn max_tokens_from_the_request_sets_the_estimate() {
         body_bytes: Some(40),
         max_tokens: Some(990),
     };
-    assert_eq!(admit(&c, &s, &SALT, &req, T0).reservations[0].estimate, 1000);
+    let a = admit(&c, &s, &SALT, &req, T0);
+    assert_eq!(a.hold.reservations()[0].estimate(), 1000);
+    assert_eq!(a.hold.output_budget(), Some(990));
     assert_eq!(status(&admit(&c, &s, &SALT, &req, T0)), 429);
+}
+
+#[test]
+fn the_output_budget_is_the_smallest_default_of_the_quotas_that_reserved() {
+    let c = config(json!({"token_quotas": [
+        {"name": "a", "default_max_tokens": 300, "budgets": [{"tokens": 10_000, "period_seconds": 60}]},
+        {"name": "b", "default_max_tokens": 200, "budgets": [{"tokens": 10_000, "period_seconds": 60}]},
+        {"name": "c", "match": {"path": "/elsewhere"}, "default_max_tokens": 10, "budgets": [{"tokens": 10_000, "period_seconds": 60}]}
+    ]}));
+    let a = admit_at(&c, &MemoryStore::default(), &view("/", &[]), T0);
+    assert_eq!(a.hold.output_budget(), Some(200));
+    let rules_only = config(json!({"rules": [{"name": "r", "limit": {"requests": 1, "period_seconds": 1}}]}));
+    let a = admit_at(&rules_only, &MemoryStore::default(), &view("/", &[]), T0);
+    assert_eq!(a.hold.output_budget(), None);
+}
+
+#[test]
+fn a_larger_prompt_seen_in_the_body_reserves_the_difference() {
+    let c = quota_config();
+    let s = MemoryStore::default();
+    let h = [("x-portico-consumer", "b")];
+    // Reserved 100 + 100 at admission.
+    let mut a = admit_at(&c, &s, &view("/", &h), T0);
+    assert_eq!(header(&a, "x-ratelimit-remaining-tokens"), Some("800"));
+    let (top_up, events) = a.hold.top_up(&c, &s, 100, T0);
+    assert!(matches!(top_up, TopUp::Unchanged), "{top_up:?}");
+    assert!(events.is_empty());
+    // The body holds 500 tokens of prompt: 400 more.
+    let (top_up, events) = a.hold.top_up(&c, &s, 500, T0);
+    let TopUp::Reserved(headers) = top_up else {
+        panic!("{top_up:?}")
+    };
+    assert_eq!(events, vec![(0, Event::Allowed)]);
+    assert!(headers.contains(&("x-ratelimit-remaining-tokens", "400".to_owned())));
+    assert_eq!(a.hold.reservations()[0].estimate(), 600);
+    // Settling to 50 refunds all 550 of the extra and the estimate.
+    a.hold.settle(&s, usage(40, 10), T0);
+    let next = admit_at(&c, &s, &view("/", &h), T0);
+    assert_eq!(header(&next, "x-ratelimit-remaining-tokens"), Some("750"));
+}
+
+#[test]
+fn a_prompt_too_large_for_the_budget_is_refused_and_refunds_everything() {
+    let c = config(json!({
+        "rules": [{"name": "calls", "key": ["consumer"], "limit": {"requests": 10, "period_seconds": 3600}}],
+        "token_quotas": [{"name": "llm", "key": ["consumer"], "default_max_tokens": 100,
+            "budgets": [{"tokens": 1000, "period_seconds": 3600}, {"tokens": 100000, "period_seconds": 86400}]}]
+    }));
+    let s = MemoryStore::default();
+    let h = [("x-portico-consumer", "big")];
+    let mut a = admit_at(&c, &s, &view("/", &h), T0);
+    assert_eq!(status(&a), 200);
+    let (top_up, events) = a.hold.top_up(&c, &s, 10_000, T0);
+    let TopUp::Refused(response) = top_up else {
+        panic!("{top_up:?}")
+    };
+    assert_eq!(events, vec![(0, Event::Limited)]);
+    assert_eq!(response.status, 429);
+    assert_eq!(response.code, "token_quota_exceeded");
+    let retry: u64 = response
+        .headers
+        .iter()
+        .find(|(n, _)| *n == "retry-after")
+        .map(|(_, v)| v.parse().unwrap())
+        .unwrap();
+    assert!(retry > 0 && retry <= 86_400 * 2, "retry-after {retry}");
+    assert!(a.hold.reservations().is_empty());
+    // Nothing stayed charged: the rule and both budgets are full again.
+    let next = admit_at(&c, &s, &view("/", &h), T0);
+    assert_eq!(
+        header(&next, "ratelimit"),
+        Some("\"calls\";r=9;t=360, \"llm_3600s\";r=800;t=720, \"llm_86400s\";r=99800;t=173")
+    );
+}
+
+#[test]
+fn a_dry_run_quota_counts_a_top_up_it_cannot_fit_but_admits() {
+    let c = config(
+        json!({"token_quotas": [{"name": "trial", "dry_run": true, "default_max_tokens": 100,
+        "budgets": [{"tokens": 1000, "period_seconds": 3600}]}]}),
+    );
+    let s = MemoryStore::default();
+    let mut a = admit_at(&c, &s, &view("/", &[]), T0);
+    let (top_up, events) = a.hold.top_up(&c, &s, 5000, T0);
+    assert!(matches!(top_up, TopUp::Reserved(_)), "{top_up:?}");
+    assert_eq!(events, vec![(0, Event::DryRunLimited)]);
 }
 
 /// A store whose host calls always fail.
