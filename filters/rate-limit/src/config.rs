@@ -322,7 +322,11 @@ fn read_rate(node: &Node<'_>, errors: &mut Errors) -> Option<Rate> {
         (Some(n), Some((requests, period))) => {
             // A full bucket must refill within the longest period: a larger one never empties
             // in any sense an operator could reason about, and its nanoseconds would overflow.
-            let max = u128::from(requests) * u128::from(MAX_PERIOD_SECONDS) / u128::from(period);
+            // (period is at least 1, as read above.)
+            let max = u128::from(requests)
+                .saturating_mul(u128::from(MAX_PERIOD_SECONDS))
+                .checked_div(u128::from(period))
+                .unwrap_or(0);
             let max = u64::try_from(max).unwrap_or(u64::MAX);
             n.u64(errors).filter(|b| {
                 let ok = (1..=max).contains(b);

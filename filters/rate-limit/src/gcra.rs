@@ -50,7 +50,7 @@ impl Rate {
         if amount == 0 || period_seconds == 0 || burst == 0 {
             return None;
         }
-        let interval_ns = period_seconds.saturating_mul(NS) / amount;
+        let interval_ns = period_seconds.saturating_mul(NS).checked_div(amount)?;
         Some(Rate {
             interval_ns: interval_ns.max(1),
             capacity_ns: interval_ns.max(1).saturating_mul(burst),
@@ -62,7 +62,11 @@ impl Rate {
 
     fn remaining(&self, tat: u64, now: u64) -> u64 {
         let used = tat.saturating_sub(now);
-        self.capacity_ns.saturating_sub(used) / self.interval_ns
+        // The interval is at least 1 by construction.
+        self.capacity_ns
+            .saturating_sub(used)
+            .checked_div(self.interval_ns)
+            .unwrap_or(0)
     }
 
     /// Asks for `cost` units at `now` against a stored TAT.

@@ -7,6 +7,9 @@
 //! and settles ([`plan::Hold::settle`]).
 // Off wasm the host shell below is compiled but never entered; the wasm clippy run checks it.
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+// Request and upstream numbers flow through every limit here: arithmetic that can overflow,
+// wrap or divide by zero is refused at build time, not left to the release build's wrapping.
+#![cfg_attr(not(test), deny(clippy::arithmetic_side_effects))]
 
 pub mod config;
 pub mod estimate;

@@ -395,7 +395,7 @@ impl Ledger {
             let delta = i64::try_from(charge.cost).unwrap_or(i64::MAX);
             // A refund that fails leaves the limit stricter, never looser: nothing more to do.
             if let (Ok((remaining, reset_seconds)), Some(state)) = (
-                slots::adjust(store, charge, rate, now, -delta),
+                slots::adjust(store, charge, rate, now, delta.saturating_neg()),
                 self.policies.get_mut(*index),
             ) {
                 state.remaining = remaining;

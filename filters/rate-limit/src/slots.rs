@@ -13,6 +13,8 @@
 //! while more keys are active than a rule has slots, colliding keys share a bucket: their
 //! limits get stricter, never looser. A limit of N per key never admits N+1.
 
+use std::num::NonZeroU64;
+
 use portico_core::shared::{update, Change, Store, UpdateError};
 
 use crate::gcra::{Rate, Verdict};
@@ -34,14 +36,8 @@ pub fn place(salt: &[u8; 32], prefix: &str, key: &str, count: u64) -> Placement 
     h.update([0x1f]);
     h.update(key.as_bytes());
     let digest = h.finalize();
-    let word = |i: usize| {
-        let mut b = [0u8; 8];
-        if let Some(src) = digest.get(i..i + 8) {
-            b.copy_from_slice(src);
-        }
-        u64::from_le_bytes(b)
-    };
-    let count = count.max(1);
+    let word = |at: usize| le_word(&digest, at).unwrap_or(0);
+    let count = NonZeroU64::new(count).unwrap_or(NonZeroU64::MIN);
     let first = word(0) % count;
     let mut second = word(8) % count;
     if second == first {
@@ -54,11 +50,15 @@ pub fn place(salt: &[u8; 32], prefix: &str, key: &str, count: u64) -> Placement 
     }
 }
 
+/// The little-endian u64 at byte `at`, if eight bytes are there.
+fn le_word(bytes: &[u8], at: usize) -> Option<u64> {
+    let word: [u8; 8] = bytes.get(at..)?.get(..8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(word))
+}
+
 fn decode(value: Option<&[u8]>) -> (u64, u64) {
-    let word =
-        |v: &[u8], i: usize| -> Option<u64> { v.get(i..i + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes) };
     match value {
-        Some(v) if v.len() == 16 => (word(v, 0).unwrap_or(0), word(v, 8).unwrap_or(0)),
+        Some(v) if v.len() == 16 => (le_word(v, 0).unwrap_or(0), le_word(v, 8).unwrap_or(0)),
         _ => (0, 0),
     }
 }
