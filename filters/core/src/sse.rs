@@ -5,9 +5,9 @@
 //! dispatches the event gathered so far. `event: <name>` sets its name; each `data: <text>`
 //! appends a line to its data (lines joined by `\n`); lines starting with `:` are comments;
 //! `id` and `retry` are accepted and ignored; one space after the colon is dropped. An event
-//! split across chunks, or several events in one chunk, come out the same. A line longer than
-//! the reader's limit is discarded with its event (counted in `oversized`), so memory stays
-//! bounded whatever the upstream sends.
+//! split across chunks, or several events in one chunk, come out the same. A line, or an
+//! event's data, longer than the reader's limit is discarded with its event (counted in
+//! `oversized`), so memory stays bounded whatever the upstream sends.
 
 /// Whether a `content-type` value names an SSE stream (`text/event-stream`, any case, with or
 /// without parameters).
@@ -74,7 +74,7 @@ impl SseReader {
                     if self.line.len() >= self.max_line {
                         self.discarding = true;
                         self.skip_event = true;
-                        self.oversized += 1;
+                        self.oversized = self.oversized.saturating_add(1);
                         self.line.clear();
                     } else {
                         self.line.push(b);
@@ -113,10 +113,20 @@ impl SseReader {
         match field {
             "event" => self.pending.name = value.to_owned(),
             "data" => {
-                if self.has_data {
-                    self.pending.data.push('\n');
+                // An event of many short lines is held to the same limit as one long line.
+                let grown = self.pending.data.len().saturating_add(value.len()).saturating_add(1);
+                if self.skip_event || grown > self.max_line {
+                    if !self.skip_event {
+                        self.oversized = self.oversized.saturating_add(1);
+                    }
+                    self.skip_event = true;
+                    self.pending.data = String::new();
+                } else {
+                    if self.has_data {
+                        self.pending.data.push('\n');
+                    }
+                    self.pending.data.push_str(value);
                 }
-                self.pending.data.push_str(value);
                 self.has_data = true;
             }
             _ => {}
@@ -187,5 +197,18 @@ mod tests {
         assert_eq!(events, vec![ev("", "ok")]);
         assert_eq!(r.oversized, 2);
         assert!(r.line.capacity() <= 64);
+    }
+
+    #[test]
+    fn an_event_of_endless_short_lines_is_dropped_and_memory_stays_bounded() {
+        let mut r = SseReader::new(64);
+        let mut events = Vec::new();
+        for _ in 0..100_000 {
+            events.extend(r.push(b"data: 0123456789\n"));
+            assert!(r.pending.data.len() <= 64);
+        }
+        events.extend(r.push(b"\ndata: ok\n\n"));
+        assert_eq!(events, vec![ev("", "ok")]);
+        assert_eq!(r.oversized, 1);
     }
 }
