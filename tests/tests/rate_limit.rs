@@ -437,6 +437,21 @@ fn a_backend_claiming_2_to_the_64_tokens_cannot_lock_a_consumer_out() {
 }
 
 #[test]
+fn after_a_lying_backend_retry_after_stays_within_the_budget_period() {
+    // 1,000 tokens a minute; the lie is charged 4 x ~230, so the next reservation waits a few
+    // seconds, not 292 years.
+    let (gw, _up) = quota_gateway(1_000, 60);
+    let r = chat("/v1/messages", "liar", Some((3, u64::MAX)), true).send(gw.addr);
+    assert_eq!(r.status, 200, "{}", r.text());
+    thread::sleep(Duration::from_millis(100));
+    let next = chat("/v1/messages", "liar", Some((1, 1)), false).send(gw.addr);
+    assert_eq!(next.status, 429, "{}", next.text());
+    let retry: u64 = next.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "retry-after {retry}");
+    gw.assert_no_wasm_panic();
+}
+
+#[test]
 fn answers_over_the_reservation_are_charged_in_full_and_counted() {
     let (gw, _up) = quota_gateway(100_000, YEAR);
     let estimate = chat_estimate();
