@@ -720,15 +720,17 @@ fn the_shipped_access_log_and_metrics_count_a_lying_backend_within_the_bound() {
     let next = send(3, "3,4");
     assert_eq!(next.status, 200, "{}", next.text());
     assert_eq!(next.header("retry-after"), None);
-    let logged = eventually(Duration::from_secs(10), || {
-        std::fs::read_to_string(&log_path).is_ok_and(|t| t.lines().count() >= 3)
+    // Envoy flushes access log files every 10 s by default: wait past one flush.
+    let mut lines: Vec<Value> = Vec::new();
+    let logged = eventually(Duration::from_secs(15), || {
+        lines = std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        lines.len() >= 3
     });
-    assert!(logged, "no access log lines");
-    let lines: Vec<Value> = std::fs::read_to_string(&log_path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    assert!(logged, "access log lines: {lines:?}");
     let tokens = |line: &Value, field: &str| -> u64 { line[field].as_str().unwrap().parse().unwrap() };
     assert_eq!(tokens(&lines[0], "completion_tokens"), 1024);
     assert_eq!(tokens(&lines[1], "prompt_tokens"), 3);
