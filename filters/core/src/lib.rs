@@ -1,7 +1,7 @@
 //! Plain-Rust pieces shared by every Portico filter: configuration reading with JSON paths,
 //! the header names and values configuration may write, the error response shape, the
-//! identity header contract, request views, route matching and strict JSON reading of request
-//! bodies.
+//! identity header contract, request views, media types, route matching and strict JSON
+//! reading of request bodies.
 //!
 //! Nothing here calls the proxy-wasm host except `metrics` and `shared::HostStore` (the one
 //! place with `unsafe`, a raw ABI call), so all the rest is tested on the native target.
@@ -12,6 +12,7 @@ pub mod config;
 pub mod header;
 pub mod identity;
 pub mod json;
+pub mod media;
 pub mod metrics;
 pub mod request;
 pub mod response;
