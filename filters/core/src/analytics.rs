@@ -41,6 +41,10 @@ pub mod state {
     pub const MAX_OUTPUT_TOKENS: &str = "portico_max_output_tokens";
     /// Set by cache: HIT, MISS or BYPASS.
     pub const CACHE: &str = "portico_cache";
+    /// Set by a filter that changes the path across APIs (translation, a rewrite): the API
+    /// the client speaks (`openai`, `anthropic`), which Envoy's `local_reply_config` reads to
+    /// answer its own errors in the client's format.
+    pub const CLIENT_API: &str = "portico_client_api";
 }
 
 /// The response header the cache sets, which rate-limit reads to release a hit's token

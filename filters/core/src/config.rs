@@ -369,6 +369,14 @@ impl<'a> Object<'a> {
             .collect()
     }
 
+    /// A field that no longer exists, known by name only to say what replaced it: an error
+    /// when present.
+    pub fn removed(&mut self, key: &'a str, errors: &mut Errors, instead: &str) {
+        if self.opt(key).is_some() {
+            errors.push(&self.child_path(key), format!("no longer supported: {instead}"));
+        }
+    }
+
     /// Records `message` at the path of field `key`.
     pub fn field_error(&self, key: &str, errors: &mut Errors, message: impl Into<String>) {
         errors.push(&self.child_path(key), message);
@@ -437,6 +445,18 @@ mod tests {
             root.finish(&mut errors);
         }
         assert_eq!(errors.to_string(), "$[\"a-b\"]: unknown field");
+    }
+
+    #[test]
+    fn removed_fields_say_what_replaced_them() {
+        let value = json!({"old": 1});
+        let mut errors = Errors::default();
+        if let Some(mut root) = parse_root(&value, &mut errors) {
+            root.removed("old", &mut errors, "use `new`");
+            root.removed("gone", &mut errors, "use `other`");
+            root.finish(&mut errors);
+        }
+        assert_eq!(errors.to_string(), "$.old: no longer supported: use `new`");
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! identity header contract, request views, media types, route matching and strict JSON
 //! reading of request bodies.
 //!
-//! Nothing here calls the proxy-wasm host except `metrics` and `shared::HostStore` (the one
-//! place with `unsafe`, a raw ABI call), so all the rest is tested on the native target.
+//! Nothing here calls the proxy-wasm host except `metrics`, `shared::HostStore` and
+//! `refusal::Refusals::refuse` (the two places with `unsafe`, raw ABI calls), so all the rest
+//! is tested on the native target.
 
 pub mod analytics;
 pub mod clock;
@@ -14,6 +15,7 @@ pub mod identity;
 pub mod json;
 pub mod media;
 pub mod metrics;
+pub mod refusal;
 pub mod request;
 pub mod response;
 pub mod route;

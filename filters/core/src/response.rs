@@ -1,10 +1,54 @@
-//! The one error shape every Portico filter answers with.
+//! The one error shape every Portico filter answers with, in the client's API format.
 //!
 //! `{"error":{"type":"<family>","code":"<stable_snake_case>","message":"<human text>"}}`: the
 //! `type` families follow the names OpenAI- and Anthropic-style clients already parse, `code` is
 //! stable and documented, and `message` is for people. Messages never contain credentials.
+//! Anthropic's clients also expect the top-level `"type":"error"` of their API's errors, so a
+//! request to an Anthropic Messages path gets it ([`ClientApi`]).
+//!
+//! Envoy's own error replies get the same shape from the HTTP connection manager's
+//! `local_reply_config` (see `envoy/gateway.yaml`), which decides the format with the same
+//! rule: the path, unless a filter that changed the path recorded the client's API in the
+//! filter state [`crate::analytics::state::CLIENT_API`].
 
 use serde::Serialize;
+
+/// The API a client speaks, which decides the shape of the errors it gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientApi {
+    /// OpenAI-compatible clients, and every path that is not an Anthropic endpoint.
+    OpenAi,
+    /// Anthropic's Messages API: `…/v1/messages` and the endpoints under it.
+    Anthropic,
+}
+
+impl ClientApi {
+    /// The API of a request path (query ignored): Anthropic when a `v1/messages` segment pair
+    /// ends the path or is followed by more segments (`/v1/messages/count_tokens`), after any
+    /// prefix (`/anthropic/v1/messages`). The `local_reply_config` regex
+    /// `^(.*/)?v1/messages(/.*)?$` says the same.
+    pub fn of_path(path: &str) -> ClientApi {
+        let path = path.split_once('?').map_or(path, |(p, _)| p);
+        let anthropic = path.match_indices("v1/messages").any(|(at, m)| {
+            let before_ok = at == 0 || path.get(..at).is_some_and(|b| b.ends_with('/'));
+            let after = path.get(at + m.len()..).unwrap_or_default();
+            before_ok && (after.is_empty() || after.starts_with('/'))
+        });
+        if anthropic {
+            ClientApi::Anthropic
+        } else {
+            ClientApi::OpenAi
+        }
+    }
+
+    /// The value of the [`crate::analytics::state::CLIENT_API`] filter state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientApi::OpenAi => "openai",
+            ClientApi::Anthropic => "anthropic",
+        }
+    }
+}
 
 /// An error family, rendered as the body's `error.type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +87,9 @@ pub struct ErrorResponse {
 
 #[derive(Serialize)]
 struct Body<'a> {
+    /// `"error"` for Anthropic clients; absent for OpenAI-compatible ones.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
     error: Inner<'a>,
 }
 
@@ -70,9 +117,15 @@ impl ErrorResponse {
         self
     }
 
-    /// The JSON body.
+    /// The JSON body in the OpenAI-compatible shape.
     pub fn body(&self) -> Vec<u8> {
+        self.body_for(ClientApi::OpenAi)
+    }
+
+    /// The JSON body in `api`'s shape.
+    pub fn body_for(&self, api: ClientApi) -> Vec<u8> {
         let body = Body {
+            kind: (api == ClientApi::Anthropic).then_some("error"),
             error: Inner {
                 error_type: self.error_type.as_str(),
                 code: self.code,
@@ -111,6 +164,39 @@ mod tests {
             v,
             serde_json::json!({"error": {"type": "authentication_error", "code": "token_expired", "message": "the \"token\" has expired"}})
         );
+    }
+
+    #[test]
+    fn anthropic_clients_get_the_top_level_type_too() {
+        let r = ErrorResponse::new(429, ErrorType::RateLimit, "rate_limited", "slow down");
+        let v: serde_json::Value = serde_json::from_slice(&r.body_for(ClientApi::Anthropic)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "error", "error": {"type": "rate_limit_error", "code": "rate_limited", "message": "slow down"}})
+        );
+        let v: serde_json::Value = serde_json::from_slice(&r.body_for(ClientApi::OpenAi)).unwrap();
+        assert_eq!(v.get("type"), None);
+    }
+
+    #[test]
+    fn the_client_api_is_read_from_the_path() {
+        let cases = [
+            ("/v1/messages", ClientApi::Anthropic),
+            ("/v1/messages?beta=true", ClientApi::Anthropic),
+            ("/v1/messages/count_tokens", ClientApi::Anthropic),
+            ("/anthropic/v1/messages", ClientApi::Anthropic),
+            ("v1/messages", ClientApi::Anthropic),
+            ("/v1/chat/completions", ClientApi::OpenAi),
+            ("/v1/messagesx", ClientApi::OpenAi),
+            ("/xv1/messages", ClientApi::OpenAi),
+            ("/v1/threads/t1/messages", ClientApi::OpenAi),
+            ("/v2/messages", ClientApi::OpenAi),
+            ("/users?next=/v1/messages", ClientApi::OpenAi),
+            ("", ClientApi::OpenAi),
+        ];
+        for (path, want) in cases {
+            assert_eq!(ClientApi::of_path(path), want, "{path}");
+        }
     }
 
     #[test]
