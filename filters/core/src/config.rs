@@ -26,6 +26,10 @@ use serde_json::{Map, Value};
 /// The largest request or response body any filter may be configured to read: a body is
 /// buffered in the Wasm VM's memory, so a limit of gigabytes would never be one.
 pub const MAX_BODY_BYTES: u64 = 64 << 20;
+/// Why `max_body_bytes` is refused by the filters that used to limit request bodies: a body
+/// larger than Envoy's buffer limit (1 MiB unless raised) got Envoy's 413 before any filter saw
+/// it, so a larger `max_body_bytes` did nothing. The limit is one setting, Envoy's.
+pub const BODY_LIMIT_MOVED: &str = "the request body limit is Envoy's buffer limit: set `request_body_buffer_limit` on the Envoy route or virtual host instead (larger bodies get 413 `body_too_large`)";
 /// The longest period, TTL or window any filter accepts: 365 days.
 pub const MAX_PERIOD_SECONDS: u64 = 365 * 24 * 3600;
 /// The largest completion-token estimate (`default_max_tokens`) a filter accepts.

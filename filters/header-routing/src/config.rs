@@ -2,8 +2,9 @@
 
 use std::collections::HashMap;
 
-use portico_core::config::{read_bytes, read_value, Errors, Node, Object, MAX_BODY_BYTES};
+use portico_core::config::{read_bytes, read_value, Errors, Node, Object, BODY_LIMIT_MOVED};
 use portico_core::header::{value_problem, write_problem, Writer};
+use portico_core::refusal::RefusalLog;
 use portico_core::route::{Matcher, RouteMatch};
 use serde_json::Value;
 
@@ -11,13 +12,13 @@ use serde_json::Value;
 pub struct Config {
     /// The request header Envoy's route reads with `cluster_header`.
     pub cluster_header: String,
-    pub max_body_bytes: u64,
     pub metadata_namespace: String,
     /// Request series per consumer as well (one series per consumer: opt-in).
     pub per_consumer_metrics: bool,
     pub backends: Vec<Backend>,
     pub flags: Vec<Flag>,
     pub routes: Vec<Route>,
+    pub refusal_log: RefusalLog,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +133,6 @@ pub struct Route {
     pub action: Action,
 }
 
-const DEFAULT_MAX_BODY: u64 = 1 << 20;
 /// The largest split weight: weights are relative, so a million gives a resolution finer than
 /// the 10,000 buckets callers are spread over, and sums stay far from any overflow.
 pub const MAX_WEIGHT: u64 = 1_000_000;
@@ -159,9 +159,8 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
         .opt("cluster_header")
         .and_then(|n| n.writable_header_name(Writer::Portico, errors))
         .unwrap_or_else(|| "x-portico-cluster".to_owned());
-    let max_body_bytes = root
-        .opt_u64_in("max_body_bytes", 1..=MAX_BODY_BYTES, errors)
-        .unwrap_or(DEFAULT_MAX_BODY);
+    root.removed("max_body_bytes", errors, BODY_LIMIT_MOVED);
+    let refusal_log = RefusalLog::read(&mut root, errors);
     let per_consumer_metrics = root.opt_bool("per_consumer_metrics", errors).unwrap_or(false);
     let metadata_namespace = root
         .opt_str("metadata_namespace", errors)
@@ -263,7 +262,7 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
     root.finish(errors);
     Config {
         cluster_header,
-        max_body_bytes,
+        refusal_log,
         metadata_namespace,
         per_consumer_metrics,
         backends,

@@ -2,6 +2,7 @@
 //! request must look upstream. Pure: the shell passes headers and lifted body fields in.
 
 use portico_core::identity::{CONSUMER_HEADER, TIER_HEADER};
+use portico_core::media;
 use portico_core::request::{cookie_values, RequestView};
 use portico_core::response::{ErrorResponse, ErrorType};
 
@@ -129,11 +130,7 @@ fn render_path(template: &str, params: &[(String, String)]) -> String {
 }
 
 fn is_json(view: &RequestView) -> bool {
-    view.header_str("content-type").is_some_and(|ct| {
-        ct.split(';')
-            .next()
-            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
-    })
+    view.header("content-type").is_some_and(media::is_json)
 }
 
 /// The route a request falls under (path, methods, hosts, headers, tiers and flags hold),
@@ -170,18 +167,6 @@ pub fn decide(config: &Config, inputs: &Inputs<'_>) -> Decision {
                         ErrorType::InvalidRequest,
                         "invalid_json",
                         "this route takes a JSON request body",
-                    );
-                }
-                let too_large = view
-                    .header_str("content-length")
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .is_some_and(|n| n > config.max_body_bytes);
-                if too_large {
-                    return reject(
-                        413,
-                        ErrorType::InvalidRequest,
-                        "body_too_large",
-                        "the request body is larger than this route accepts",
                     );
                 }
                 let Some(requested) = inputs.model else {

@@ -14,14 +14,15 @@ pub mod decide;
 
 use std::rc::Rc;
 
-use log::{info, warn};
+use log::warn;
 use portico_core::analytics::{outcome, state};
 use portico_core::clock::unix_nanos;
 use portico_core::identity::TIER_HEADER;
 use portico_core::json;
 use portico_core::metrics::Family;
+use portico_core::refusal::Refusals;
 use portico_core::request::RequestView;
-use portico_core::response::{ErrorResponse, ErrorType};
+use portico_core::response::{ClientApi, ErrorResponse, ErrorType};
 use portico_core::sse::is_event_stream;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
@@ -94,6 +95,7 @@ struct Labels {
 struct RoutingRoot {
     config: Option<Rc<Config>>,
     metrics: Option<Rc<Metrics>>,
+    refusals: Option<Rc<Refusals>>,
 }
 
 impl Context for RoutingRoot {}
@@ -104,6 +106,7 @@ impl RootContext for RoutingRoot {
         match Config::from_bytes(&bytes) {
             Ok(config) => {
                 self.metrics = Some(Rc::new(Metrics::define(&config)));
+                self.refusals = Some(Rc::new(Refusals::new(NAME, config.refusal_log)));
                 self.config = Some(Rc::new(config));
                 true
             }
@@ -118,6 +121,8 @@ impl RootContext for RoutingRoot {
         Some(Box::new(RoutingHttp {
             config: self.config.clone()?,
             metrics: self.metrics.clone()?,
+            refusals: self.refusals.clone()?,
+            api: ClientApi::OpenAi,
             echo: Vec::new(),
             body: BodyPhase::Pass,
             labels: None,
@@ -134,6 +139,9 @@ impl RootContext for RoutingRoot {
 struct RoutingHttp {
     config: Rc<Config>,
     metrics: Rc<Metrics>,
+    refusals: Rc<Refusals>,
+    /// The client's API, from the path it called: the shape of this filter's errors.
+    api: ClientApi,
     /// Set once the request is routed.
     labels: Option<Labels>,
     streaming: bool,
@@ -189,33 +197,26 @@ impl RoutingHttp {
         }
     }
 
-    fn respond(&self, response: &ErrorResponse, view: Option<&RequestView>) {
-        if let Some(v) = view {
-            info!(
-                "{NAME}: {} {} {} {}",
-                response.status,
-                response.code,
-                v.method(),
-                v.path()
-            );
-        }
-        self.send_http_response(response.status, response.header_pairs(), Some(&response.body()));
+    /// Answers with `response` and logs it with `context` (what the request was).
+    fn respond(&self, response: &ErrorResponse, context: std::fmt::Arguments<'_>) {
+        self.refusals
+            .refuse(response, self.api, self.get_current_time(), context);
     }
 
     /// Refuses a request from the body callback, where the request headers are gone: the log
     /// line names the route instead of the path.
     fn refuse_body(&mut self, response: &ErrorResponse) {
-        let route = self.labels.as_ref().map_or("none", |l| l.route.as_str());
-        info!("{NAME}: {} {} on route {route}", response.status, response.code);
         // Answered: any later body callback lets data pass instead of answering twice.
         self.body = BodyPhase::Pass;
-        self.respond(response, None);
+        let route = self.labels.as_ref().map_or("none", |l| l.route.as_str());
+        self.respond(response, format_args!("on route {route}"));
     }
 }
 
 impl HttpContext for RoutingHttp {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         let view = RequestView::new(self.get_http_request_headers_bytes());
+        self.api = ClientApi::of_path(view.path());
         // Headers this filter owns: a client never chooses a cluster or fakes a variant.
         for name in [
             self.config.cluster_header.as_str(),
@@ -237,13 +238,13 @@ impl HttpContext for RoutingHttp {
         let routed = match decide::decide(&self.config, &inputs) {
             Decision::Route(r) => r,
             Decision::Reject(response) => {
-                self.respond(&response, Some(&view));
+                self.respond(&response, format_args!("{} {}", view.method(), view.path()));
                 return Action::Pause;
             }
         };
         let Some(backend) = self.config.backend(routed.backend) else {
             let response = ErrorResponse::new(500, ErrorType::Api, "internal_error", "routing failed");
-            self.respond(&response, Some(&view));
+            self.respond(&response, format_args!("{} {}", view.method(), view.path()));
             return Action::Pause;
         };
         for name in &backend.remove_headers {
@@ -264,6 +265,10 @@ impl HttpContext for RoutingHttp {
         }
         if let Some(path) = &routed.path {
             self.set_http_request_header(":path", Some(path));
+            if ClientApi::of_path(path) != self.api {
+                // Envoy's own errors (timeouts, resets) are shaped by the path they see.
+                self.set_property(vec![state::CLIENT_API], Some(self.api.as_str().as_bytes()));
+            }
         }
         if let Some(format) = backend.format {
             self.set_http_request_header(FORMAT_HEADER, Some(format.as_str()));
@@ -328,17 +333,6 @@ impl HttpContext for RoutingHttp {
         if !end_of_stream {
             // Hold the body until it is complete (json_to_metadata in front already buffered
             // it, so this is rare).
-            return Action::Pause;
-        }
-        let too_large = u64::try_from(body_size).map_or(true, |n| n > self.config.max_body_bytes);
-        if too_large {
-            let response = ErrorResponse::new(
-                413,
-                ErrorType::InvalidRequest,
-                "body_too_large",
-                "the request body is larger than this route accepts",
-            );
-            self.refuse_body(&response);
             return Action::Pause;
         }
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();

@@ -214,11 +214,15 @@ fn every_refused_configuration_names_its_path_and_reason() {
             ),
             "$.routes[1].split.by.header: header name \"x:user\" contains ':', which HTTP does not allow in a name (use letters, digits and !#$%&'*+-.^_`|~)",
         ),
-        ("max_body_bytes of 0", with("/max_body_bytes", json!(0)), "$.max_body_bytes: must be between 1 and 67108864"),
         (
-            "max_body_bytes beyond the bound",
-            with("/max_body_bytes", json!(1_u64 << 40)),
-            "$.max_body_bytes: must be between 1 and 67108864",
+            "max_body_bytes, which Envoy's buffer limit made unreachable",
+            with("/max_body_bytes", json!(8_388_608)),
+            "$.max_body_bytes: no longer supported: the request body limit is Envoy's buffer limit: set `request_body_buffer_limit` on the Envoy route or virtual host instead (larger bodies get 413 `body_too_large`)",
+        ),
+        (
+            "a refusal log level that does not exist",
+            with("/refusal_log", json!({"level": "verbose"})),
+            "$.refusal_log.level: unknown value \"verbose\", expected one of: info, debug, off",
         ),
     ];
     for (name, config, want) in cases {
