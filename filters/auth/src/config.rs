@@ -10,6 +10,7 @@ use std::ops::RangeInclusive;
 use portico_core::config::{read_bytes, read_value, Errors, Node, Object};
 use portico_core::header::{value_problem, write_problem, Writer};
 use portico_core::identity::{consumer_id, parse_consumer_id, valid_namespace};
+use portico_core::refusal::RefusalLog;
 use portico_core::route::{RouteMatch, RouteTable};
 use serde_json::Value;
 
@@ -26,6 +27,7 @@ pub struct Config {
     pub strip: StripPolicy,
     /// Every header auth owns on the upstream request: removed from the client's request first.
     pub owned_headers: Vec<String>,
+    pub refusal_log: RefusalLog,
 }
 
 #[derive(Debug)]
@@ -275,6 +277,7 @@ fn read_config(mut root: Object<'_>, errors: &mut Errors) -> Config {
             api_key: true,
         },
     };
+    let refusal_log = RefusalLog::read(&mut root, errors);
     root.finish(errors);
 
     let mut owned_headers = vec![
@@ -297,6 +300,7 @@ fn read_config(mut root: Object<'_>, errors: &mut Errors) -> Config {
         default_rule,
         strip,
         owned_headers,
+        refusal_log,
     }
 }
 

@@ -23,7 +23,9 @@ use portico_core::analytics::state;
 use portico_core::clock::unix_seconds;
 use portico_core::identity::{CONSUMER_HEADER, TIER_HEADER};
 use portico_core::metrics::{bump, counter, Family};
+use portico_core::refusal::Refusals;
 use portico_core::request::{remove_cookie, remove_query_param, RequestView};
+use portico_core::response::ClientApi;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 
@@ -80,6 +82,7 @@ impl Metrics {
 struct AuthRoot {
     auth: Option<Rc<RefCell<Authenticator>>>,
     metrics: Rc<Metrics>,
+    refusals: Option<Rc<Refusals>>,
     /// Dispatched JWKS calls: call token to provider index.
     pending: HashMap<u32, usize>,
 }
@@ -162,6 +165,7 @@ impl RootContext for AuthRoot {
             }
         };
         let has_remote = config.remote_providers().next().is_some();
+        self.refusals = Some(Rc::new(Refusals::new(NAME, config.refusal_log)));
         self.auth = Some(Rc::new(RefCell::new(Authenticator::new(Rc::new(config)))));
         self.metrics = Rc::new(Metrics::define());
         if has_remote {
@@ -216,6 +220,7 @@ impl RootContext for AuthRoot {
         Some(Box::new(AuthHttp {
             auth,
             metrics: Rc::clone(&self.metrics),
+            refusals: self.refusals.clone()?,
         }))
     }
 
@@ -229,6 +234,7 @@ impl RootContext for AuthRoot {
 struct AuthHttp {
     auth: Rc<RefCell<Authenticator>>,
     metrics: Rc<Metrics>,
+    refusals: Rc<Refusals>,
 }
 
 impl Context for AuthHttp {}
@@ -281,16 +287,14 @@ impl HttpContext for AuthHttp {
 impl AuthHttp {
     fn deny(&self, reason: Reason, scopes: &[String], realm: &str, request: &RequestView) {
         let response = reason.response(realm, scopes);
-        // The path without its query: a query parameter may carry a credential.
-        info!(
-            "{NAME}: denied {} {} {} {}",
-            response.status,
-            reason.code(),
-            request.method(),
-            request.path()
-        );
         self.metrics.count("denied", reason.code(), "none");
-        self.send_http_response(response.status, response.header_pairs(), Some(&response.body()));
+        // The path without its query: a query parameter may carry a credential.
+        self.refusals.refuse(
+            &response,
+            ClientApi::of_path(request.path()),
+            self.get_current_time(),
+            format_args!("{} {}", request.method(), request.path()),
+        );
     }
 
     fn strip(&self, locations: &[Location], request: &RequestView) {

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use portico_core::config::{read_bytes, read_value, Errors, Node, Object, MAX_PERIOD_SECONDS, MAX_TOKENS};
+use portico_core::refusal::RefusalLog;
 use portico_core::route::{Matcher, RouteMatch};
 use serde_json::Value;
 
@@ -22,6 +23,7 @@ pub struct Config {
     pub needs_client_ip: bool,
     /// Token series per consumer as well as per tier and model (one series per consumer).
     pub per_consumer_metrics: bool,
+    pub refusal_log: RefusalLog,
 }
 
 /// What a limit is counted per.
@@ -178,6 +180,7 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
     if rules.is_empty() && quotas.is_empty() && errors.is_empty() {
         root.field_error("rules", errors, "configure at least one rule or token quota");
     }
+    let refusal_log = RefusalLog::read(&mut root, errors);
     root.finish(errors);
     let needs_client_ip = rules
         .iter()
@@ -193,6 +196,7 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
         x_ratelimit_headers,
         metadata_namespace,
         per_consumer_metrics,
+        refusal_log,
     }
 }
 

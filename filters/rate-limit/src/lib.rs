@@ -21,12 +21,14 @@ pub mod usage;
 
 use std::rc::Rc;
 
-use log::{error, info, warn};
+use log::{error, warn};
 use portico_core::analytics::{state, CACHE_HEADER};
 use portico_core::clock::unix_nanos;
 use portico_core::identity::{CONSUMER_HEADER, TIER_HEADER};
 use portico_core::metrics::{bump, counter, Family};
+use portico_core::refusal::Refusals;
 use portico_core::request::RequestView;
+use portico_core::response::ClientApi;
 use portico_core::shared::{update, Change, HostStore};
 use portico_core::sse::is_event_stream;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -114,6 +116,7 @@ struct LimitRoot {
     config: Option<Rc<Config>>,
     salt: [u8; 32],
     metrics: Option<Rc<Metrics>>,
+    refusals: Option<Rc<Refusals>>,
 }
 
 impl Context for LimitRoot {}
@@ -152,6 +155,7 @@ impl RootContext for LimitRoot {
         };
         self.salt = salt;
         self.metrics = Some(Rc::new(Metrics::define(&config)));
+        self.refusals = Some(Rc::new(Refusals::new(NAME, config.refusal_log)));
         self.config = Some(Rc::new(config));
         true
     }
@@ -161,6 +165,8 @@ impl RootContext for LimitRoot {
             config: self.config.clone()?,
             salt: self.salt,
             metrics: self.metrics.clone()?,
+            refusals: self.refusals.clone()?,
+            api: ClientApi::OpenAi,
             headers: Vec::new(),
             hold: Hold::default(),
             pending_quota_events: Vec::new(),
@@ -194,6 +200,9 @@ struct LimitHttp {
     config: Rc<Config>,
     salt: [u8; 32],
     metrics: Rc<Metrics>,
+    refusals: Rc<Refusals>,
+    /// The client's API, from the path it called: the shape of this filter's errors.
+    api: ClientApi,
     headers: Vec<(&'static str, String)>,
     hold: Hold,
     /// Quota decisions not yet counted: the body may still change them.
@@ -337,6 +346,7 @@ impl LimitHttp {
 impl HttpContext for LimitHttp {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         let view = RequestView::new(self.get_http_request_headers_bytes());
+        self.api = ClientApi::of_path(view.path());
         let address = if self.config.needs_client_ip {
             self.get_property(vec!["source", "address"])
                 .and_then(|a| String::from_utf8(a).ok())
@@ -370,14 +380,12 @@ impl HttpContext for LimitHttp {
         self.pending_quota_events = admission.quota_events;
         if let Some(response) = admission.rejection {
             self.flush_quota_events();
-            info!(
-                "{NAME}: {} {} {} {}",
-                response.status,
-                response.code,
-                view.method(),
-                view.path()
+            self.refusals.refuse(
+                &response,
+                self.api,
+                self.get_current_time(),
+                format_args!("{} {}", view.method(), view.path()),
             );
-            self.send_http_response(response.status, response.header_pairs(), Some(&response.body()));
             return Action::Pause;
         }
         self.headers = admission.headers;
@@ -430,15 +438,16 @@ impl HttpContext for LimitHttp {
                 Action::Continue
             }
             TopUp::Refused(response) => {
-                info!(
-                    "{NAME}: {} {} once the body showed a prompt of about {prompt} tokens",
-                    response.status, response.code
-                );
                 // The local reply passes through the response callbacks: nothing to add or settle.
                 self.headers.clear();
                 self.follow_usage = false;
                 self.body = Body::Settled;
-                self.send_http_response(response.status, response.header_pairs(), Some(&response.body()));
+                self.refusals.refuse(
+                    &response,
+                    self.api,
+                    self.get_current_time(),
+                    format_args!("once the body showed a prompt of about {prompt} tokens"),
+                );
                 Action::Pause
             }
         }
