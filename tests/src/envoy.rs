@@ -47,6 +47,9 @@ pub struct EnvoyConfig {
     filters: Vec<Value>,
     clusters: Vec<Value>,
     route: Value,
+    prefix: String,
+    body_limit: Option<u64>,
+    access_log: Option<PathBuf>,
 }
 
 impl EnvoyConfig {
@@ -55,7 +58,38 @@ impl EnvoyConfig {
             filters: Vec::new(),
             clusters: vec![cluster("upstream", upstream)],
             route: json!({"cluster": "upstream"}),
+            prefix: "/".to_owned(),
+            body_limit: None,
+            access_log: None,
         }
+    }
+
+    /// The one route matches only paths under `prefix` (others get Envoy's 404).
+    pub fn route_prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.to_owned();
+        self
+    }
+
+    /// The route's upstream timeout (Envoy's default is 15 s).
+    pub fn route_timeout(mut self, timeout: &str) -> Self {
+        if let Some(route) = self.route.as_object_mut() {
+            route.insert("timeout".to_owned(), json!(timeout));
+        }
+        self
+    }
+
+    /// The route's buffer limit for request and response bodies (`request_body_buffer_limit`),
+    /// as `envoy/gateway.yaml` raises it on model routes. Envoy's default is 1 MiB.
+    pub fn body_limit(mut self, bytes: u64) -> Self {
+        self.body_limit = Some(bytes);
+        self
+    }
+
+    /// Writes an access log line per request to `path`: status, flags and response code
+    /// details, as JSON.
+    pub fn access_log(mut self, path: &Path) -> Self {
+        self.access_log = Some(path.to_owned());
+        self
     }
 
     /// Routes by the cluster named in `header` (what header-routing sets), and removes the
@@ -88,6 +122,23 @@ impl EnvoyConfig {
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
         }));
+        let mut route = json!({"match": {"prefix": self.prefix}, "route": self.route,
+                               "request_headers_to_remove": ["x-portico-cluster", "x-portico-backend-format"]});
+        if let (Some(bytes), Some(r)) = (self.body_limit, route.as_object_mut()) {
+            r.insert("request_body_buffer_limit".to_owned(), json!(bytes));
+        }
+        let access_log: Vec<Value> = self
+            .access_log
+            .iter()
+            .map(|path| {
+                json!({"name": "envoy.access_loggers.file", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": path.display().to_string(),
+                    "log_format": {"json_format": {
+                        "path": "%REQ(:PATH)%", "status": "%RESPONSE_CODE%", "response_flags": "%RESPONSE_FLAGS%",
+                        "response_code_details": "%RESPONSE_CODE_DETAILS%", "bytes_sent": "%BYTES_SENT%"}}}})
+            })
+            .collect();
         let tags: Vec<Value> = portico_core::analytics::LABELS
             .iter()
             .map(|l| json!({"tag_name": l, "regex": portico_core::analytics::tag_regex(l)}))
@@ -115,9 +166,10 @@ impl EnvoyConfig {
                             "route_config": {"virtual_hosts": [{
                                 "name": "all",
                                 "domains": ["*"],
-                                "routes": [{"match": {"prefix": "/"}, "route": self.route,
-                                            "request_headers_to_remove": ["x-portico-cluster", "x-portico-backend-format"]}]
+                                "routes": [route]
                             }]},
+                            "local_reply_config": local_reply_config(),
+                            "access_log": access_log,
                             "http_filters": filters
                         }
                     }]}]
@@ -146,9 +198,48 @@ pub fn sum_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
         .sum()
 }
 
+/// The expression that tells Envoy's `local_reply_config` whether the client speaks Anthropic's
+/// API: the client's API recorded by a filter that changed the path, else the path itself
+/// (`portico_core::response::ClientApi::of_path` in RE2).
+const ANTHROPIC_CLIENT: &str = "('wasm.portico_client_api' in filter_state ? filter_state['wasm.portico_client_api'] == b'anthropic' : request.url_path.matches('^(.*/)?v1/messages(/.*)?$'))";
+
+/// An error Envoy itself answered: not a Portico filter's reply (whose details start with
+/// `portico-`), not another wasm filter's (no details), not a redirect.
+const ENVOY_ERROR: &str =
+    "response.code >= 400 && response.code_details != '' && !response.code_details.startsWith('portico-')";
+
+/// The HTTP connection manager's `local_reply_config` every shipped Envoy config carries (a
+/// test compares them): Envoy's own errors get Portico's JSON error shape, with a stable code
+/// per case, in the client's API format. A response too large to buffer becomes 502
+/// `response_too_large` instead of Envoy's bare 500.
+pub fn local_reply_config() -> Value {
+    let cel = |expression: String| {
+        json!({"extension_filter": {"name": "envoy.access_loggers.extension_filters.cel", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+            "expression": expression}}})
+    };
+    let too_large = "response.code_details == 'response_payload_too_large'";
+    let code = "%CEL(response.code_details == 'response_payload_too_large' ? 'response_too_large' : response.code == 400 ? 'bad_request' : response.code == 404 ? 'no_route' : response.code == 408 ? 'request_timeout' : response.code == 413 ? 'body_too_large' : response.code == 426 ? 'upgrade_required' : response.code == 431 ? 'headers_too_large' : response.code == 502 ? 'bad_gateway' : response.code == 503 ? 'upstream_unavailable' : response.code == 504 ? 'upstream_timeout' : 'gateway_error')%";
+    let message = "%CEL(response.code_details == 'response_payload_too_large' ? 'the upstream response is larger than this route can buffer' : response.code == 400 ? 'the request is not valid HTTP' : response.code == 404 ? 'no route matches this request' : response.code == 408 ? 'the request took too long to arrive' : response.code == 413 ? 'the request body is larger than this route accepts' : response.code == 426 ? 'HTTP/1.1 or newer is required' : response.code == 431 ? 'the request headers are too large' : response.code == 502 ? 'the upstream sent an invalid response' : response.code == 503 ? 'the upstream is unavailable' : response.code == 504 ? 'the upstream did not answer in time' : 'the gateway could not handle this request')%";
+    let anthropic = json!({"json_format": {"type": "error", "error": {
+        "type": "%CEL(response.code == 404 ? 'not_found_error' : response.code == 413 ? 'request_too_large' : response.code < 500 ? 'invalid_request_error' : 'api_error')%",
+        "code": code, "message": message}}});
+    let openai = json!({"json_format": {"error": {
+        "type": "%CEL(response.code == 404 ? 'not_found_error' : response.code < 500 ? 'invalid_request_error' : 'api_error')%",
+        "code": code, "message": message}}});
+    json!({"mappers": [
+        {"filter": cel(format!("{too_large} && {ANTHROPIC_CLIENT}")), "status_code": 502, "body_format_override": anthropic},
+        {"filter": cel(too_large.to_owned()), "status_code": 502, "body_format_override": openai},
+        {"filter": cel(format!("{ENVOY_ERROR} && {ANTHROPIC_CLIENT}")), "body_format_override": anthropic},
+        {"filter": cel(ENVOY_ERROR.to_owned()), "body_format_override": openai},
+    ]})
+}
+
 /// Envoy's `json_to_metadata` filter lifting `fields` of JSON request bodies into the
-/// `portico` metadata namespace, as `envoy/gateway.yaml` does. `max_tokens` lifts both names
-/// of the output budget, OpenAI's newer `max_completion_tokens` too, as every shipped config does.
+/// `portico` metadata namespace, as `envoy/gateway.yaml` does: any JSON media type
+/// (`portico_core::media`), not only the exact `application/json`. `max_tokens` lifts both
+/// names of the output budget, OpenAI's newer `max_completion_tokens` too, as every shipped
+/// config does.
 pub fn json_to_metadata(fields: &[&str]) -> Value {
     let rules: Vec<Value> = fields
         .iter()
@@ -166,7 +257,8 @@ pub fn json_to_metadata(fields: &[&str]) -> Value {
         "name": "envoy.filters.http.json_to_metadata",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata",
-            "request_rules": {"rules": rules}
+            "request_rules": {"rules": rules,
+                              "allow_content_types_regex": {"regex": portico_core::media::JSON_CONTENT_TYPE_REGEX}}
         }
     })
 }
@@ -186,9 +278,12 @@ fn cluster(name: &str, addr: SocketAddr) -> Value {
 }
 
 /// The HTTP filter entry for one Portico wasm filter, in its own VM per worker (its own
-/// `vm_id`: the modules differ), recovering from a crash by reloading (`FAIL_RELOAD`).
+/// `vm_id`: the modules differ), recovering from a crash by reloading (`FAIL_RELOAD`). A
+/// configuration with `"allow_on_headers_stop_iteration": true` (body-transform's) gets the
+/// plugin field of the same name, as an operator must set both.
 pub fn wasm_filter(name: &str, wasm: &Path, configuration: &Value) -> Value {
-    json!({
+    let stop_iteration = configuration["allow_on_headers_stop_iteration"] == json!(true);
+    let mut filter = json!({
         "name": format!("portico.{name}"),
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
@@ -207,7 +302,11 @@ pub fn wasm_filter(name: &str, wasm: &Path, configuration: &Value) -> Value {
                 }
             }
         }
-    })
+    });
+    if stop_iteration {
+        filter["typed_config"]["config"]["allow_on_headers_stop_iteration"] = json!(true);
+    }
+    filter
 }
 
 // === The process ===
