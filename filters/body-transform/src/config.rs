@@ -1,7 +1,8 @@
 //! The body-transform filter's configuration, checked with JSON paths.
 
-use portico_core::config::{read_bytes, read_value, Errors, Node, Object, MAX_BODY_BYTES, MAX_TOKENS};
+use portico_core::config::{read_bytes, read_value, Errors, Node, Object, BODY_LIMIT_MOVED, MAX_TOKENS};
 use portico_core::header::{write_problem, Writer};
+use portico_core::refusal::RefusalLog;
 use portico_core::route::{RouteMatch, RouteTable};
 use serde_json::Value;
 
@@ -9,10 +10,15 @@ use crate::ops::{BodyOp, HeaderOps, Pointer, Source};
 
 #[derive(Debug)]
 pub struct Config {
-    pub max_body_bytes: u64,
+    /// Hold the response headers of an answer that is rewritten whole until its body is read,
+    /// so an answer that cannot be translated becomes a 502 instead of a 200 with an error
+    /// body. Needs the plugin field of the same name (Envoy >= 1.35): without it Envoy would
+    /// never call the body callback and the response would hang (`portico check` compares).
+    pub allow_on_headers_stop_iteration: bool,
     /// Anthropic requires `max_tokens`; used when an OpenAI request gives none.
     pub default_max_tokens: u64,
     pub routes: RouteTable<Rule>,
+    pub refusal_log: RefusalLog,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,9 +56,11 @@ impl Config {
 }
 
 fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
-    let max_body_bytes = root
-        .opt_u64_in("max_body_bytes", 1..=MAX_BODY_BYTES, errors)
-        .unwrap_or(1 << 20);
+    root.removed("max_body_bytes", errors, BODY_LIMIT_MOVED);
+    let allow_on_headers_stop_iteration = root
+        .opt_bool("allow_on_headers_stop_iteration", errors)
+        .unwrap_or(false);
+    let refusal_log = RefusalLog::read(&mut root, errors);
     let default_max_tokens = root
         .opt_u64_in("default_max_tokens", 1..=MAX_TOKENS, errors)
         .unwrap_or(4096);
@@ -91,9 +99,10 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
     }
     root.finish(errors);
     Config {
-        max_body_bytes,
+        allow_on_headers_stop_iteration,
         default_max_tokens,
         routes: RouteTable::build(rules, |i| format!("$.routes[{i}]"), errors),
+        refusal_log,
     }
 }
 
@@ -280,14 +289,14 @@ mod tests {
                 "$.routes[0].request.body[0].from_header: header name \"x user\" contains ' ', which HTTP does not allow in a name (use letters, digits and !#$%&'*+-.^_`|~)",
             ),
             (
-                "max_body_bytes of 0",
-                json!({"max_body_bytes": 0, "routes": [{}]}),
-                "$.max_body_bytes: must be between 1 and 67108864",
+                "max_body_bytes, which Envoy's buffer limit made unreachable",
+                json!({"max_body_bytes": 8_388_608, "routes": [{}]}),
+                "$.max_body_bytes: no longer supported: the request body limit is Envoy's buffer limit: set `request_body_buffer_limit` on the Envoy route or virtual host instead (larger bodies get 413 `body_too_large`)",
             ),
             (
-                "max_body_bytes beyond the bound",
-                json!({"max_body_bytes": 1_u64 << 32, "routes": [{}]}),
-                "$.max_body_bytes: must be between 1 and 67108864",
+                "allow_on_headers_stop_iteration that is not a boolean",
+                json!({"allow_on_headers_stop_iteration": "yes", "routes": [{}]}),
+                "$.allow_on_headers_stop_iteration: expected true or false",
             ),
             (
                 "default_max_tokens of 0 (Anthropic refuses max_tokens 0)",

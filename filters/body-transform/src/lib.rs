@@ -6,6 +6,14 @@
 //! the path, API headers, and removing `content-length` when the body will change. Bodies are
 //! rewritten in the body callbacks: requests and plain responses whole, SSE streams chunk by
 //! chunk as they arrive.
+//!
+//! Only answers that came from the upstream (Envoy's response details `via_upstream`) or that
+//! the cache replays are translated: a local reply (a Portico filter's refusal, Envoy's own
+//! error) is already in the client's shape and keeps its code. With
+//! `allow_on_headers_stop_iteration` on (and the plugin field of the same name), the headers
+//! of an answer rewritten whole are held until its body is read, so an answer that cannot be
+//! translated becomes a 502 `bad_upstream_response`; without it the 200 has already left and
+//! the error travels in the body.
 // Off wasm the host shell below is compiled but never entered; the wasm clippy run checks it.
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
@@ -15,12 +23,12 @@ pub mod translate;
 
 use std::rc::Rc;
 
-use log::{info, warn};
-use portico_core::analytics::state;
+use portico_core::analytics::{state, CACHE_HEADER};
 use portico_core::clock::unix_seconds;
 use portico_core::metrics::Family;
+use portico_core::refusal::Refusals;
 use portico_core::request::RequestView;
-use portico_core::response::{ErrorResponse, ErrorType};
+use portico_core::response::{ClientApi, ErrorResponse, ErrorType};
 use portico_core::sse::is_event_stream;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
@@ -29,6 +37,7 @@ use serde_json::Value;
 use crate::config::{Config, Rule, Translate};
 use crate::translate::request::RequestFacts;
 use crate::translate::stream::{AnthropicToOpenAi, OpenAiToAnthropic};
+use crate::translate::BadUpstream;
 
 const NAME: &str = "portico-body-transform";
 /// Set by header-routing: the chosen backend's API format.
@@ -101,6 +110,7 @@ struct TransformRoot {
     /// (`openai_to_anthropic`, `anthropic_to_openai`) or `rewrite`; outcome is `ok` or the
     /// error code the client got.
     metrics: Option<Rc<Family>>,
+    refusals: Option<Rc<Refusals>>,
 }
 
 impl Direction {
@@ -123,6 +133,7 @@ impl RootContext for TransformRoot {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         match Config::from_bytes(&bytes) {
             Ok(config) => {
+                self.refusals = Some(Rc::new(Refusals::new(NAME, config.refusal_log)));
                 self.config = Some(Rc::new(config));
                 self.metrics = Some(Rc::new(Family::counter("portico_transform_requests_total", 100)));
                 true
@@ -138,18 +149,35 @@ impl RootContext for TransformRoot {
         Some(Box::new(TransformHttp {
             config: self.config.clone()?,
             metrics: self.metrics.clone()?,
+            refusals: self.refusals.clone()?,
+            api: ClientApi::OpenAi,
             rule: None,
             direction: None,
             rewrite_request: false,
             headers: Vec::new(),
             facts: RequestFacts::default(),
             response: Response::Untouched,
+            held: false,
         }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
+}
+
+/// Whether an answer came from the upstream, or is one the cache replays in its place: only
+/// those are translated. `details` is Envoy's `response.code_details` (`via_upstream` for an
+/// upstream answer; a local reply has its own), `cache` the `x-portico-cache` response header.
+pub fn answered_by_upstream(details: Option<&[u8]>, cache: Option<&[u8]>) -> bool {
+    details == Some(b"via_upstream".as_slice()) || cache == Some(b"HIT".as_slice())
+}
+
+/// Whether to hold the response headers until the body is read: only for an answer rewritten
+/// whole, when the plugin may stop at headers, and never when the headers end the stream (no
+/// body callback would ever release them).
+pub fn hold_headers(whole: bool, end_of_stream: bool, allowed: bool) -> bool {
+    whole && allowed && !end_of_stream
 }
 
 /// What happens to the response body.
@@ -166,6 +194,9 @@ enum Response {
 struct TransformHttp {
     config: Rc<Config>,
     metrics: Rc<Family>,
+    refusals: Rc<Refusals>,
+    /// The client's API, from the path it called: the shape of this filter's errors.
+    api: ClientApi,
     rule: Option<usize>,
     direction: Option<Direction>,
     rewrite_request: bool,
@@ -173,6 +204,9 @@ struct TransformHttp {
     headers: Vec<(String, String)>,
     facts: RequestFacts,
     response: Response,
+    /// The response headers are held (`allow_on_headers_stop_iteration`): the status can
+    /// still change.
+    held: bool,
 }
 
 impl Context for TransformHttp {}
@@ -183,15 +217,33 @@ impl TransformHttp {
     }
 
     fn reject(&mut self, status: u32, error_type: ErrorType, code: &'static str, message: String) -> Action {
-        info!("{NAME}: {status} {code}: {message}");
         self.metrics
             .add(&[("kind", kind_label(self.direction)), ("outcome", code)], 1);
-        // The local reply passes back through this filter's response callbacks: it is already
-        // in the client's shape, so nothing may translate or rewrite it.
-        self.rule = None;
-        self.direction = None;
         let response = ErrorResponse::new(status, error_type, code, message);
-        self.send_http_response(response.status, response.header_pairs(), Some(&response.body()));
+        self.refusals.refuse(
+            &response,
+            self.api,
+            self.get_current_time(),
+            format_args!("{}", response.message),
+        );
+        Action::Pause
+    }
+
+    /// Records an upstream answer that cannot reach the client as it is: a warning and the
+    /// `bad_upstream_response` outcome.
+    fn record_bad_upstream(&self, bad: &BadUpstream) {
+        self.metrics.add(
+            &[("kind", kind_label(self.direction)), ("outcome", BadUpstream::CODE)],
+            1,
+        );
+        self.refusals
+            .warn(self.get_current_time(), format_args!("{}: {bad}", BadUpstream::CODE));
+    }
+
+    /// A bad answer whose headers have not left: the client gets a 502 in its own format.
+    fn fail_bad_upstream(&self, bad: &BadUpstream) -> Action {
+        self.record_bad_upstream(bad);
+        self.refusals.answer(&bad.response(), self.api);
         Action::Pause
     }
 
@@ -242,19 +294,8 @@ impl HttpContext for TransformHttp {
             return Action::Continue;
         };
         self.rule = Some(matched.index);
+        self.api = ClientApi::of_path(view.path());
         let rule = matched.rule;
-        let too_large = view
-            .header_str("content-length")
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .is_some_and(|n| n > self.config.max_body_bytes);
-        if too_large {
-            return self.reject(
-                413,
-                ErrorType::InvalidRequest,
-                "body_too_large",
-                "the request body is larger than this route accepts".into(),
-            );
-        }
         self.headers = rule
             .request
             .body
@@ -269,7 +310,13 @@ impl HttpContext for TransformHttp {
         self.header_ops(&rule.request.headers, true, Some(&view));
         self.direction = direction(rule, view.path(), view.header_str(FORMAT_HEADER));
         if let Some(d) = self.direction {
-            self.set_http_request_header(":path", Some(&translated_path(view.path_and_query(), d)));
+            let path = translated_path(view.path_and_query(), d);
+            self.set_http_request_header(":path", Some(&path));
+            if ClientApi::of_path(&path) != self.api {
+                // Envoy's own errors (timeouts, resets, a body too large) are shaped by the
+                // path they see, which is now the backend's.
+                self.set_property(vec![state::CLIENT_API], Some(self.api.as_str().as_bytes()));
+            }
             self.set_http_request_header("content-type", Some("application/json"));
             match d {
                 Direction::OpenAiToAnthropic => {
@@ -294,14 +341,6 @@ impl HttpContext for TransformHttp {
         }
         if !end_of_stream {
             return Action::Pause;
-        }
-        if u64::try_from(body_size).map_or(true, |n| n > self.config.max_body_bytes) {
-            return self.reject(
-                413,
-                ErrorType::InvalidRequest,
-                "body_too_large",
-                "the request body is larger than this route accepts".into(),
-            );
         }
         let Some(rule) = self.rule() else {
             return Action::Continue;
@@ -360,12 +399,18 @@ impl HttpContext for TransformHttp {
         }
     }
 
-    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         let Some(rule) = self.rule() else {
             return Action::Continue;
         };
         let rewrite_body = !rule.response.body.is_empty();
         self.header_ops(&rule.response.headers, false, None);
+        let details = self.get_property(vec!["response", "code_details"]);
+        let cache = self.get_http_response_header_bytes(CACHE_HEADER);
+        if !answered_by_upstream(details.as_deref(), cache.as_deref()) {
+            // A local reply (a refusal, Envoy's own error) is already in the client's shape.
+            return Action::Continue;
+        }
         let status = self
             .get_http_response_header_bytes(":status")
             .and_then(|s| String::from_utf8(s).ok()?.parse::<u32>().ok())
@@ -382,10 +427,29 @@ impl HttpContext for TransformHttp {
             (None, false) if rewrite_body => Response::Whole { status },
             (None, _) => Response::Untouched,
         };
-        if !matches!(self.response, Response::Untouched) {
-            self.set_http_response_header("content-length", None);
+        if matches!(self.response, Response::Untouched) {
+            return Action::Continue;
         }
-        Action::Continue
+        if end_of_stream {
+            // No body will follow, and the headers have not left yet.
+            if let Response::Whole { status } = self.response {
+                if let Err(bad) = self.whole_response(&[], status) {
+                    return self.fail_bad_upstream(&bad);
+                }
+            }
+            return Action::Continue;
+        }
+        self.set_http_response_header("content-length", None);
+        self.held = hold_headers(
+            matches!(self.response, Response::Whole { .. }),
+            end_of_stream,
+            self.config.allow_on_headers_stop_iteration,
+        );
+        if self.held {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
@@ -421,7 +485,7 @@ impl HttpContext for TransformHttp {
                         _ => None,
                     };
                     if let Some(bad) = failure {
-                        warn!("{NAME}: {}: {bad}", translate::BadUpstream::CODE);
+                        self.record_bad_upstream(bad);
                     }
                 }
                 self.set_http_response_body(0, body_size, &out);
@@ -433,8 +497,15 @@ impl HttpContext for TransformHttp {
                 }
                 let status = *status;
                 let body = self.get_http_response_body(0, body_size).unwrap_or_default();
-                if let Some(out) = self.whole_response(&body, status) {
-                    self.set_http_response_body(0, body_size, &out);
+                match self.whole_response(&body, status) {
+                    Ok(Some(out)) => self.set_http_response_body(0, body_size, &out),
+                    Ok(None) => {}
+                    Err(bad) if self.held => return self.fail_bad_upstream(&bad),
+                    Err(bad) => {
+                        // The 200 has left (degraded mode): the error travels in the body.
+                        self.record_bad_upstream(&bad);
+                        self.set_http_response_body(0, body_size, &bad.response().body_for(self.api));
+                    }
                 }
                 Action::Continue
             }
@@ -443,31 +514,22 @@ impl HttpContext for TransformHttp {
 }
 
 impl TransformHttp {
-    /// The rewritten complete response body; `None` leaves it as the backend sent it. A success
-    /// that cannot be translated becomes an error body (the status line has already gone).
-    fn whole_response(&self, body: &[u8], status: u32) -> Option<Vec<u8>> {
+    /// The rewritten complete response body; `Ok(None)` leaves it as the backend sent it, and
+    /// a success that cannot be translated is an error.
+    fn whole_response(&self, body: &[u8], status: u32) -> Result<Option<Vec<u8>>, BadUpstream> {
         let parsed = serde_json::from_slice::<Value>(body);
-        let mut value = match (self.direction, status < 400) {
-            (Some(direction), true) => {
-                let translated = parsed
-                    .map_err(|_| translate::BadUpstream::new("$", "is not JSON"))
-                    .and_then(|v| match direction {
-                        Direction::OpenAiToAnthropic => translate::response::anthropic_to_openai(&v, self.now()),
-                        Direction::AnthropicToOpenAi => translate::response::openai_to_anthropic(&v),
-                    });
-                match translated {
-                    Ok(v) => v,
-                    Err(bad) => {
-                        warn!("{NAME}: {}: {bad}", translate::BadUpstream::CODE);
-                        return serde_json::to_vec(&bad.body()).ok();
-                    }
+        let mut value = match (self.direction, status < 400, parsed) {
+            (Some(direction), true, parsed) => {
+                let v = parsed.map_err(|_| BadUpstream::new("$", "is not JSON"))?;
+                match direction {
+                    Direction::OpenAiToAnthropic => translate::response::anthropic_to_openai(&v, self.now())?,
+                    Direction::AnthropicToOpenAi => translate::response::openai_to_anthropic(&v)?,
                 }
             }
-            (Some(Direction::OpenAiToAnthropic), false) => translate::response::error_to_openai(&parsed.ok()?, status),
-            (Some(Direction::AnthropicToOpenAi), false) => {
-                translate::response::error_to_anthropic(&parsed.ok()?, status)
-            }
-            (None, _) => parsed.ok()?,
+            (_, _, Err(_)) => return Ok(None),
+            (Some(Direction::OpenAiToAnthropic), false, Ok(v)) => translate::response::error_to_openai(&v, status),
+            (Some(Direction::AnthropicToOpenAi), false, Ok(v)) => translate::response::error_to_anthropic(&v, status),
+            (None, _, Ok(v)) => v,
         };
         if let Some(rule) = self.rule() {
             let headers = &self.headers;
@@ -475,7 +537,7 @@ impl TransformHttp {
                 headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
             });
         }
-        serde_json::to_vec(&value).ok()
+        Ok(serde_json::to_vec(&value).ok())
     }
 }
 
@@ -513,6 +575,28 @@ mod tests {
         );
         assert_eq!(direction(&rule, "/v1/messages", Some("anthropic")), None);
         assert_eq!(direction(&rule, "/v1/chat/completions", None), None);
+    }
+
+    #[test]
+    fn only_upstream_answers_and_cache_replays_are_translated() {
+        assert!(answered_by_upstream(Some(b"via_upstream"), None));
+        assert!(answered_by_upstream(None, Some(b"HIT")));
+        // A Portico filter's refusal, Envoy's own error, another filter's reply: left alone.
+        for details in [&b"portico-header-routing.invalid_json"[..], b"route_not_found", b""] {
+            assert!(!answered_by_upstream(Some(details), None), "{details:?}");
+        }
+        assert!(!answered_by_upstream(None, Some(b"MISS")));
+        assert!(!answered_by_upstream(None, None));
+    }
+
+    #[test]
+    fn headers_are_held_only_for_whole_bodies_that_will_come() {
+        assert!(hold_headers(true, false, true));
+        // A paused stream whose headers ended it would never be released.
+        assert!(!hold_headers(true, true, true));
+        // Streams and untouched bodies flow; without the plugin field, never hold.
+        assert!(!hold_headers(false, false, true));
+        assert!(!hold_headers(true, false, false));
     }
 
     #[test]

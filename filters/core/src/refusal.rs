@@ -196,6 +196,12 @@ impl Refusals {
                 log::log!(level, "{line}");
             }
         }
+        self.answer(response, api);
+    }
+
+    /// Answers the request with `response` in `api`'s shape, without a log line (for replies
+    /// the caller has logged otherwise, such as a backend's bad answer).
+    pub fn answer(&self, response: &ErrorResponse, api: ClientApi) {
         let details = format!("{}.{}", self.filter, response.code);
         let status = host::send_local_response(
             response.status,

@@ -6,6 +6,8 @@
 //! the client's format is a [`BadUpstream`] (never a plausible success). The README's field
 //! table lists every decision.
 
+use portico_core::response::{ErrorResponse, ErrorType};
+
 pub mod request;
 pub mod response;
 pub mod stream;
@@ -74,9 +76,9 @@ impl BadUpstream {
         }
     }
 
-    /// The error body for the client, in the shape every Portico error has.
-    pub fn body(&self) -> serde_json::Value {
-        serde_json::json!({"error": {"type": "api_error", "code": Self::CODE, "message": self.to_string()}})
+    /// The error the client gets: 502, in the shape every Portico error has.
+    pub fn response(&self) -> ErrorResponse {
+        ErrorResponse::new(502, ErrorType::Api, Self::CODE, self.to_string())
     }
 }
 
