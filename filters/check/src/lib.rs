@@ -4,7 +4,8 @@
 //!
 //! In an Envoy config it also checks what Envoy cannot, because it sits inside Portico's JSON:
 //! every cluster a filter names (header-routing backends, auth's remote JWKS) must be one of
-//! the config's static clusters.
+//! the config's static clusters, and body-transform's `allow_on_headers_stop_iteration` must
+//! be matched by the plugin field of the same name (without it a held response hangs).
 
 use portico_core::config::Errors;
 use serde::Deserialize;
@@ -163,12 +164,24 @@ pub fn check_document(doc: &Value) -> Vec<Finding> {
             .cloned()
             .unwrap_or(Value::Object(Default::default()));
         let location = format!("WasmPlugin {name}");
+        let text = config.to_string();
         findings.push(match filter {
-            Some(filter) => Clusters::Unknown("clusters are Istio's: cluster names not checked").finding(
-                &filter,
-                location,
-                read_filter(&filter, config.to_string().as_bytes()),
-            ),
+            Some(filter) => {
+                let mut finding = Clusters::Unknown("clusters are Istio's: cluster names not checked").finding(
+                    &filter,
+                    location,
+                    read_filter(&filter, text.as_bytes()),
+                );
+                if stops_at_headers(&filter, text.as_bytes()) {
+                    finding.add_error(
+                        "$.allow_on_headers_stop_iteration",
+                        "Istio's WasmPlugin cannot set the plugin field `allow_on_headers_stop_iteration`, so Envoy \
+                         would never call the body callback of a held response and it would hang: leave this off \
+                         (a backend's bad answer then reaches the client as a 200 with an error body)",
+                    );
+                }
+                finding
+            }
             None => unknown(location),
         });
         return findings;
@@ -228,7 +241,41 @@ fn wasm_finding(config: &Value, path: &str, clusters: &Clusters) -> Finding {
         Some(Value::String(s)) => s.clone(),
         _ => String::new(),
     };
-    clusters.finding(filter, path.to_owned(), read_filter(filter, configuration.as_bytes()))
+    let mut finding = clusters.finding(filter, path.to_owned(), read_filter(filter, configuration.as_bytes()));
+    let plugin_allows = matches!(config.get("allow_on_headers_stop_iteration"), Some(Value::Bool(true)))
+        || config.pointer("/allow_on_headers_stop_iteration/value") == Some(&Value::Bool(true));
+    if stops_at_headers(filter, configuration.as_bytes()) && !plugin_allows {
+        finding.add_error(
+            "$.allow_on_headers_stop_iteration",
+            format!(
+                "is true, but the plugin entry ({path}.config) does not set `allow_on_headers_stop_iteration: true` \
+                 (Envoy >= 1.35): Envoy would never call the body callback of a held response and it would hang; \
+                 set both or neither"
+            ),
+        );
+    }
+    finding
+}
+
+/// Whether a valid body-transform configuration holds response headers, which needs the plugin
+/// field `allow_on_headers_stop_iteration` as well.
+fn stops_at_headers(filter: &str, configuration: &[u8]) -> bool {
+    filter == "body-transform"
+        && portico_body_transform::config::Config::from_bytes(configuration)
+            .is_ok_and(|c| c.allow_on_headers_stop_iteration)
+}
+
+impl Finding {
+    fn add_error(&mut self, path: &str, message: impl Into<String>) {
+        match &mut self.result {
+            Err(errors) => errors.push(path, message),
+            Ok(()) => {
+                let mut errors = Errors::default();
+                errors.push(path, message);
+                self.result = Err(errors);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -289,6 +336,56 @@ static_resources:
         assert_eq!(
             f.result.as_ref().unwrap_err().to_string(),
             "$.routes: list at least one route"
+        );
+    }
+
+    fn body_transform_entry(plugin_field: &str) -> String {
+        format!(
+            r#"
+http_filters:
+  - name: portico.body_transform
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+      config:
+        root_id: portico-body-transform
+        {plugin_field}
+        configuration:
+          value: '{{"allow_on_headers_stop_iteration": true, "routes": [{{"translate": "auto"}}]}}'
+"#
+        )
+    }
+
+    #[test]
+    fn holding_response_headers_needs_the_plugin_field_too() {
+        for agreeing in [
+            "allow_on_headers_stop_iteration: true",
+            "allow_on_headers_stop_iteration: {value: true}",
+        ] {
+            let docs = parse_documents(&body_transform_entry(agreeing)).unwrap();
+            let f = &check_document(&docs[0])[0];
+            assert!(f.result.is_ok(), "{agreeing}: {:?}", f.result);
+        }
+        for missing in ["", "allow_on_headers_stop_iteration: false"] {
+            let docs = parse_documents(&body_transform_entry(missing)).unwrap();
+            let f = &check_document(&docs[0])[0];
+            let err = f.result.as_ref().unwrap_err().to_string();
+            assert!(
+                err.starts_with(
+                    "$.allow_on_headers_stop_iteration: is true, but the plugin entry ($.http_filters[0].typed_config.config) \
+                     does not set `allow_on_headers_stop_iteration: true`"
+                ),
+                "{missing:?}: {err}"
+            );
+        }
+        let docs = parse_documents(
+            "kind: WasmPlugin\nmetadata: {name: body-transform}\nspec:\n  url: oci://r/portico/body-transform:1\n  \
+             pluginConfig: {allow_on_headers_stop_iteration: true, routes: [{translate: auto}]}\n",
+        )
+        .unwrap();
+        let err = check_document(&docs[0])[0].result.as_ref().unwrap_err().to_string();
+        assert!(
+            err.starts_with("$.allow_on_headers_stop_iteration: Istio's WasmPlugin cannot set"),
+            "{err}"
         );
     }
 
