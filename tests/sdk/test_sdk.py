@@ -219,3 +219,38 @@ def test_a_tool_call_with_broken_arguments_fails_the_anthropic_stream():
         ) as stream:
             stream.get_final_message()
     assert err.value.body["error"]["code"] == "bad_upstream_response"
+
+
+def test_anthropic_sdk_reads_every_kind_of_gateway_error():
+    client = anthropic_client()
+    hi = [{"role": "user", "content": "Hi"}]
+    # A Portico filter's refusal.
+    with pytest.raises(anthropic.BadRequestError) as err:
+        client.messages.create(model="no-such-model", max_tokens=16, messages=hi)
+    assert err.value.body["type"] == "error"
+    assert err.value.body["error"]["type"] == "invalid_request_error"
+    assert err.value.body["error"]["code"] == "unknown_model"
+    # Envoy's own reply: a body over the buffer limit.
+    with pytest.raises(anthropic.APIStatusError) as err:
+        client.messages.create(model="gpt-test", max_tokens=16, messages=[{"role": "user", "content": "x" * (2 << 20)}])
+    assert err.value.status_code == 413
+    assert err.value.body["type"] == "error"
+    assert err.value.body["error"]["type"] == "request_too_large"
+    assert err.value.body["error"]["code"] == "body_too_large"
+    # A backend answer that cannot be translated.
+    with pytest.raises(anthropic.InternalServerError) as err:
+        client.messages.create(model="gpt-test", max_tokens=16, messages=hi, extra_headers={"x-mock-answer": "garbage"})
+    assert err.value.status_code == 502
+    assert err.value.body["type"] == "error"
+    assert err.value.body["error"]["code"] == "bad_upstream_response"
+
+
+def test_openai_sdk_gets_a_502_for_a_backend_answer_it_cannot_receive():
+    with pytest.raises(openai.InternalServerError) as err:
+        openai_client().chat.completions.create(
+            model="claude-test",
+            messages=[{"role": "user", "content": "Hi"}],
+            extra_headers={"x-mock-answer": "wrong_types"},
+        )
+    assert err.value.status_code == 502
+    assert err.value.code == "bad_upstream_response"

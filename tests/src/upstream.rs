@@ -15,6 +15,7 @@
 //! `cache-control`, `x-mock-header: NAME=VALUE` sends that header, `x-mock-answer: KIND` spoils a
 //! 200 answer (echo included) the way broken backends do: `garbage`, `truncated` (cut halfway,
 //! with a matching content-length), `empty`, `wrong_shape` (a JSON object that is no answer),
+//! `wrong_types` (an answer's fields with the wrong JSON types),
 //! `text` (the answer as `text/plain`). Every non-streamed answer carries `x-upstream-request: N`, its number.
 //! Model answers can also be steered to what real backends sometimes say: `x-mock-cache: READ,WRITE`
 //! reports prompt-cache reads and writes the way each API does (OpenAI inside `prompt_tokens`,
@@ -750,6 +751,11 @@ fn spoil(kind: &str, content_type: &'static str, mut body: Vec<u8>) -> (&'static
         }
         "empty" => (content_type, Vec::new()),
         "wrong_shape" => (content_type, br#"{"object":"mock","note":"not an answer"}"#.to_vec()),
+        "wrong_types" => (
+            content_type,
+            br#"{"id":7,"type":"message","object":"chat.completion","content":"hi","choices":"none","usage":[]}"#
+                .to_vec(),
+        ),
         "text" => ("text/plain", body),
         _ => (content_type, body),
     }

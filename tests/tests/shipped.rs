@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 use std::fs;
 
 use portico_tests::demo::{check_demo, demo_env, Shipped};
-use portico_tests::envoy::{root, validate, wasm_path};
+use portico_tests::envoy::{local_reply_config, root, validate, wasm_path};
+use serde_json::Value;
 
 #[test]
 fn shipped_envoy_configs_pass_envoy_validate() {
@@ -23,6 +24,72 @@ fn shipped_envoy_configs_pass_envoy_validate() {
         examples += 1;
     }
     assert_eq!(examples, 5, "one example per filter");
+}
+
+/// Every shipped Envoy config (the gateway and each example), parsed.
+fn shipped_envoy_configs() -> Vec<(String, Value)> {
+    let mut paths = vec![root().join("envoy/gateway.yaml")];
+    for entry in fs::read_dir(root().join("envoy/examples")).unwrap() {
+        paths.push(entry.unwrap().path());
+    }
+    paths
+        .into_iter()
+        .map(|path| {
+            let text = fs::read_to_string(&path).unwrap();
+            let value: Value = serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            (path.display().to_string(), value)
+        })
+        .collect()
+}
+
+/// Every object in `v` whose `key` is set, depth first.
+fn find_all<'a>(v: &'a Value, key: &str, out: &mut Vec<&'a Value>) {
+    match v {
+        Value::Object(map) => {
+            if let Some(found) = map.get(key) {
+                out.push(found);
+            }
+            map.values().for_each(|c| find_all(c, key, out));
+        }
+        Value::Array(items) => items.iter().for_each(|c| find_all(c, key, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn every_shipped_config_answers_envoy_errors_as_the_tests_prove() {
+    let want = local_reply_config();
+    for (path, config) in shipped_envoy_configs() {
+        let mut found = Vec::new();
+        find_all(&config, "local_reply_config", &mut found);
+        assert_eq!(
+            found.len(),
+            1,
+            "{path}: one HTTP connection manager, one local_reply_config"
+        );
+        assert_eq!(
+            found[0], &want,
+            "{path}: local_reply_config differs from the one tests/src/envoy.rs renders"
+        );
+    }
+}
+
+#[test]
+fn every_shipped_json_to_metadata_accepts_what_the_filters_call_json() {
+    let mut filters = 0;
+    for (path, config) in shipped_envoy_configs() {
+        let mut rules = Vec::new();
+        find_all(&config, "request_rules", &mut rules);
+        for r in rules {
+            filters += 1;
+            assert_eq!(
+                r["allow_content_types_regex"]["regex"],
+                portico_core::media::JSON_CONTENT_TYPE_REGEX,
+                "{path}"
+            );
+        }
+    }
+    assert_eq!(filters, 3, "the gateway, header-routing and rate-limit examples");
 }
 
 #[test]
