@@ -79,7 +79,8 @@ impl EnvoyConfig {
     }
 
     /// The route's buffer limit for request and response bodies (`request_body_buffer_limit`),
-    /// as `envoy/gateway.yaml` raises it on model routes. Envoy's default is 1 MiB.
+    /// as `envoy/gateway.yaml` raises it on model routes. It only raises the listener's limit
+    /// (1 MiB by default), never lowers it.
     pub fn body_limit(mut self, bytes: u64) -> Self {
         self.body_limit = Some(bytes);
         self

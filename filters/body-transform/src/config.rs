@@ -291,7 +291,7 @@ mod tests {
             (
                 "max_body_bytes, which Envoy's buffer limit made unreachable",
                 json!({"max_body_bytes": 8_388_608, "routes": [{}]}),
-                "$.max_body_bytes: no longer supported: the request body limit is Envoy's buffer limit: set `request_body_buffer_limit` on the Envoy route or virtual host instead (larger bodies get 413 `body_too_large`)",
+                "$.max_body_bytes: no longer supported: the request body limit is Envoy's buffer limit: raise it with `request_body_buffer_limit` on the Envoy route or virtual host, lower it with the listener's `per_connection_buffer_limit_bytes` (larger bodies get 413 `body_too_large`)",
             ),
             (
                 "allow_on_headers_stop_iteration that is not a boolean",

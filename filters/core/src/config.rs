@@ -29,7 +29,7 @@ pub const MAX_BODY_BYTES: u64 = 64 << 20;
 /// Why `max_body_bytes` is refused by the filters that used to limit request bodies: a body
 /// larger than Envoy's buffer limit (1 MiB unless raised) got Envoy's 413 before any filter saw
 /// it, so a larger `max_body_bytes` did nothing. The limit is one setting, Envoy's.
-pub const BODY_LIMIT_MOVED: &str = "the request body limit is Envoy's buffer limit: set `request_body_buffer_limit` on the Envoy route or virtual host instead (larger bodies get 413 `body_too_large`)";
+pub const BODY_LIMIT_MOVED: &str = "the request body limit is Envoy's buffer limit: raise it with `request_body_buffer_limit` on the Envoy route or virtual host, lower it with the listener's `per_connection_buffer_limit_bytes` (larger bodies get 413 `body_too_large`)";
 /// The longest period, TTL or window any filter accepts: 365 days.
 pub const MAX_PERIOD_SECONDS: u64 = 365 * 24 * 3600;
 /// The largest completion-token estimate (`default_max_tokens`) a filter accepts.

@@ -217,7 +217,7 @@ fn every_refused_configuration_names_its_path_and_reason() {
         (
             "max_body_bytes, which Envoy's buffer limit made unreachable",
             with("/max_body_bytes", json!(8_388_608)),
-            "$.max_body_bytes: no longer supported: the request body limit is Envoy's buffer limit: set `request_body_buffer_limit` on the Envoy route or virtual host instead (larger bodies get 413 `body_too_large`)",
+            "$.max_body_bytes: no longer supported: the request body limit is Envoy's buffer limit: raise it with `request_body_buffer_limit` on the Envoy route or virtual host, lower it with the listener's `per_connection_buffer_limit_bytes` (larger bodies get 413 `body_too_large`)",
         ),
         (
             "a refusal log level that does not exist",
