@@ -117,11 +117,6 @@ impl ErrorResponse {
         self
     }
 
-    /// The JSON body in the OpenAI-compatible shape.
-    pub fn body(&self) -> Vec<u8> {
-        self.body_for(ClientApi::OpenAi)
-    }
-
     /// The JSON body in `api`'s shape.
     pub fn body_for(&self, api: ClientApi) -> Vec<u8> {
         let body = Body {
@@ -159,7 +154,7 @@ mod tests {
             "token_expired",
             "the \"token\" has expired",
         );
-        let v: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&r.body_for(ClientApi::OpenAi)).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"error": {"type": "authentication_error", "code": "token_expired", "message": "the \"token\" has expired"}})
