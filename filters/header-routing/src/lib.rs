@@ -469,6 +469,28 @@ mod tests {
     }
 
     #[test]
+    fn numbers_reach_the_backend_as_the_client_sent_them_when_the_model_is_rewritten() {
+        // Found by the model_body fuzz target: serde_json's default float reader rounds some
+        // long decimals to a neighbouring double, so rewriting `model` changed other fields.
+        let sent = [
+            "0.1519875916755563195",
+            "99999999999999999999999999999999999999999999999999999999999999990e5",
+        ];
+        let body = format!(r#"{{"model":"fast","top_p":{},"n":{}}}"#, sent[0], sent[1]);
+        let out = check_body(body.as_bytes(), Some("claude-haiku")).unwrap().unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for (field, sent) in ["top_p", "n"].into_iter().zip(sent) {
+            // The number as written upstream, read by Rust's exact parser.
+            let written = text
+                .split_once(&format!("\"{field}\":"))
+                .and_then(|(_, rest)| rest.split([',', '}']).next())
+                .unwrap();
+            let want: f64 = sent.parse().unwrap();
+            assert_eq!(written.parse::<f64>(), Ok(want), "{field}: sent {sent}, got {text}");
+        }
+    }
+
+    #[test]
     fn a_body_without_a_new_model_passes_unchanged() {
         assert_eq!(check_body(br#"{"model":"gpt-4o","messages":[]}"#, None), Ok(None));
     }

@@ -1258,3 +1258,23 @@ fn streams_the_clients_format_cannot_hold_end_with_an_error_event() {
         );
     }
 }
+
+#[test]
+fn sampling_parameters_reach_the_backend_as_the_client_wrote_them() {
+    // serde_json's default float reader misreads about one in ten 16- and 17-digit decimals
+    // (the model_body fuzz target found it); a translated request must carry the client's
+    // number, not its neighbour.
+    let body = br#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}],"temperature":0.9073038322028689,"top_p":9.999999999999999e-1}"#;
+    let openai = anthropic_to_openai(&serde_json::from_slice(body).unwrap()).unwrap().0;
+    let anthropic = openai_to_anthropic(
+        &serde_json::from_slice(&serde_json::to_vec(&openai).unwrap()).unwrap(),
+        1024,
+    )
+    .unwrap()
+    .0;
+    for translated in [openai, anthropic] {
+        let text = serde_json::to_string(&translated).unwrap();
+        assert!(text.contains(r#""temperature":0.9073038322028689,"#), "{text}");
+        assert!(text.contains(r#""top_p":0.9999999999999999"#), "{text}");
+    }
+}
