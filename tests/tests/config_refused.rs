@@ -91,3 +91,21 @@ fn absurd_limits_and_cache_settings_are_refused_at_start() {
         ],
     );
 }
+
+#[test]
+fn a_path_pattern_with_too_many_parameters_is_refused_at_start_not_trapped_on() {
+    // Before: matchit panicked on the 26th parameter while the filter read its configuration,
+    // so the VM trapped at load instead of naming the bad field (found by fuzzing).
+    let pattern: String = (0..26).map(|i| format!("/{{p{i}}}")).collect();
+    for (filter, rule) in [("auth", json!({"auth": "none"})), ("body-transform", json!({}))] {
+        let mut rule = rule;
+        rule["match"] = json!({"path": pattern});
+        assert_refused(
+            filter,
+            &json!({"routes": [rule]}),
+            &[&format!(
+                "$.routes[0].match.path: invalid path pattern {pattern:?}: more than 16 parameters"
+            )],
+        );
+    }
+}

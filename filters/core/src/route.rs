@@ -87,6 +87,10 @@ impl RouteMatch {
     }
 }
 
+/// The most parameters a path pattern may hold. matchit names a pattern's parameters `a` to `z`
+/// internally and panics on the 26th; no API path needs more than a few.
+pub const MAX_PATH_PARAMS: usize = 16;
+
 /// Rules compiled for lookup. `T` is the filter's own per-rule configuration.
 #[derive(Debug)]
 pub struct RouteTable<T> {
@@ -121,6 +125,14 @@ impl<T> RouteTable<T> {
                 any_path.push(i);
                 continue;
             };
+            // Its bare prefix, if it has one, holds fewer: checking the pattern is enough.
+            if param_count(pattern) > MAX_PATH_PARAMS {
+                errors.push(
+                    &format!("{}.match.path", path_of(i)),
+                    format!("invalid path pattern {pattern:?}: more than {MAX_PATH_PARAMS} parameters"),
+                );
+                continue;
+            }
             by_pattern.entry(pattern.clone()).or_default().0.push(i);
             if let Some(prefix) = catch_all_prefix(pattern) {
                 by_pattern.entry(format!("{prefix}/")).or_default().1.push(i);
@@ -243,6 +255,23 @@ fn check_competing<T>(rules: &[(RouteMatch, T)], path_of: &impl Fn(usize) -> Str
             );
         }
     }
+}
+
+/// The parameters in a matchit pattern, as matchit counts them: `{` opens one unless doubled
+/// (`{{` is a literal brace).
+fn param_count(pattern: &str) -> usize {
+    let mut count = 0;
+    let mut bytes = pattern.bytes().peekable();
+    while let Some(b) = bytes.next() {
+        if b == b'{' {
+            if bytes.peek() == Some(&b'{') {
+                bytes.next();
+            } else {
+                count += 1;
+            }
+        }
+    }
+    count
 }
 
 /// `/a/b` for `/a/b/{*rest}`.
@@ -411,5 +440,36 @@ mod tests {
                 .starts_with("$.routes[0].match.path: invalid path pattern"),
             "{errors}"
         );
+    }
+
+    #[test]
+    fn a_pattern_with_too_many_parameters_is_refused_not_panicked_on() {
+        // Found by the config_body_transform fuzz target: matchit panics ("Too many route
+        // parameters") on the 26th parameter of a pattern, which trapped the VM at load.
+        for n in [MAX_PATH_PARAMS + 1, 26, 40] {
+            let pattern: String = (0..n).map(|i| format!("/{{p{i}}}")).collect();
+            for path in [pattern.clone(), format!("{pattern}/{{*rest}}")] {
+                let mut errors = Errors::default();
+                let rules = vec![(
+                    RouteMatch {
+                        path: Some(path.clone()),
+                        ..Default::default()
+                    },
+                    (),
+                )];
+                let t = RouteTable::build(rules, |i| format!("$.routes[{i}]"), &mut errors);
+                assert_eq!(
+                    errors.to_string(),
+                    format!(
+                        "$.routes[0].match.path: invalid path pattern {path:?}: more than {MAX_PATH_PARAMS} parameters"
+                    )
+                );
+                assert!(t.find(&req("GET", "/a", "h")).is_none());
+            }
+        }
+        // Escaped braces are literal characters, not parameters.
+        let literal: String = (0..30).map(|_| "/{{x}}").collect();
+        let t = table(json!([{ "path": format!("{literal}/{{id}}") }]));
+        assert_eq!(found(&t, "GET", &format!("{}/7", "/{x}".repeat(30)), "h"), Some("r0"));
     }
 }
