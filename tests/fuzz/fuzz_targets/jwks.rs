@@ -1,19 +1,28 @@
-//! Remote JWKS documents, as fetched from an identity provider: parsed into keys (or refused
-//! with a reason), and every key read checks a token without panicking.
+//! Remote JWKS documents, as fetched from an identity provider, with and without shared
+//! secrets allowed: parsed into keys (or refused with a reason); every key read checks a
+//! signature of each size an algorithm uses without panicking, and accepts none of them.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use portico_auth::keys::parse_remote_jwks;
 
-/// An HS256 token with `kid` "k"; each parsed key checks it whatever its algorithm.
-const TOKEN: &str = "eyJhbGciOiJIUzI1NiIsImtpZCI6ImsifQ.eyJzdWIiOiJ1In0.Dr0Xy0HGTTyDmhp_zcV4qRQ5Lrt0VIxdqoYo1Zd-nVY";
+const SIGNING_INPUT: &[u8] = b"eyJhbGciOiJIUzI1NiIsImtpZCI6ImsifQ.eyJzdWIiOiJ1In0";
 
-fuzz_target!(|data: &[u8]| match parse_remote_jwks(data) {
-    Ok((keys, _skipped)) => {
-        assert!(!keys.is_empty(), "a key set without usable keys was accepted");
-        for key in &keys {
-            let _ = key.verify(TOKEN);
+fuzz_target!(|data: &[u8]| {
+    for shared_secrets in [false, true] {
+        match parse_remote_jwks(data, shared_secrets) {
+            Ok((keys, _skipped)) => {
+                assert!(!keys.is_empty(), "a key set without usable keys was accepted");
+                for key in &keys {
+                    for len in [0, 32, 48, 64, 96, 256, 512] {
+                        assert!(
+                            !key.verify(SIGNING_INPUT, &vec![0; len]),
+                            "{key:?} accepts a zero signature"
+                        );
+                    }
+                }
+            }
+            Err(reason) => assert!(!reason.is_empty()),
         }
     }
-    Err(reason) => assert!(!reason.is_empty()),
 });

@@ -6,11 +6,11 @@
 
 use libfuzzer_sys::fuzz_target;
 use portico_fuzz::{control, cuts, integer_sum, sse_json};
-use portico_rate_limit::usage::{from_json, StreamUsage};
+use portico_rate_limit::usage::{from_json, Reported, StreamUsage};
 
 fuzz_target!(|data: &[u8]| {
     let (seed, answer) = control(data);
-    if let Some(usage) = from_json(answer) {
+    if let Reported::Usage(usage) = from_json(answer) {
         let value: serde_json::Value = serde_json::from_slice(answer).expect("usage came from JSON");
         let present = integer_sum(&value["usage"]);
         let reported = u128::from(usage.prompt) + u128::from(usage.completion);
@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
             stream.push(chunk);
         }
         let usage = stream.usage();
-        if let Some(u) = usage {
+        if let Reported::Usage(u) = usage {
             let reported = u128::from(u.prompt) + u128::from(u.completion);
             assert!(reported <= present, "{u:?} from {present}");
         }
