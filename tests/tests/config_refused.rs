@@ -104,7 +104,7 @@ fn a_path_pattern_with_too_many_parameters_is_refused_at_start_not_trapped_on() 
             filter,
             &json!({"routes": [rule]}),
             &[&format!(
-                "$.routes[0].match.path: invalid path pattern {pattern:?}: more than 16 parameters"
+                "$.routes[0].match.path: invalid path pattern {pattern:?}: more than 16 `{{` (a pattern holds at most 16 parameters)"
             )],
         );
     }
