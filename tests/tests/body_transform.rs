@@ -509,6 +509,13 @@ fn request_fields_without_an_equivalent_are_refused_by_name() {
             invalid,
             "`max_tokens`",
         ),
+        (
+            // Before: sent upstream as `messages: []` (found by fuzzing).
+            "no Anthropic messages",
+            anthropic_post(&to_gpt(json!({"messages": []}))),
+            invalid,
+            "`messages` must be a non-empty array",
+        ),
     ];
     for (name, req, code, message) in cases {
         let r = req.send(s.gw.addr);

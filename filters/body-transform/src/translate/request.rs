@@ -556,8 +556,8 @@ pub fn anthropic_to_openai(body: &Value) -> Result<(Value, RequestFacts)> {
         Some(_) => return invalid("system", "must be a string or an array of text blocks"),
     }
     let input = match req.get("messages") {
-        Some(Value::Array(_)) => req.objects("messages")?.unwrap_or_default(),
-        _ => return invalid("messages", "must be an array"),
+        Some(Value::Array(m)) if !m.is_empty() => req.objects("messages")?.unwrap_or_default(),
+        _ => return invalid("messages", "must be a non-empty array"),
     };
     for m in &input {
         m.only(&["role", "content"], TO_OPENAI)?;

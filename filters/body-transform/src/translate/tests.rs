@@ -592,6 +592,10 @@ fn wrong_types_and_values_are_invalid_and_named() {
     let i = Refusal::Invalid;
     assert_refusals(vec![
         ("openai max_tokens 0", o(json!({"max_tokens": 0})), i, "max_tokens"),
+        // Found by the translate_request fuzz target: the Anthropic side sent `messages: []`
+        // upstream, which the OpenAI side (and both APIs) refuse.
+        ("openai no messages", o(json!({"messages": []})), i, "messages"),
+        ("anthropic no messages", a(json!({"messages": []})), i, "messages"),
         (
             "openai max_completion_tokens text",
             o(json!({"max_completion_tokens": "9"})),
