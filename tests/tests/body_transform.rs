@@ -510,7 +510,16 @@ fn request_fields_without_an_equivalent_are_refused_by_name() {
             "`max_tokens`",
         ),
         (
-            // Before: sent upstream as `messages: []` (found by fuzzing).
+            // Before: sent upstream as `messages: []` (found by fuzzing), as was the next one.
+            "system messages only",
+            post(
+                TO_CLAUDE,
+                &to_claude(json!({"messages": [{"role": "system", "content": "b"}]})),
+            ),
+            untranslatable,
+            "`messages` holds only system messages",
+        ),
+        (
             "no Anthropic messages",
             anthropic_post(&to_gpt(json!({"messages": []}))),
             invalid,

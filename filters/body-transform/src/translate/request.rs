@@ -322,6 +322,12 @@ pub fn openai_to_anthropic(body: &Value, default_max_tokens: u64) -> Result<(Val
             other => return invalid(m.field("role"), format!("unknown role {other:?}")),
         }
     }
+    if converted.is_empty() {
+        return untranslatable(
+            "messages",
+            "holds only system messages: an Anthropic request needs a user or assistant message",
+        );
+    }
     if !system.is_empty() {
         out.insert("system".into(), json!(system.join("\n\n")));
     }

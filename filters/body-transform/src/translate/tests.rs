@@ -379,6 +379,13 @@ fn openai_fields_anthropic_cannot_express_are_refused_by_name() {
     let u = Refusal::Untranslatable;
     assert_refusals(vec![
         ("metadata", o(json!({"metadata": {"run": "7"}})), u, "metadata.run"),
+        // Found by the translate_request fuzz target: sent upstream as `messages: []`.
+        (
+            "only system messages",
+            o(json!({"messages": [{"role": "system", "content": "b"}]})),
+            u,
+            "messages",
+        ),
         (
             "message name",
             o(json!({"messages": [{"role": "user", "name": "ann", "content": "hi"}]})),
