@@ -14,7 +14,8 @@ use serde_json::Value;
 
 fn failed(bad: &BadUpstream) {
     assert!(!bad.field.is_empty() && !bad.reason.is_empty(), "{bad:?}");
-    assert_eq!(bad.body()["error"]["code"], BadUpstream::CODE);
+    let response = bad.response();
+    assert_eq!((response.status, response.code), (502, BadUpstream::CODE));
 }
 
 /// Every token a translated `usage` counts, once (OpenAI's prompt includes its cache counts).
