@@ -1,0 +1,512 @@
+//! An in-memory host for native tests, and [`MockEnvoy`], which drives a module's registry
+//! through it the way Envoy 1.40 does.
+//!
+//! [`MockHost`] keeps header maps as ordered pairs, bodies, properties, a fake clock, shared data
+//! with Envoy's CAS rules (`portico_core::shared::MemoryStore`), metrics, and the list of every
+//! change made through it in order ([`Mutation`]). Like Envoy, it refuses (BadArgument) header
+//! calls on a map that is not open in the current callback; [`MockEnvoy`] opens and closes them
+//! per callback, including Envoy's hold rule: request headers stay open in the body callbacks
+//! only after a pause with `allow_on_headers_stop_iteration` set on the plugin entry.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use portico_core::shared::{HostError, MemoryStore, SetOutcome, Store};
+use proxy_wasm::traits::{Context, RootContext};
+
+use crate::abi::{BAD_ARGUMENT, NOT_FOUND};
+use crate::effects::LocalReply;
+use crate::host::{Buffer, Host, HttpCall, Map, MetricKind};
+use crate::root::{Entry, Root};
+use crate::stream::{CallCounts, Callbacks};
+
+/// What a callback tells Envoy: continue, or pause the stream.
+pub use proxy_wasm::types::Action;
+
+/// A change made through the mock host, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mutation {
+    SetHeader(Map, String, Vec<u8>),
+    AddHeader(Map, String, Vec<u8>),
+    RemoveHeader(Map, String),
+    SetBuffer(Buffer, Vec<u8>),
+    SetProperty(Vec<String>, Vec<u8>),
+    LocalReply(LocalReply),
+    ForeignFunction(String),
+    HttpCall {
+        cluster: String,
+        headers: Vec<(String, String)>,
+    },
+    TickPeriod(Duration),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    maps: HashMap<Map, Vec<(String, Vec<u8>)>>,
+    open: HashSet<Map>,
+    buffers: HashMap<Buffer, Vec<u8>>,
+    properties: HashMap<Vec<String>, Vec<u8>>,
+    now: Option<SystemTime>,
+    metrics: Vec<(MetricKind, String, u64)>,
+    mutations: Vec<Mutation>,
+    next_token: u32,
+    calls: u64,
+}
+
+/// The in-memory host. Clones share one state, so a test keeps one to look at what a filter
+/// did through another.
+#[derive(Debug, Clone, Default)]
+pub struct MockHost {
+    state: Rc<RefCell<State>>,
+    shared: Rc<MemoryStore>,
+}
+
+impl MockHost {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        let mut state = self.state.borrow_mut();
+        state.calls += 1;
+        f(&mut state)
+    }
+
+    fn peek<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.state.borrow())
+    }
+
+    fn setup<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.state.borrow_mut())
+    }
+
+    // === Setting the scene (not counted as host calls) ===
+
+    /// Replaces `map` with `pairs` (names lower-cased, as Envoy keeps them).
+    pub fn set_headers(&self, map: Map, pairs: &[(&str, &str)]) {
+        let pairs = pairs
+            .iter()
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.as_bytes().to_vec()))
+            .collect();
+        self.setup(|s| s.maps.insert(map, pairs));
+    }
+
+    /// Lets the next calls read and change `map`.
+    pub fn open(&self, map: Map) {
+        self.setup(|s| s.open.insert(map));
+    }
+
+    pub fn close(&self, map: Map) {
+        self.setup(|s| s.open.remove(&map));
+    }
+
+    pub fn set_body(&self, buffer: Buffer, bytes: &[u8]) {
+        self.setup(|s| s.buffers.insert(buffer, bytes.to_vec()));
+    }
+
+    pub fn put_property(&self, path: &[&str], value: &[u8]) {
+        let path = path.iter().map(|p| (*p).to_owned()).collect();
+        self.setup(|s| s.properties.insert(path, value.to_vec()));
+    }
+
+    pub fn set_now(&self, now: SystemTime) {
+        self.setup(|s| s.now = Some(now));
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.setup(|s| s.now = Some(s.now.unwrap_or(UNIX_EPOCH) + by));
+    }
+
+    // === Looking at the outcome ===
+
+    /// `map` as it is now (values lossily as text).
+    pub fn headers(&self, map: Map) -> Vec<(String, String)> {
+        self.peek(|s| {
+            s.maps
+                .get(&map)
+                .map(|pairs| {
+                    pairs
+                        .iter()
+                        .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+    }
+
+    pub fn body(&self, buffer: Buffer) -> Vec<u8> {
+        self.peek(|s| s.buffers.get(&buffer).cloned().unwrap_or_default())
+    }
+
+    /// Every change made so far, in order.
+    pub fn mutations(&self) -> Vec<Mutation> {
+        self.peek(|s| s.mutations.clone())
+    }
+
+    /// The changes made so far, forgetting them.
+    pub fn take_mutations(&self) -> Vec<Mutation> {
+        self.setup(|s| std::mem::take(&mut s.mutations))
+    }
+
+    /// The local reply sent, if any.
+    pub fn reply(&self) -> Option<LocalReply> {
+        self.peek(|s| {
+            s.mutations.iter().find_map(|m| match m {
+                Mutation::LocalReply(r) => Some(r.clone()),
+                _ => None,
+            })
+        })
+    }
+
+    /// A metric's value: counters sum, gauges keep the last value, histograms sum.
+    pub fn metric(&self, name: &str) -> Option<u64> {
+        self.peek(|s| s.metrics.iter().find(|(_, n, _)| n == name).map(|(_, _, v)| *v))
+    }
+
+    /// The shared data, to look at or to prepare.
+    pub fn shared(&self) -> &MemoryStore {
+        &self.shared
+    }
+
+    fn header_map(state: &mut State, map: Map) -> Result<&mut Vec<(String, Vec<u8>)>, HostError> {
+        if !state.open.contains(&map) {
+            return Err(HostError(BAD_ARGUMENT));
+        }
+        Ok(state.maps.entry(map).or_default())
+    }
+
+    fn metric_id(state: &State, id: u32) -> Result<usize, HostError> {
+        usize::try_from(id)
+            .ok()
+            .filter(|i| *i < state.metrics.len())
+            .ok_or(HostError(NOT_FOUND))
+    }
+}
+
+impl Host for MockHost {
+    fn header(&self, map: Map, name: &str) -> Result<Option<Vec<u8>>, HostError> {
+        self.with(|s| {
+            let pairs = Self::header_map(s, map)?;
+            Ok(pairs
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone()))
+        })
+    }
+
+    fn header_pairs(&self, map: Map) -> Result<Vec<(String, Vec<u8>)>, HostError> {
+        self.with(|s| Self::header_map(s, map).map(|pairs| pairs.clone()))
+    }
+
+    fn set_header(&self, map: Map, name: &str, value: &[u8]) -> Result<(), HostError> {
+        self.with(|s| {
+            let pairs = Self::header_map(s, map)?;
+            let name = name.to_ascii_lowercase();
+            match pairs.iter().position(|(n, _)| *n == name) {
+                Some(first) => {
+                    if let Some(pair) = pairs.get_mut(first) {
+                        pair.1 = value.to_vec();
+                    }
+                    let mut i = 0;
+                    pairs.retain(|(n, _)| {
+                        i += 1;
+                        i - 1 == first || *n != name
+                    });
+                }
+                None => pairs.push((name.clone(), value.to_vec())),
+            }
+            s.mutations.push(Mutation::SetHeader(map, name, value.to_vec()));
+            Ok(())
+        })
+    }
+
+    fn add_header(&self, map: Map, name: &str, value: &[u8]) -> Result<(), HostError> {
+        self.with(|s| {
+            let name = name.to_ascii_lowercase();
+            Self::header_map(s, map)?.push((name.clone(), value.to_vec()));
+            s.mutations.push(Mutation::AddHeader(map, name, value.to_vec()));
+            Ok(())
+        })
+    }
+
+    fn remove_header(&self, map: Map, name: &str) -> Result<(), HostError> {
+        self.with(|s| {
+            let name = name.to_ascii_lowercase();
+            Self::header_map(s, map)?.retain(|(n, _)| *n != name);
+            s.mutations.push(Mutation::RemoveHeader(map, name));
+            Ok(())
+        })
+    }
+
+    fn buffer(&self, buffer: Buffer, start: usize, max: usize) -> Result<Option<Vec<u8>>, HostError> {
+        self.with(|s| {
+            Ok(s.buffers.get(&buffer).map(|bytes| {
+                let end = start.saturating_add(max).min(bytes.len());
+                bytes.get(start.min(end)..end).unwrap_or_default().to_vec()
+            }))
+        })
+    }
+
+    fn set_buffer(&self, buffer: Buffer, bytes: &[u8]) -> Result<(), HostError> {
+        self.with(|s| {
+            s.buffers.insert(buffer, bytes.to_vec());
+            s.mutations.push(Mutation::SetBuffer(buffer, bytes.to_vec()));
+            Ok(())
+        })
+    }
+
+    fn property(&self, path: &[&str]) -> Result<Option<Vec<u8>>, HostError> {
+        let path: Vec<String> = path.iter().map(|p| (*p).to_owned()).collect();
+        self.with(|s| Ok(s.properties.get(&path).cloned()))
+    }
+
+    fn set_property(&self, path: &[&str], value: &[u8]) -> Result<(), HostError> {
+        let path: Vec<String> = path.iter().map(|p| (*p).to_owned()).collect();
+        self.with(|s| {
+            s.properties.insert(path.clone(), value.to_vec());
+            s.mutations.push(Mutation::SetProperty(path, value.to_vec()));
+            Ok(())
+        })
+    }
+
+    fn send_local_response(&self, reply: &LocalReply) -> Result<(), HostError> {
+        self.with(|s| {
+            s.mutations.push(Mutation::LocalReply(reply.clone()));
+            Ok(())
+        })
+    }
+
+    fn call_foreign_function(&self, name: &str, _arguments: &[u8]) -> Result<Option<Vec<u8>>, HostError> {
+        self.with(|s| {
+            s.mutations.push(Mutation::ForeignFunction(name.to_owned()));
+            Ok(None)
+        })
+    }
+
+    fn now(&self) -> Result<SystemTime, HostError> {
+        self.with(|s| Ok(s.now.unwrap_or(UNIX_EPOCH)))
+    }
+
+    fn shared_get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, HostError> {
+        self.with(|_| ());
+        self.shared.get(key)
+    }
+
+    fn shared_set(&self, key: &str, value: &[u8], cas: u32) -> Result<SetOutcome, HostError> {
+        self.with(|_| ());
+        self.shared.set(key, value, cas)
+    }
+
+    fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, HostError> {
+        self.with(|s| {
+            if let Some(i) = s.metrics.iter().position(|(_, n, _)| n == name) {
+                return u32::try_from(i).map_err(|_| HostError(BAD_ARGUMENT));
+            }
+            s.metrics.push((kind, name.to_owned(), 0));
+            u32::try_from(s.metrics.len() - 1).map_err(|_| HostError(BAD_ARGUMENT))
+        })
+    }
+
+    fn increment_metric(&self, id: u32, by: i64) -> Result<(), HostError> {
+        self.with(|s| {
+            let i = Self::metric_id(s, id)?;
+            if let Some((_, _, value)) = s.metrics.get_mut(i) {
+                *value = value.saturating_add_signed(by);
+            }
+            Ok(())
+        })
+    }
+
+    fn record_metric(&self, id: u32, recorded: u64) -> Result<(), HostError> {
+        self.with(|s| {
+            let i = Self::metric_id(s, id)?;
+            if let Some((kind, _, value)) = s.metrics.get_mut(i) {
+                *value = match kind {
+                    MetricKind::Gauge => recorded,
+                    MetricKind::Counter | MetricKind::Histogram => value.saturating_add(recorded),
+                };
+            }
+            Ok(())
+        })
+    }
+
+    fn set_tick_period(&self, period: Duration) -> Result<(), HostError> {
+        self.with(|s| {
+            s.mutations.push(Mutation::TickPeriod(period));
+            Ok(())
+        })
+    }
+
+    fn dispatch_http_call(&self, call: &HttpCall<'_>) -> Result<u32, HostError> {
+        self.with(|s| {
+            s.next_token = s.next_token.wrapping_add(1);
+            s.mutations.push(Mutation::HttpCall {
+                cluster: call.cluster.to_owned(),
+                headers: call
+                    .headers
+                    .iter()
+                    .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                    .collect(),
+            });
+            Ok(s.next_token)
+        })
+    }
+
+    fn calls(&self) -> u64 {
+        self.peek(|s| s.calls)
+    }
+}
+
+// === impl MockEnvoy ===
+
+/// One plugin entry of a module, started on a [`MockHost`] the way Envoy starts it.
+pub struct MockEnvoy {
+    host: MockHost,
+    root: Root,
+    allow_on_headers_stop_iteration: bool,
+}
+
+impl MockEnvoy {
+    /// Starts the filter `root_id` of `registry` with plugin configuration `config`;
+    /// `allow_on_headers_stop_iteration` is Envoy's field on the entry. On refusal, the lines
+    /// the root logs.
+    pub fn start(
+        registry: &'static [Entry],
+        root_id: &str,
+        config: &str,
+        allow_on_headers_stop_iteration: bool,
+    ) -> Result<Self, Vec<String>> {
+        let host = MockHost::new();
+        host.put_property(&["plugin_root_id"], root_id.as_bytes());
+        host.set_body(Buffer::PluginConfiguration, config.as_bytes());
+        let mut root = Root::new(registry, Rc::new(host.clone()));
+        root.configure(config.len())?;
+        Ok(Self {
+            host,
+            root,
+            allow_on_headers_stop_iteration,
+        })
+    }
+
+    pub fn host(&self) -> &MockHost {
+        &self.host
+    }
+
+    /// A new request through the filter.
+    pub fn stream(&self) -> MockStream {
+        MockStream::new(
+            self.host.clone(),
+            self.root.stream(),
+            self.allow_on_headers_stop_iteration,
+        )
+    }
+
+    pub fn tick(&mut self) {
+        self.root.on_tick();
+    }
+
+    /// Delivers the answer to HTTP call `token`: `None` for a call that failed without one.
+    pub fn http_call_response(&mut self, token: u32, answer: Option<(u16, &[u8])>) {
+        let body_size = answer.map_or(0, |(_, body)| body.len());
+        match answer {
+            Some((status, body)) => {
+                let status = status.to_string();
+                self.host
+                    .set_headers(Map::HttpCallResponseHeaders, &[(":status", status.as_str())]);
+                self.host.set_body(Buffer::HttpCallResponseBody, body);
+            }
+            None => {
+                self.host.set_headers(Map::HttpCallResponseHeaders, &[]);
+                self.host.set_body(Buffer::HttpCallResponseBody, &[]);
+            }
+        }
+        self.host.open(Map::HttpCallResponseHeaders);
+        self.root.on_http_call_response(token, 1, body_size, 0);
+        self.host.close(Map::HttpCallResponseHeaders);
+    }
+}
+
+/// One request, driven callback by callback.
+pub struct MockStream {
+    host: MockHost,
+    context: Box<dyn Callbacks>,
+    allow_on_headers_stop_iteration: bool,
+    request_held: bool,
+    response_held: bool,
+}
+
+impl MockStream {
+    pub(crate) fn new(host: MockHost, context: Box<dyn Callbacks>, allow_on_headers_stop_iteration: bool) -> Self {
+        Self {
+            host,
+            context,
+            allow_on_headers_stop_iteration,
+            request_held: false,
+            response_held: false,
+        }
+    }
+
+    pub fn host(&self) -> &MockHost {
+        &self.host
+    }
+
+    /// Host calls this request made so far, by callback.
+    pub fn counts(&self) -> CallCounts {
+        self.context.counts()
+    }
+
+    fn run(&mut self, map: Map, open: bool, call: impl FnOnce(&mut dyn Callbacks) -> Action) -> Action {
+        if open {
+            self.host.open(map);
+        }
+        let action = call(self.context.as_mut());
+        self.host.close(map);
+        action
+    }
+
+    /// The request headers arrive; `end_of_stream` when no body follows.
+    pub fn request_headers(&mut self, pairs: &[(&str, &str)], end_of_stream: bool) -> Action {
+        self.host.set_headers(Map::RequestHeaders, pairs);
+        let action = self.run(Map::RequestHeaders, true, |c| c.request_headers(end_of_stream));
+        self.request_held =
+            action == Action::Pause && self.allow_on_headers_stop_iteration && self.host.reply().is_none();
+        action
+    }
+
+    /// A body callback; `body` is what the host holds now (everything so far while the filter
+    /// buffers).
+    pub fn request_body(&mut self, body: &[u8], end_of_stream: bool) -> Action {
+        self.host.set_body(Buffer::RequestBody, body);
+        let held = self.request_held;
+        let action = self.run(Map::RequestHeaders, held, |c| c.request_body(body.len(), end_of_stream));
+        if action == Action::Continue {
+            self.request_held = false;
+        }
+        action
+    }
+
+    pub fn response_headers(&mut self, pairs: &[(&str, &str)], end_of_stream: bool) -> Action {
+        self.host.set_headers(Map::ResponseHeaders, pairs);
+        let action = self.run(Map::ResponseHeaders, true, |c| c.response_headers(end_of_stream));
+        self.response_held = action == Action::Pause && self.allow_on_headers_stop_iteration;
+        action
+    }
+
+    pub fn response_body(&mut self, body: &[u8], end_of_stream: bool) -> Action {
+        self.host.set_body(Buffer::ResponseBody, body);
+        let held = self.response_held;
+        let action = self.run(Map::ResponseHeaders, held, |c| {
+            c.response_body(body.len(), end_of_stream)
+        });
+        if action == Action::Continue {
+            self.response_held = false;
+        }
+        action
+    }
+
+    pub fn log(&mut self) {
+        self.context.log();
+    }
+}

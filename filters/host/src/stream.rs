@@ -1,0 +1,774 @@
+//! The generic HTTP context: runs a filter's [`HttpFilter`] callbacks with views that exist
+//! only where Envoy allows them, applies the effects they record in one loop, and turns their
+//! flow into what Envoy is told, with the rules that keep a stream from hanging:
+//!
+//! - [`HeadersFlow::Hold`] pauses only when the plugin entry allows it (Envoy's
+//!   `allow_on_headers_stop_iteration`, declared again in the plugin configuration, which the
+//!   module cannot read from Envoy) and a body follows. Paused headers without the knob are
+//!   never given to the body callbacks and the request hangs; paused headers at the end of the
+//!   stream have no body callback to release them.
+//! - [`BodyFlow::Buffer`] at the end of the stream continues: nothing else would resume it.
+//! - A local reply is sent after the other effects and the callback then pauses.
+//! - Header effects apply only to a map Envoy lets the filter change now (its headers phase,
+//!   or its body phase while the headers are held); others are dropped and logged as the
+//!   filter bug they are, instead of being sent to a host that would refuse them.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+
+use crate::effects::{clean_details, Direction, Effect, Effects, LocalReply};
+use crate::env::Env;
+use crate::filter::{BodyFlow, HeadersFlow, HttpFilter};
+use crate::headers::{Body, HeaderCache, HeaderView, RequestHeaders, ResponseHeaders};
+use crate::host::{Buffer, Host, Map};
+
+/// The callback running, for the phase rules and the per-callback host-call counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    RequestHeaders,
+    RequestBody,
+    ResponseHeaders,
+    ResponseBody,
+    Log,
+}
+
+/// Host calls one stream made, by callback (all zero unless the host counts them).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CallCounts {
+    pub request_headers: u64,
+    pub request_body: u64,
+    pub response_headers: u64,
+    pub response_body: u64,
+    pub log: u64,
+}
+
+impl CallCounts {
+    fn slot(&mut self, phase: Phase) -> &mut u64 {
+        match phase {
+            Phase::RequestHeaders => &mut self.request_headers,
+            Phase::RequestBody => &mut self.request_body,
+            Phase::ResponseHeaders => &mut self.response_headers,
+            Phase::ResponseBody => &mut self.response_body,
+            Phase::Log => &mut self.log,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.request_headers
+            .saturating_add(self.request_body)
+            .saturating_add(self.response_headers)
+            .saturating_add(self.response_body)
+            .saturating_add(self.log)
+    }
+}
+
+impl std::fmt::Display for CallCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "request_headers={} request_body={} response_headers={} response_body={} log={} total={}",
+            self.request_headers,
+            self.request_body,
+            self.response_headers,
+            self.response_body,
+            self.log,
+            self.total()
+        )
+    }
+}
+
+// === impl RefusalLog ===
+
+/// Refusal log lines, at most [`RefusalLog::PER_SECOND`] a second per filter: a client that
+/// sends bad requests in a loop must not flood Envoy's log. Lines held back are counted and
+/// reported on the next line written.
+#[derive(Debug, Default)]
+pub(crate) struct RefusalLog {
+    window: RefCell<(u64, u32, u64)>,
+}
+
+impl RefusalLog {
+    pub(crate) const PER_SECOND: u32 = 20;
+
+    /// Whether to write a line now, and how many were held back before it.
+    pub(crate) fn admit(&self, now: SystemTime) -> Option<u64> {
+        let second = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
+        let mut window = self.window.try_borrow_mut().ok()?;
+        let (start, written, held_back) = &mut *window;
+        if *start != second {
+            *start = second;
+            *written = 0;
+        }
+        if *written >= Self::PER_SECOND {
+            *held_back = held_back.saturating_add(1);
+            return None;
+        }
+        *written += 1;
+        Some(std::mem::take(held_back))
+    }
+}
+
+// === impl Stream ===
+
+/// The state of one direction of the stream.
+#[derive(Debug, Default)]
+struct Side {
+    cache: HeaderCache,
+    /// The headers were held and have not left yet.
+    held: bool,
+}
+
+/// One request through one filter.
+pub struct Stream<H: HttpFilter> {
+    filter: H,
+    host: Rc<dyn Host>,
+    root_id: &'static str,
+    allow_hold: bool,
+    refusals: Rc<RefusalLog>,
+    request: Side,
+    response: Side,
+    /// A local reply was sent: nothing is held any more.
+    replied: bool,
+    counts: CallCounts,
+}
+
+impl<H: HttpFilter> Stream<H> {
+    pub(crate) fn new(
+        filter: H,
+        host: Rc<dyn Host>,
+        root_id: &'static str,
+        allow_hold: bool,
+        refusals: Rc<RefusalLog>,
+    ) -> Self {
+        Self {
+            filter,
+            host,
+            root_id,
+            allow_hold,
+            refusals,
+            request: Side::default(),
+            response: Side::default(),
+            replied: false,
+            counts: CallCounts::default(),
+        }
+    }
+
+    fn side(&mut self, direction: Direction) -> &mut Side {
+        match direction {
+            Direction::Request => &mut self.request,
+            Direction::Response => &mut self.response,
+        }
+    }
+
+    /// Runs one callback: `run` gets the filter and this stream's parts, its effects are
+    /// applied, and the host calls it made are counted.
+    fn callback(
+        &mut self,
+        phase: Phase,
+        run: impl FnOnce(&mut H, &dyn Host, &Side, &Side, &mut Effects) -> Next,
+    ) -> Action {
+        let before = self.host.calls();
+        let mut fx = Effects::default();
+        let next = run(&mut self.filter, &*self.host, &self.request, &self.response, &mut fx);
+        let action = if self.apply(phase, fx) {
+            self.replied = true;
+            self.request.held = false;
+            self.response.held = false;
+            Action::Pause
+        } else {
+            match next {
+                Next::Continue => Action::Continue,
+                Next::Pause => Action::Pause,
+            }
+        };
+        let spent = self.host.calls().saturating_sub(before);
+        let slot = self.counts.slot(phase);
+        *slot = slot.saturating_add(spent);
+        action
+    }
+
+    /// Whether the headers of `direction` may be changed in `phase`.
+    fn writable(&self, phase: Phase, direction: Direction) -> bool {
+        match (phase, direction) {
+            (Phase::RequestHeaders, Direction::Request) | (Phase::ResponseHeaders, Direction::Response) => true,
+            (Phase::RequestBody, Direction::Request) => self.request.held,
+            (Phase::ResponseBody, Direction::Response) => self.response.held,
+            _ => false,
+        }
+    }
+
+    /// Applies `fx` in order, the local reply last; returns whether a reply was sent.
+    fn apply(&mut self, phase: Phase, fx: Effects) -> bool {
+        let (list, reply) = fx.into_parts();
+        for effect in list {
+            let result = match &effect {
+                Effect::SetHeader(d, name, value) => self.header_op(phase, *d, &effect, |host, map, cache| {
+                    host.set_header(map, name, value)?;
+                    cache.set(name, value);
+                    Ok(())
+                }),
+                Effect::AddHeader(d, name, value) => self.header_op(phase, *d, &effect, |host, map, cache| {
+                    host.add_header(map, name, value)?;
+                    cache.add(name, value);
+                    Ok(())
+                }),
+                Effect::RemoveHeader(d, name) => self.header_op(phase, *d, &effect, |host, map, cache| {
+                    host.remove_header(map, name)?;
+                    cache.remove(name);
+                    Ok(())
+                }),
+                Effect::ReplaceBody(d, bytes) => self.replace_body(phase, *d, bytes),
+                Effect::SetState(key, value) => self.host.set_property(&[key.as_ref()], value),
+                Effect::ClearRouteCache => self.host.call_foreign_function("clear_route_cache", &[]).map(drop),
+            };
+            if let Err(e) = result {
+                log::error!("{}: {effect:?} in {phase:?} failed: host status {}", self.root_id, e.0);
+            }
+        }
+        match reply {
+            Some(reply) => {
+                self.respond(&reply);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn header_op(
+        &mut self,
+        phase: Phase,
+        direction: Direction,
+        effect: &Effect,
+        op: impl FnOnce(&dyn Host, Map, &mut HeaderCache) -> Result<(), crate::abi::HostError>,
+    ) -> Result<(), crate::abi::HostError> {
+        if !self.writable(phase, direction) {
+            log::error!(
+                "{}: {effect:?} dropped: the {direction:?} headers cannot change in {phase:?} (a filter bug)",
+                self.root_id
+            );
+            return Ok(());
+        }
+        let map = match direction {
+            Direction::Request => Map::RequestHeaders,
+            Direction::Response => Map::ResponseHeaders,
+        };
+        let host = Rc::clone(&self.host);
+        op(&*host, map, &mut self.side(direction).cache)
+    }
+
+    fn replace_body(&mut self, phase: Phase, direction: Direction, bytes: &[u8]) -> Result<(), crate::abi::HostError> {
+        let (body_phase, buffer, map) = match direction {
+            Direction::Request => (Phase::RequestBody, Buffer::RequestBody, Map::RequestHeaders),
+            Direction::Response => (Phase::ResponseBody, Buffer::ResponseBody, Map::ResponseHeaders),
+        };
+        if phase != body_phase {
+            log::error!(
+                "{}: a {direction:?} body replacement dropped in {phase:?}: bodies change in their body callback (a filter bug)",
+                self.root_id
+            );
+            return Ok(());
+        }
+        if self.side(direction).held {
+            // The held headers still announce the old length: the new body goes chunked.
+            self.host.remove_header(map, "content-length")?;
+            self.side(direction).cache.remove("content-length");
+        }
+        self.host.set_buffer(buffer, bytes)
+    }
+
+    fn respond(&mut self, reply: &LocalReply) {
+        if let Some(code) = reply.code {
+            if let Some(held_back) = self.refusals.admit(Env::new(&*self.host).now()) {
+                if held_back > 0 {
+                    log::info!(
+                        "{}: refused {} {code} ({held_back} earlier refusal lines held back)",
+                        self.root_id,
+                        reply.status
+                    );
+                } else {
+                    log::info!("{}: refused {} {code}", self.root_id, reply.status);
+                }
+            }
+        }
+        let details = clean_details(&reply.details);
+        let result = if matches!(details, std::borrow::Cow::Borrowed(_)) {
+            self.host.send_local_response(reply)
+        } else {
+            let mut cleaned = reply.clone();
+            cleaned.details = details.into_owned().into();
+            self.host.send_local_response(&cleaned)
+        };
+        if let Err(e) = result {
+            log::error!(
+                "{}: sending a local {} reply failed: host status {}",
+                self.root_id,
+                reply.status,
+                e.0
+            );
+        }
+    }
+
+    fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
+        let allow_hold = self.allow_hold;
+        let mut hold = false;
+        let action = self.callback(Phase::RequestHeaders, |filter, host, request, _, fx| {
+            let view = RequestHeaders::new(HeaderView::new(
+                host,
+                Map::RequestHeaders,
+                &request.cache,
+                end_of_stream,
+            ));
+            hold = filter.request_headers(&view, fx) == HeadersFlow::Hold && allow_hold && !end_of_stream;
+            if hold {
+                Next::Pause
+            } else {
+                Next::Continue
+            }
+        });
+        self.request.held = hold && !self.replied;
+        action
+    }
+
+    fn on_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        let action = self.callback(Phase::RequestBody, |filter, host, request, _, fx| {
+            let body = Body::new(host, Buffer::RequestBody, size, end_of_stream);
+            let view = RequestHeaders::new(HeaderView::new(host, Map::RequestHeaders, &request.cache, false));
+            let held = request.held.then_some(&view);
+            body_next(filter.request_body(&body, held, fx), end_of_stream)
+        });
+        if action == Action::Continue {
+            self.request.held = false;
+        }
+        action
+    }
+
+    fn on_response_headers(&mut self, end_of_stream: bool) -> Action {
+        let allow_hold = self.allow_hold;
+        let mut hold = false;
+        let action = self.callback(Phase::ResponseHeaders, |filter, host, _, response, fx| {
+            let view = ResponseHeaders::new(HeaderView::new(
+                host,
+                Map::ResponseHeaders,
+                &response.cache,
+                end_of_stream,
+            ));
+            hold = filter.response_headers(&view, fx) == HeadersFlow::Hold && allow_hold && !end_of_stream;
+            if hold {
+                Next::Pause
+            } else {
+                Next::Continue
+            }
+        });
+        self.response.held = hold && !self.replied;
+        action
+    }
+
+    fn on_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        let action = self.callback(Phase::ResponseBody, |filter, host, _, response, fx| {
+            let body = Body::new(host, Buffer::ResponseBody, size, end_of_stream);
+            let view = ResponseHeaders::new(HeaderView::new(host, Map::ResponseHeaders, &response.cache, false));
+            let held = response.held.then_some(&view);
+            body_next(filter.response_body(&body, held, fx), end_of_stream)
+        });
+        if action == Action::Continue {
+            self.response.held = false;
+        }
+        action
+    }
+
+    fn on_log(&mut self) {
+        self.callback(Phase::Log, |filter, host, _, _, _| {
+            filter.log(&Env::new(host));
+            Next::Continue
+        });
+        #[cfg(feature = "count-host-calls")]
+        log::info!("{}: host calls: {}", self.root_id, self.counts);
+    }
+}
+
+/// What the callback itself asked for, before the reply rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    Continue,
+    Pause,
+}
+
+fn body_next(flow: BodyFlow, end_of_stream: bool) -> Next {
+    match flow {
+        BodyFlow::Buffer if !end_of_stream => Next::Pause,
+        BodyFlow::Buffer | BodyFlow::Continue => Next::Continue,
+    }
+}
+
+// === Entry points ===
+
+/// The callbacks of one stream, as the root hands them out: [`Stream`] for every filter type,
+/// behind one object type.
+pub trait Callbacks {
+    fn request_headers(&mut self, end_of_stream: bool) -> Action;
+    fn request_body(&mut self, size: usize, end_of_stream: bool) -> Action;
+    fn response_headers(&mut self, end_of_stream: bool) -> Action;
+    fn response_body(&mut self, size: usize, end_of_stream: bool) -> Action;
+    fn log(&mut self);
+    fn counts(&self) -> CallCounts;
+}
+
+impl<H: HttpFilter> Callbacks for Stream<H> {
+    fn request_headers(&mut self, end_of_stream: bool) -> Action {
+        self.on_request_headers(end_of_stream)
+    }
+
+    fn request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        self.on_request_body(size, end_of_stream)
+    }
+
+    fn response_headers(&mut self, end_of_stream: bool) -> Action {
+        self.on_response_headers(end_of_stream)
+    }
+
+    fn response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        self.on_response_body(size, end_of_stream)
+    }
+
+    fn log(&mut self) {
+        self.on_log();
+    }
+
+    fn counts(&self) -> CallCounts {
+        self.counts
+    }
+}
+
+/// A stream as the SDK's dispatcher calls it. A separate, non-generic type: the SDK's
+/// `HttpContext` has default methods that call its host functions, which do not exist off
+/// wasm, so native code must never build its vtable for a filter's stream.
+pub(crate) struct SdkStream(pub(crate) Box<dyn Callbacks>);
+
+impl Context for SdkStream {}
+
+impl HttpContext for SdkStream {
+    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        self.0.request_headers(end_of_stream)
+    }
+
+    fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        self.0.request_body(size, end_of_stream)
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        self.0.response_headers(end_of_stream)
+    }
+
+    fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        self.0.response_body(size, end_of_stream)
+    }
+
+    fn on_log(&mut self) {
+        self.0.log();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::effects::Name;
+    use crate::mock::{MockHost, MockStream, Mutation};
+    use portico_core::response::{ErrorResponse, ErrorType};
+
+    type OnHeaders = fn(&RequestHeaders<'_>, &mut Effects) -> HeadersFlow;
+    type OnBody = fn(&Body<'_>, Option<&RequestHeaders<'_>>, &mut Effects) -> BodyFlow;
+    type OnResponse = fn(&ResponseHeaders<'_>, &mut Effects) -> HeadersFlow;
+
+    /// A filter that does what the test says in each callback.
+    struct Script {
+        headers: OnHeaders,
+        body: OnBody,
+        response: OnResponse,
+    }
+
+    impl HttpFilter for Script {
+        fn request_headers(&mut self, request: &RequestHeaders<'_>, fx: &mut Effects) -> HeadersFlow {
+            (self.headers)(request, fx)
+        }
+        fn request_body(&mut self, body: &Body<'_>, held: Option<&RequestHeaders<'_>>, fx: &mut Effects) -> BodyFlow {
+            (self.body)(body, held, fx)
+        }
+        fn response_headers(&mut self, response: &ResponseHeaders<'_>, fx: &mut Effects) -> HeadersFlow {
+            (self.response)(response, fx)
+        }
+    }
+
+    fn script(headers: OnHeaders, body: OnBody) -> Script {
+        Script {
+            headers,
+            body,
+            response: |_, _| HeadersFlow::Continue,
+        }
+    }
+
+    /// A stream of `filter`, with the plugin's hold field and Envoy's knob both `allow_hold`.
+    fn stream(filter: Script, allow_hold: bool) -> MockStream {
+        stream_with(filter, allow_hold, allow_hold)
+    }
+
+    fn stream_with(filter: Script, declared: bool, envoy_knob: bool) -> MockStream {
+        let host = MockHost::new();
+        let s = Stream::new(filter, Rc::new(host.clone()), "test", declared, Rc::default());
+        MockStream::new(host, Box::new(s), envoy_knob)
+    }
+
+    const POST: &[(&str, &str)] = &[
+        (":method", "POST"),
+        (":path", "/p"),
+        ("content-length", "5"),
+        ("x-a", "1"),
+    ];
+
+    fn set(name: &str, value: &str) -> Mutation {
+        Mutation::SetHeader(Map::RequestHeaders, name.to_owned(), value.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn effects_apply_in_order_and_the_reply_last() {
+        let mut s = stream(
+            script(
+                |_, fx| {
+                    fx.set_request_header("x-a", "2");
+                    fx.refuse(&ErrorResponse::new(403, ErrorType::Permission, "nope", "no"));
+                    fx.set_state("k", "v");
+                    fx.remove_request_header("x-b");
+                    fx.clear_route_cache();
+                    HeadersFlow::Continue
+                },
+                |_, _, _| BodyFlow::Continue,
+            ),
+            false,
+        );
+        assert_eq!(
+            s.request_headers(POST, true),
+            Action::Pause,
+            "a reply pauses the stream"
+        );
+        let mutations = s.host().mutations();
+        assert_eq!(
+            mutations.get(..4).map(<[_]>::to_vec),
+            Some(vec![
+                set("x-a", "2"),
+                Mutation::SetProperty(vec!["k".to_owned()], b"v".to_vec()),
+                Mutation::RemoveHeader(Map::RequestHeaders, "x-b".to_owned()),
+                Mutation::ForeignFunction("clear_route_cache".to_owned()),
+            ])
+        );
+        match mutations.get(4) {
+            Some(Mutation::LocalReply(reply)) => {
+                assert_eq!(reply.status, 403);
+                assert_eq!(reply.details, "portico_nope");
+            }
+            other => panic!("expected the reply last, got {other:?}"),
+        }
+        assert_eq!(mutations.len(), 5);
+    }
+
+    #[test]
+    fn a_hold_gives_the_body_callbacks_the_headers_and_their_changes_reach_the_request() {
+        let mut s = stream(
+            script(
+                |_, fx| {
+                    fx.set_request_header("x-a", "from-headers");
+                    HeadersFlow::Hold
+                },
+                |body, held, fx| {
+                    let Some(held) = held else { return BodyFlow::Continue };
+                    if !body.end_of_stream() {
+                        return BodyFlow::Buffer;
+                    }
+                    // The write of the headers callback, read through the cache.
+                    if held.get("x-a") == Some(&b"from-headers"[..]) {
+                        fx.set_request_header("x-body", body.bytes().len().to_string());
+                    }
+                    BodyFlow::Continue
+                },
+            ),
+            true,
+        );
+        assert_eq!(s.request_headers(POST, false), Action::Pause);
+        assert_eq!(s.request_body(b"ab", false), Action::Pause, "buffering");
+        assert_eq!(s.request_body(b"abcde", true), Action::Continue);
+        assert_eq!(
+            s.host().headers(Map::RequestHeaders),
+            vec![
+                (":method".to_owned(), "POST".to_owned()),
+                (":path".to_owned(), "/p".to_owned()),
+                ("content-length".to_owned(), "5".to_owned()),
+                ("x-a".to_owned(), "from-headers".to_owned()),
+                ("x-body".to_owned(), "5".to_owned()),
+            ]
+        );
+        let counts = s.counts();
+        assert_eq!(counts.request_headers, 1, "one write, no read");
+        // Two body reads (the buffer once per callback that asks) and one write; x-a came from
+        // the cache.
+        assert_eq!(counts.request_body, 2);
+    }
+
+    fn hold_and_report(_: &RequestHeaders<'_>, _: &mut Effects) -> HeadersFlow {
+        HeadersFlow::Hold
+    }
+
+    fn report_held(_: &Body<'_>, held: Option<&RequestHeaders<'_>>, fx: &mut Effects) -> BodyFlow {
+        fx.set_state("held", if held.is_some() { "yes" } else { "no" });
+        fx.set_request_header("x-late", "1");
+        BodyFlow::Continue
+    }
+
+    #[test]
+    fn a_hold_without_a_body_continues() {
+        let mut s = stream(script(hold_and_report, report_held), true);
+        assert_eq!(s.request_headers(&[(":method", "GET")], true), Action::Continue);
+    }
+
+    #[test]
+    fn a_hold_the_plugin_entry_does_not_allow_continues_and_the_body_gets_no_headers() {
+        let mut s = stream_with(script(hold_and_report, report_held), false, true);
+        assert_eq!(s.request_headers(POST, false), Action::Continue);
+        assert_eq!(s.request_body(b"abcde", true), Action::Continue);
+        assert_eq!(
+            s.host().mutations(),
+            vec![Mutation::SetProperty(vec!["held".to_owned()], b"no".to_vec())],
+            "the header write outside the headers phase is dropped, not sent"
+        );
+    }
+
+    #[test]
+    fn buffering_ends_at_the_end_of_the_stream() {
+        let mut s = stream(script(|_, _| HeadersFlow::Continue, |_, _, _| BodyFlow::Buffer), false);
+        assert_eq!(s.request_headers(POST, false), Action::Continue);
+        assert_eq!(s.request_body(b"ab", false), Action::Pause);
+        assert_eq!(s.request_body(b"abcde", true), Action::Continue);
+    }
+
+    #[test]
+    fn headers_leave_with_the_first_continued_chunk_and_are_not_offered_again() {
+        let mut s = stream(script(hold_and_report, report_held), true);
+        assert_eq!(s.request_headers(POST, false), Action::Pause);
+        assert_eq!(s.request_body(b"ab", false), Action::Continue);
+        assert_eq!(s.request_body(b"cde", true), Action::Continue);
+        assert_eq!(
+            s.host().mutations(),
+            vec![
+                Mutation::SetProperty(vec!["held".to_owned()], b"yes".to_vec()),
+                set("x-late", "1"),
+                Mutation::SetProperty(vec!["held".to_owned()], b"no".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_reply_with_a_hold_holds_nothing() {
+        let mut s = stream(
+            script(
+                |_, fx| {
+                    fx.refuse(&ErrorResponse::new(401, ErrorType::Authentication, "no", "no"));
+                    HeadersFlow::Hold
+                },
+                report_held,
+            ),
+            true,
+        );
+        assert_eq!(s.request_headers(POST, false), Action::Pause);
+        let _ = s.request_body(b"abcde", true);
+        assert!(s
+            .host()
+            .mutations()
+            .contains(&Mutation::SetProperty(vec!["held".to_owned()], b"no".to_vec())));
+    }
+
+    #[test]
+    fn header_effects_apply_only_to_the_map_of_the_phase() {
+        let mut s = stream(
+            Script {
+                headers: |_, _| HeadersFlow::Continue,
+                body: |_, _, _| BodyFlow::Continue,
+                response: |_, fx| {
+                    fx.set_request_header("x-req", "1");
+                    fx.replace_request_body("x");
+                    fx.set_response_header("x-res", "1");
+                    HeadersFlow::Continue
+                },
+            },
+            false,
+        );
+        let _ = s.request_headers(POST, true);
+        assert_eq!(s.response_headers(&[(":status", "200")], true), Action::Continue);
+        assert_eq!(
+            s.host().mutations(),
+            vec![Mutation::SetHeader(
+                Map::ResponseHeaders,
+                "x-res".to_owned(),
+                b"1".to_vec()
+            )]
+        );
+    }
+
+    #[test]
+    fn replacing_a_held_body_drops_the_stale_content_length() {
+        let mut s = stream(
+            script(hold_and_report, |_, _, fx| {
+                fx.replace_request_body("new body");
+                BodyFlow::Continue
+            }),
+            true,
+        );
+        let _ = s.request_headers(POST, false);
+        assert_eq!(s.request_body(b"abcde", true), Action::Continue);
+        assert_eq!(
+            s.host().mutations(),
+            vec![
+                Mutation::RemoveHeader(Map::RequestHeaders, "content-length".to_owned()),
+                Mutation::SetBuffer(Buffer::RequestBody, b"new body".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn reply_details_never_carry_whitespace() {
+        let mut s = stream(
+            script(
+                |_, fx| {
+                    fx.respond(LocalReply {
+                        status: 400,
+                        headers: vec![(Name::from("x"), b"1".to_vec())],
+                        body: Vec::new(),
+                        details: "bad request".into(),
+                        code: None,
+                    });
+                    HeadersFlow::Continue
+                },
+                |_, _, _| BodyFlow::Continue,
+            ),
+            false,
+        );
+        let _ = s.request_headers(POST, true);
+        assert_eq!(s.host().reply().map(|r| r.details), Some(Name::from("bad_request")));
+    }
+
+    #[test]
+    fn refusal_lines_are_limited_per_second() {
+        let log = RefusalLog::default();
+        let t = UNIX_EPOCH + Duration::from_secs(100);
+        for _ in 0..RefusalLog::PER_SECOND {
+            assert_eq!(log.admit(t), Some(0));
+        }
+        assert_eq!(log.admit(t), None);
+        assert_eq!(log.admit(t), None);
+        assert_eq!(
+            log.admit(t + Duration::from_secs(1)),
+            Some(2),
+            "the next line says how many were held back"
+        );
+    }
+}
