@@ -1,0 +1,32 @@
+//! `portico.wasm`: one module holding every Portico filter. Each plugin entry names its filter
+//! with `root_id`, and every entry can share one `vm_id`, so a worker runs one VM for the
+//! whole suite while each filter keeps its own place in the HTTP filter chain and its own
+//! configuration.
+//!
+//! [`FILTERS`] is the one list of the filters in the module; scripts, tests and `portico
+//! check` derive theirs from it.
+
+pub mod echo;
+
+use portico_host::{entry, Entry};
+
+/// Every filter of the module, by `root_id`.
+pub static FILTERS: &[Entry] = &[entry::<echo::Echo<echo::One>>(), entry::<echo::Echo<echo::Twin>>()];
+
+// The entry point exists only in the .wasm: native builds link this crate into tests.
+#[cfg(target_arch = "wasm32")]
+portico_host::main!(FILTERS);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_ids_are_unique_and_portico_prefixed() {
+        let mut ids: Vec<&str> = FILTERS.iter().map(Entry::root_id).collect();
+        assert!(ids.iter().all(|id| id.starts_with("portico-")), "{ids:?}");
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), FILTERS.len());
+    }
+}
