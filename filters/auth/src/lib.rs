@@ -3,6 +3,8 @@
 //! This file is the host shell: it reads what the decision needs from Envoy, calls the pure
 //! [`authn::Authenticator::decide`], and applies the answer. Everything worth testing lives in
 //! the other modules and is tested natively.
+// Until issue 14 ports this shell: it still calls the SDK's host wrappers.
+#![allow(clippy::disallowed_methods)]
 // Off wasm the host shell below is compiled but never entered; the wasm clippy run checks it.
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 

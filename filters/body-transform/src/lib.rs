@@ -14,6 +14,8 @@
 //! of an answer rewritten whole are held until its body is read, so an answer that cannot be
 //! translated becomes a 502 `bad_upstream_response`; without it the 200 has already left and
 //! the error travels in the body.
+// Until issue 14 ports this shell: it still calls the SDK's host wrappers.
+#![allow(clippy::disallowed_methods)]
 // Off wasm the host shell below is compiled but never entered; the wasm clippy run checks it.
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 

@@ -10,6 +10,8 @@
 //!
 //! This file is the host shell: [`key`], [`policy`], [`answer`] and [`store`] hold the
 //! decisions.
+// Until issue 14 ports this shell: it still calls the SDK's host wrappers.
+#![allow(clippy::disallowed_methods)]
 // Off wasm the host shell below is compiled but never entered; the wasm clippy run checks it.
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 

@@ -6,6 +6,8 @@
 //! callback reads the whole body strictly ([`check_body`]): it refuses repeated keys, which
 //! readers resolve differently, and rewrites `model` when the alias names another upstream
 //! model.
+// Until issue 14 ports this shell: it still calls the SDK's host wrappers.
+#![allow(clippy::disallowed_methods)]
 // Off wasm the host shell below is compiled but never entered; the wasm clippy run checks it.
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 

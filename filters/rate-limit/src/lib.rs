@@ -5,6 +5,8 @@
 //! that reserved tokens it then reads the body, whole, to refine the prompt estimate
 //! ([`plan::Hold::top_up`]); on the way back it feeds the response body to the usage readers
 //! and settles ([`plan::Hold::settle`]).
+// Until issue 14 ports this shell: it still calls the SDK's host wrappers.
+#![allow(clippy::disallowed_methods)]
 // Off wasm the host shell below is compiled but never entered; the wasm clippy run checks it.
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 // Request and upstream numbers flow through every limit here: arithmetic that can overflow,
