@@ -112,6 +112,12 @@ impl EnvoyConfig {
         self
     }
 
+    /// Adds one plugin entry of a module that holds several filters (`dist/portico.wasm`).
+    pub fn plugin(mut self, plugin: &Plugin) -> Self {
+        self.filters.push(plugin_filter(plugin));
+        self
+    }
+
     pub fn cluster(mut self, name: &str, addr: SocketAddr) -> Self {
         self.clusters.push(cluster(name, addr));
         self
@@ -283,31 +289,69 @@ fn cluster(name: &str, addr: SocketAddr) -> Value {
 /// configuration with `"allow_on_headers_stop_iteration": true` (body-transform's) gets the
 /// plugin field of the same name, as an operator must set both.
 pub fn wasm_filter(name: &str, wasm: &Path, configuration: &Value) -> Value {
-    let stop_iteration = configuration["allow_on_headers_stop_iteration"] == json!(true);
-    let mut filter = json!({
-        "name": format!("portico.{name}"),
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {
-                "name": format!("portico-{name}"),
-                "root_id": format!("portico-{name}"),
-                "failure_policy": "FAIL_RELOAD",
-                "vm_config": {
-                    "vm_id": format!("portico-{name}"),
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": wasm.display().to_string()}}
-                },
-                "configuration": {
-                    "@type": "type.googleapis.com/google.protobuf.StringValue",
-                    "value": configuration.to_string()
-                }
-            }
+    let root_id = format!("portico-{name}");
+    plugin_filter(&Plugin {
+        name: root_id.clone(),
+        wasm: wasm.to_path_buf(),
+        root_id: root_id.clone(),
+        vm_id: root_id,
+        configuration: configuration.clone(),
+        allow_on_headers_stop_iteration: configuration["allow_on_headers_stop_iteration"] == json!(true),
+    })
+}
+
+/// One plugin entry: which module, which filter in it (`root_id`), which VM it shares
+/// (`vm_id`), and Envoy's `allow_on_headers_stop_iteration`.
+#[derive(Debug, Clone)]
+pub struct Plugin {
+    /// The plugin's name, unique in the chain (Envoy's log lines and stats carry it).
+    pub name: String,
+    pub wasm: PathBuf,
+    pub root_id: String,
+    pub vm_id: String,
+    pub configuration: Value,
+    pub allow_on_headers_stop_iteration: bool,
+}
+
+impl Plugin {
+    /// An entry of `dist/portico.wasm` in the VM `portico`, named after its `root_id`.
+    pub fn portico(root_id: &str, configuration: Value) -> Self {
+        Self {
+            name: root_id.to_owned(),
+            wasm: wasm_path("portico"),
+            root_id: root_id.to_owned(),
+            vm_id: "portico".to_owned(),
+            configuration,
+            allow_on_headers_stop_iteration: false,
+        }
+    }
+}
+
+fn plugin_filter(plugin: &Plugin) -> Value {
+    let mut config = json!({
+        "name": plugin.name,
+        "root_id": plugin.root_id,
+        "failure_policy": "FAIL_RELOAD",
+        "vm_config": {
+            "vm_id": plugin.vm_id,
+            "runtime": "envoy.wasm.runtime.v8",
+            "code": {"local": {"filename": plugin.wasm.display().to_string()}}
+        },
+        "configuration": {
+            "@type": "type.googleapis.com/google.protobuf.StringValue",
+            "value": plugin.configuration.to_string()
         }
     });
-    if stop_iteration {
-        filter["typed_config"]["config"]["allow_on_headers_stop_iteration"] = json!(true);
+    if plugin.allow_on_headers_stop_iteration {
+        config["allow_on_headers_stop_iteration"] = json!(true);
     }
-    filter
+    json!({
+        "name": format!("portico.{}", plugin.name),
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": config
+        }
+    })
 }
 
 // === The process ===
@@ -473,6 +517,13 @@ impl Gateway {
     /// (histograms: ask for `<name>_count` or `<name>_sum`).
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
         sum_metric(&self.prometheus(), name, labels)
+    }
+
+    /// Envoy's counter or gauge `name` (`/stats`), if it exists.
+    pub fn stat(&self, name: &str) -> Option<u64> {
+        let text = http::get("/stats").send(self.admin).text();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(": ")?.trim().parse().ok())
     }
 
     /// Asserts that no wasm VM crashed while serving.

@@ -6,7 +6,7 @@
 //!
 //! | field | meaning |
 //! | --- | --- |
-//! | `tag` (required) | sent upstream as `x-portico-echo-tag` and to the client as `x-portico-echo` |
+//! | `tag` (required) | names the header `x-portico-echo-<tag>` the filter sends upstream and to the client, with its `root_id` as the value |
 //! | `refuse_header` | a request carrying this header is refused: 403 `echo_refused` |
 //! | `hold_body` | hold the request headers and, at the end of the body, send its length upstream as `x-portico-echo-body` |
 //! | `panic_header` | a request carrying this header makes the filter panic (tests the panic hook) |
@@ -94,12 +94,20 @@ impl<N: Name> Filter for Echo<N> {
     fn http(&self) -> EchoHttp {
         EchoHttp {
             config: Rc::clone(&self.config),
+            root_id: N::ROOT_ID,
         }
     }
 }
 
 pub struct EchoHttp {
     config: Rc<Config>,
+    root_id: &'static str,
+}
+
+impl EchoHttp {
+    fn header(&self) -> String {
+        format!("x-portico-echo-{}", self.config.tag)
+    }
 }
 
 impl HttpFilter for EchoHttp {
@@ -122,7 +130,7 @@ impl HttpFilter for EchoHttp {
                 return HeadersFlow::Continue;
             }
         }
-        fx.set_request_header("x-portico-echo-tag", &self.config.tag);
+        fx.set_request_header(self.header(), self.root_id);
         if self.config.hold_body {
             HeadersFlow::Hold
         } else {
@@ -142,7 +150,7 @@ impl HttpFilter for EchoHttp {
     }
 
     fn response_headers(&mut self, _response: &ResponseHeaders<'_>, fx: &mut Effects) -> HeadersFlow {
-        fx.set_response_header("x-portico-echo", &self.config.tag);
+        fx.set_response_header(self.header(), self.root_id);
         HeadersFlow::Continue
     }
 }
@@ -172,8 +180,12 @@ mod tests {
         assert_eq!(
             envoy.host().mutations(),
             vec![
-                Mutation::SetHeader(Map::RequestHeaders, "x-portico-echo-tag".into(), b"a".to_vec()),
-                Mutation::SetHeader(Map::ResponseHeaders, "x-portico-echo".into(), b"a".to_vec()),
+                Mutation::SetHeader(Map::RequestHeaders, "x-portico-echo-a".into(), b"portico-echo".to_vec()),
+                Mutation::SetHeader(
+                    Map::ResponseHeaders,
+                    "x-portico-echo-a".into(),
+                    b"portico-echo".to_vec()
+                ),
             ]
         );
     }
