@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 
-use portico_core::response::ErrorResponse;
+use portico_core::response::{ClientApi, ErrorResponse};
 
 /// A header name, a filter-state key or a reply detail: usually a constant, sometimes from
 /// configuration.
@@ -51,8 +51,10 @@ pub struct LocalReply {
 }
 
 impl LocalReply {
-    /// The shared JSON error shape, with details `portico_<code>`.
-    pub fn error(error: &ErrorResponse) -> Self {
+    /// The shared JSON error shape in the client's API format. The stream sets the details to
+    /// `<root id>.<code>` (`portico-auth.token_expired`): Envoy's `local_reply_config` leaves
+    /// replies whose details start with `portico-` alone.
+    pub fn error(error: &ErrorResponse, api: ClientApi) -> Self {
         Self {
             status: error.status,
             headers: error
@@ -60,8 +62,8 @@ impl LocalReply {
                 .into_iter()
                 .map(|(name, value)| (Name::Owned(name.to_owned()), value.as_bytes().to_vec()))
                 .collect(),
-            body: error.body(),
-            details: Name::Owned(format!("portico_{}", error.code)),
+            body: error.body_for(api),
+            details: Name::Borrowed(error.code),
             code: Some(error.code),
         }
     }
@@ -150,8 +152,8 @@ impl Effects {
     }
 
     /// Refuses the request with the shared JSON error shape (the host logs the refusal).
-    pub fn refuse(&mut self, error: &ErrorResponse) {
-        self.respond(LocalReply::error(error));
+    pub fn refuse(&mut self, error: &ErrorResponse, api: ClientApi) {
+        self.respond(LocalReply::error(error, api));
     }
 
     pub fn list(&self) -> &[Effect] {
@@ -195,18 +197,14 @@ mod tests {
         let mut fx = Effects::default();
         fx.set_request_header("x-a", "1");
         fx.set_state("k", "v");
-        fx.respond(LocalReply::error(&ErrorResponse::new(
-            403,
-            ErrorType::Permission,
-            "first",
-            "no",
-        )));
-        fx.respond(LocalReply::error(&ErrorResponse::new(
-            429,
-            ErrorType::RateLimit,
-            "second",
-            "no",
-        )));
+        fx.respond(LocalReply::error(
+            &ErrorResponse::new(403, ErrorType::Permission, "first", "no"),
+            ClientApi::OpenAi,
+        ));
+        fx.respond(LocalReply::error(
+            &ErrorResponse::new(429, ErrorType::RateLimit, "second", "no"),
+            ClientApi::OpenAi,
+        ));
         fx.remove_request_header("x-b");
         assert_eq!(
             fx.list(),
@@ -220,13 +218,13 @@ mod tests {
     }
 
     #[test]
-    fn an_error_reply_carries_the_shared_shape_and_its_code_as_details() {
+    fn an_error_reply_carries_the_clients_shape_and_its_code() {
         let error =
             ErrorResponse::new(429, ErrorType::RateLimit, "rate_limited", "slow down").with_header("retry-after", "3");
-        let reply = LocalReply::error(&error);
+        let reply = LocalReply::error(&error, ClientApi::Anthropic);
         assert_eq!(reply.status, 429);
-        assert_eq!(reply.details, "portico_rate_limited");
-        assert_eq!(reply.body, error.body());
+        assert_eq!(reply.details, "rate_limited");
+        assert_eq!(reply.body, error.body_for(ClientApi::Anthropic));
         assert_eq!(
             reply.headers,
             vec![

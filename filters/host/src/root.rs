@@ -18,7 +18,7 @@
 use std::rc::Rc;
 
 use portico_core::config::{parse_json, Errors, Node};
-use portico_core::response::{ErrorResponse, ErrorType};
+use portico_core::response::{ClientApi, ErrorResponse, ErrorType};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 use serde_json::Value;
@@ -301,13 +301,16 @@ impl RootContext for Root {
 struct Unavailable;
 
 impl HttpFilter for Unavailable {
-    fn request_headers(&mut self, _request: &RequestHeaders<'_>, fx: &mut Effects) -> HeadersFlow {
-        fx.refuse(&ErrorResponse::new(
-            503,
-            ErrorType::Api,
-            "filter_unavailable",
-            "a gateway filter is not configured",
-        ));
+    fn request_headers(&mut self, request: &RequestHeaders<'_>, fx: &mut Effects) -> HeadersFlow {
+        fx.refuse(
+            &ErrorResponse::new(
+                503,
+                ErrorType::Api,
+                "filter_unavailable",
+                "a gateway filter is not configured",
+            ),
+            ClientApi::of_path(request.path()),
+        );
         HeadersFlow::Continue
     }
 }
@@ -449,7 +452,7 @@ mod tests {
         assert_eq!(s.request_headers(&[(":path", "/")], true), Action::Pause);
         let reply = host.reply().unwrap();
         assert_eq!(reply.status, 503);
-        assert_eq!(reply.details, "portico_filter_unavailable");
+        assert_eq!(reply.details, "portico.filter_unavailable");
     }
 
     #[test]

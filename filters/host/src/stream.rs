@@ -294,7 +294,10 @@ impl<H: HttpFilter> Stream<H> {
                 }
             }
         }
-        let details = clean_details(&reply.details);
+        let details = match reply.code {
+            Some(code) => std::borrow::Cow::Owned(format!("{}.{code}", self.root_id)),
+            None => clean_details(&reply.details),
+        };
         let result = if matches!(details, std::borrow::Cow::Borrowed(_)) {
             self.host.send_local_response(reply)
         } else {
@@ -477,7 +480,7 @@ mod tests {
     use super::*;
     use crate::effects::Name;
     use crate::mock::{MockHost, MockStream, Mutation};
-    use portico_core::response::{ErrorResponse, ErrorType};
+    use portico_core::response::{ClientApi, ErrorResponse, ErrorType};
 
     type OnHeaders = fn(&RequestHeaders<'_>, &mut Effects) -> HeadersFlow;
     type OnBody = fn(&Body<'_>, Option<&RequestHeaders<'_>>, &mut Effects) -> BodyFlow;
@@ -538,7 +541,10 @@ mod tests {
             script(
                 |_, fx| {
                     fx.set_request_header("x-a", "2");
-                    fx.refuse(&ErrorResponse::new(403, ErrorType::Permission, "nope", "no"));
+                    fx.refuse(
+                        &ErrorResponse::new(403, ErrorType::Permission, "nope", "no"),
+                        ClientApi::OpenAi,
+                    );
                     fx.set_state("k", "v");
                     fx.remove_request_header("x-b");
                     fx.clear_route_cache();
@@ -566,7 +572,7 @@ mod tests {
         match mutations.get(4) {
             Some(Mutation::LocalReply(reply)) => {
                 assert_eq!(reply.status, 403);
-                assert_eq!(reply.details, "portico_nope");
+                assert_eq!(reply.details, "test.nope");
             }
             other => panic!("expected the reply last, got {other:?}"),
         }
@@ -672,7 +678,10 @@ mod tests {
         let mut s = stream(
             script(
                 |_, fx| {
-                    fx.refuse(&ErrorResponse::new(401, ErrorType::Authentication, "no", "no"));
+                    fx.refuse(
+                        &ErrorResponse::new(401, ErrorType::Authentication, "no", "no"),
+                        ClientApi::OpenAi,
+                    );
                     HeadersFlow::Hold
                 },
                 report_held,

@@ -15,7 +15,7 @@ use std::marker::PhantomData;
 use std::rc::Rc;
 
 use portico_core::config::{read_value, Errors};
-use portico_core::response::{ErrorResponse, ErrorType};
+use portico_core::response::{ClientApi, ErrorResponse, ErrorType};
 use portico_host::{
     Body, BodyFlow, Effects, Filter, HeadersFlow, HttpFilter, RequestHeaders, ResponseHeaders, RootHost,
 };
@@ -121,12 +121,15 @@ impl HttpFilter for EchoHttp {
         }
         if let Some(name) = &self.config.refuse_header {
             if request.get(name).is_some() {
-                fx.refuse(&ErrorResponse::new(
-                    403,
-                    ErrorType::Permission,
-                    "echo_refused",
-                    format!("the request carries {name}"),
-                ));
+                fx.refuse(
+                    &ErrorResponse::new(
+                        403,
+                        ErrorType::Permission,
+                        "echo_refused",
+                        format!("the request carries {name}"),
+                    ),
+                    ClientApi::of_path(request.path()),
+                );
                 return HeadersFlow::Continue;
             }
         }
