@@ -8,7 +8,6 @@
 //! be matched by the plugin field of the same name (without it a held response hangs).
 
 use portico_core::config::Errors;
-use serde::Deserialize;
 use serde_json::Value;
 
 /// The Portico filters, by the name used in `dist/<name>.wasm` and `portico-<name>` root ids.
@@ -140,11 +139,12 @@ fn filter_named(text: &str) -> Option<&'static str> {
     })
 }
 
-/// Parses YAML or JSON text, which may hold several YAML documents.
+/// Parses YAML or JSON text, which may hold several YAML documents. A repeated key is refused
+/// (YAML readers, like serde_json, would keep one of the two silently).
 pub fn parse_documents(text: &str) -> Result<Vec<Value>, String> {
     let mut docs = Vec::new();
     for doc in serde_norway::Deserializer::from_str(text) {
-        let value = Value::deserialize(doc).map_err(|e| e.to_string())?;
+        let value = portico_core::json::deserialize(doc).map_err(|e| e.to_string())?;
         if !value.is_null() {
             docs.push(value);
         }
@@ -387,6 +387,21 @@ http_filters:
             err.starts_with("$.allow_on_headers_stop_iteration: Istio's WasmPlugin cannot set"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_repeated_key_in_any_filter_configuration_is_refused_with_its_path() {
+        let config = r#"{"routes": [{"match": {"path": "/a"}, "type": "none", "type": "jwt"}]}"#;
+        let docs = parse_documents(&ENVOY.replace(r#"{"api_keys": {"consumers": []}}"#, config)).unwrap();
+        let err = check_document(&docs[0])[0].result.as_ref().unwrap_err().to_string();
+        assert_eq!(err, "$.routes[0].type: repeated key: each key of an object may appear once");
+        for filter in FILTERS {
+            let err = check_filter(filter, br#"{"a": 1, "a": 2}"#).unwrap_err().to_string();
+            assert_eq!(err, "$.a: repeated key: each key of an object may appear once", "{filter}");
+        }
+        let yaml = "kind: WasmPlugin\nmetadata: {name: auth}\nspec:\n  url: oci://r/portico/auth:1\n  pluginConfig: {routes: [], routes: []}\n";
+        let err = parse_documents(yaml).unwrap_err();
+        assert!(err.contains("the key $.spec.pluginConfig.routes is repeated"), "{err}");
     }
 
     #[test]

@@ -104,23 +104,35 @@ impl fmt::Display for Errors {
 }
 
 /// Parses configuration bytes as JSON. An empty configuration reads as `{}`.
+///
+/// A repeated key is refused with its path ([`crate::json::parse`]): serde_json would keep the
+/// last value silently, so a config a person reads one way (`"type": "none"` first) would load
+/// another way.
 pub fn parse_json(bytes: &[u8]) -> Result<Value, Errors> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Object(Map::new()));
     }
-    serde_json::from_slice(bytes).map_err(|e| {
-        let mut errors = Errors::default();
-        errors.push(
-            "$",
-            format!(
-                "not valid JSON: {} at line {} column {}",
-                json_error_kind(&e),
-                e.line(),
-                e.column()
+    let mut errors = Errors::default();
+    match crate::json::parse(bytes) {
+        Ok(value) => return Ok(value),
+        Err(crate::json::Invalid::DuplicateKey(path)) => {
+            errors.push(&path, "repeated key: each key of an object may appear once");
+        }
+        // The strict reader drops serde_json's position: read again for it.
+        Err(crate::json::Invalid::Malformed) => match serde_json::from_slice::<Value>(bytes) {
+            Err(e) => errors.push(
+                "$",
+                format!(
+                    "not valid JSON: {} at line {} column {}",
+                    json_error_kind(&e),
+                    e.line(),
+                    e.column()
+                ),
             ),
-        );
-        errors
-    })
+            Ok(_) => errors.push("$", "not valid JSON"),
+        },
+    }
+    Err(errors)
 }
 
 fn json_error_kind(e: &serde_json::Error) -> &'static str {
@@ -473,6 +485,17 @@ mod tests {
     fn malformed_json_names_the_position() {
         let errors = parse_json(b"{\"a\": }").unwrap_err();
         assert_eq!(errors.to_string(), "$: not valid JSON: syntax error at line 1 column 7");
+    }
+
+    #[test]
+    fn a_repeated_key_is_refused_with_its_path() {
+        // serde_json keeps the last of two `name`s, so a config read as one thing by a person
+        // (the first) loaded as another.
+        let errors = parse_json(br#"{"routes": [{"name": "a", "name": "b"}]}"#).unwrap_err();
+        assert_eq!(
+            errors.to_string(),
+            "$.routes[0].name: repeated key: each key of an object may appear once"
+        );
     }
 
     #[test]

@@ -66,6 +66,23 @@ pub fn parse(bytes: &[u8]) -> Result<Value, Invalid> {
     }
 }
 
+/// A value read from any serde format (YAML configs, for one) with repeated keys refused: the
+/// error names the key's JSON path.
+pub fn deserialize<'de, D: de::Deserializer<'de>>(deserializer: D) -> Result<Value, D::Error> {
+    let found = Cell::new(None);
+    let value = Node {
+        at: &Segment::Root,
+        found: &found,
+    }
+    .deserialize(deserializer);
+    match (value, found.take()) {
+        (Err(_), Some(path)) => Err(de::Error::custom(format!(
+            "the key {path} is repeated: each key of an object may appear once"
+        ))),
+        (value, _) => value,
+    }
+}
+
 // === impl Segment ===
 
 /// Where a value sits, as a list from the value up to the root (no allocation per value).
