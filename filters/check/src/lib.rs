@@ -394,10 +394,16 @@ http_filters:
         let config = r#"{"routes": [{"match": {"path": "/a"}, "type": "none", "type": "jwt"}]}"#;
         let docs = parse_documents(&ENVOY.replace(r#"{"api_keys": {"consumers": []}}"#, config)).unwrap();
         let err = check_document(&docs[0])[0].result.as_ref().unwrap_err().to_string();
-        assert_eq!(err, "$.routes[0].type: repeated key: each key of an object may appear once");
+        assert_eq!(
+            err,
+            "$.routes[0].type: repeated key: each key of an object may appear once"
+        );
         for filter in FILTERS {
             let err = check_filter(filter, br#"{"a": 1, "a": 2}"#).unwrap_err().to_string();
-            assert_eq!(err, "$.a: repeated key: each key of an object may appear once", "{filter}");
+            assert_eq!(
+                err, "$.a: repeated key: each key of an object may appear once",
+                "{filter}"
+            );
         }
         let yaml = "kind: WasmPlugin\nmetadata: {name: auth}\nspec:\n  url: oci://r/portico/auth:1\n  pluginConfig: {routes: [], routes: []}\n";
         let err = parse_documents(yaml).unwrap_err();

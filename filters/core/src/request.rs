@@ -53,14 +53,23 @@ impl RequestView {
         self.path_and_query().split_once('?').map(|(_, q)| q)
     }
 
-    /// The host from `:authority` (or `host`), lower-cased, port removed.
+    /// The host from `:authority` (or `host`), as [`normalize_host`] gives it.
     pub fn host(&self) -> String {
         let raw = self
             .header_str(":authority")
             .or_else(|| self.header_str("host"))
             .unwrap_or("");
-        strip_port(raw).to_ascii_lowercase()
+        normalize_host(raw)
     }
+}
+
+/// The host of an authority as every filter matches it: lower-cased, port removed, and one
+/// trailing dot removed. `api.example.com.` is the fully qualified spelling of the same DNS
+/// name, which clients may send and Envoy passes on as it is: without this, it (or a port)
+/// would skip every rule written for `api.example.com`.
+pub fn normalize_host(authority: &str) -> String {
+    let host = strip_port(authority);
+    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
 }
 
 fn strip_port(authority: &str) -> &str {
@@ -216,6 +225,21 @@ mod tests {
         );
         assert_eq!(view(&[(":authority", b"[::1]:80")]).host(), "::1");
         assert_eq!(view(&[("host", b"a.test")]).host(), "a.test");
+    }
+
+    #[test]
+    fn host_drops_one_trailing_dot_so_a_fully_qualified_name_is_the_same_host() {
+        for raw in ["api.example.com.", "API.example.com.:443", "api.example.com"] {
+            assert_eq!(normalize_host(raw), "api.example.com", "{raw}");
+        }
+        assert_eq!(view(&[(":authority", b"A.test.:80")]).host(), "a.test");
+        assert_eq!(
+            normalize_host("a.test.."),
+            "a.test.",
+            "only one dot: two is not a DNS name"
+        );
+        assert_eq!(normalize_host("[::1]:80"), "::1");
+        assert_eq!(normalize_host("."), "");
     }
 
     #[test]

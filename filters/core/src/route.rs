@@ -8,14 +8,24 @@
 //!   not overlap in methods and hosts, so there is never more than one, whatever the order;
 //! - a pattern ending in `/{*name}` also matches the bare prefix (`/public/{*rest}` matches
 //!   `/public` and `/public/`), which is what "everything under /public" means to people; a
-//!   rule written with that exact prefix still wins there.
+//!   rule written with that exact prefix still wins there;
+//! - when no rule of the most specific matching pattern applies (its methods or hosts differ),
+//!   the next less specific matching pattern is tried, and so on, then the rules without a
+//!   path: a `POST`-only rule on `/users/{id}` does not hide `/users/{*rest}` from a `GET`;
+//! - hosts are compared as [`normalize_host`] gives them (case, port and one trailing dot do
+//!   not matter);
+//! - paths are compared as [`matching_path`] gives them: each segment's `;` parameters (also
+//!   written `%3B`) are removed and escaped unreserved characters decoded, so `/admin;x=1` and
+//!   `/%61dmin` meet the `/admin` rule, as the many upstreams that read them as `/admin` do.
+//!   Matching is case-sensitive (`/Admin` is not `/admin`), like Envoy's own routes.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use matchit::Router;
 
 use crate::config::{Errors, Node, Object};
-use crate::request::RequestView;
+use crate::request::{normalize_host, RequestView};
 
 /// The conditions of one rule, as configured under `match`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -52,6 +62,8 @@ impl RouteMatch {
         if let Some(p) = &path {
             if !p.starts_with('/') {
                 obj.field_error("path", errors, "must start with '/'");
+            } else if let Some(problem) = pattern_problem(p) {
+                obj.field_error("path", errors, problem);
             }
         }
         let methods = obj
@@ -59,11 +71,16 @@ impl RouteMatch {
             .into_iter()
             .map(|m| m.to_ascii_uppercase())
             .collect();
-        let hosts = obj
-            .string_list("hosts", errors)
-            .into_iter()
-            .map(|h| h.to_ascii_lowercase())
-            .collect();
+        let mut hosts = Vec::new();
+        for node in obj.array("hosts", errors) {
+            let Some(host) = node.non_empty_str(errors) else {
+                continue;
+            };
+            match host_problem(host) {
+                Some(problem) => node.error(errors, problem),
+                None => hosts.push(normalize_host(host)),
+            }
+        }
         Self { path, methods, hosts }
     }
 
@@ -94,14 +111,127 @@ impl RouteMatch {
 /// a few, and a URL path carries no literal brace.
 pub const MAX_PATH_PARAMS: usize = 16;
 
+/// Why a host in a rule would never match a request's host, if it would not.
+fn host_problem(host: &str) -> Option<String> {
+    if host.contains('*') {
+        return Some(format!(
+            "{host:?} is a wildcard, which host rules do not support: list each host"
+        ));
+    }
+    if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        return None;
+    }
+    if let Some((name, port)) = host.rsplit_once(':') {
+        if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !name.is_empty() {
+            return Some(format!(
+                "{host:?} has a port: hosts match without their port (every port); write {name:?}"
+            ));
+        }
+    }
+    let bad = host
+        .chars()
+        .find(|c| !c.is_ascii_alphanumeric() && !matches!(c, '-' | '.' | '_'))?;
+    Some(format!(
+        "{host:?} contains {bad:?}, which a host name cannot hold (give a DNS name or an IP address)"
+    ))
+}
+
+/// Why a path pattern would never match a request's path as [`matching_path`] gives it, if
+/// it would not.
+fn pattern_problem(pattern: &str) -> Option<String> {
+    if pattern.contains('?') {
+        return Some(
+            "contains '?': a pattern matches the path without its query string (rules cannot match on it)".to_owned(),
+        );
+    }
+    if pattern.contains(';') {
+        return Some(
+            "contains ';': path parameters are removed before matching, so no request path holds one".to_owned(),
+        );
+    }
+    if let Some(at) = pattern.find('%') {
+        let escape: String = pattern.get(at..).unwrap_or("").chars().take(3).collect();
+        return Some(format!(
+            "contains {escape:?}: requests are matched on their path with unreserved characters decoded and \
+             `;` parameters removed, so write the pattern decoded, without escapes"
+        ));
+    }
+    // The first segment is the empty one before the leading '/'; an empty last one is a
+    // trailing slash, which is a path of its own.
+    let segments: Vec<&str> = pattern.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    let bad = segments
+        .iter()
+        .enumerate()
+        .find(|(i, seg)| matches!(**seg, "." | "..") || (seg.is_empty() && *i != last))?;
+    Some(format!(
+        "has the segment {:?}: Envoy normalises dot segments and repeated slashes away (normalize_path, \
+         merge_slashes), so a request never has them",
+        bad.1
+    ))
+}
+
+/// The path rules are matched on: in each segment, everything from the first `;` (or `%3B`)
+/// is removed, and escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`, RFC 3986) are
+/// decoded. Reserved escapes such as `%2F` stay as they are. Borrowed when nothing changes,
+/// which is almost always.
+pub fn matching_path(path: &str) -> Cow<'_, str> {
+    if !path.contains([';', '%']) {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        let bytes = segment.as_bytes();
+        let mut at = 0;
+        while let Some(&b) = bytes.get(at) {
+            if b == b';' {
+                break;
+            }
+            if b == b'%' {
+                let escaped = bytes
+                    .get(at + 1..at + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match escaped {
+                    Some(b';') => break,
+                    Some(c) if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') => {
+                        out.push(char::from(c));
+                        at += 3;
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            out.push(char::from(b));
+            at += 1;
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// Rules compiled for lookup. `T` is the filter's own per-rule configuration.
 #[derive(Debug)]
 pub struct RouteTable<T> {
     rules: Vec<(RouteMatch, T)>,
-    /// Pattern to the indexes of the rules that use it, in configuration order.
-    router: Router<Vec<usize>>,
+    /// Pattern to its index in `patterns`.
+    router: Router<usize>,
+    /// Every pattern, with the rules that use it.
+    patterns: Vec<Pattern>,
     /// Indexes of the rules without a path, in configuration order.
     any_path: Vec<usize>,
+}
+
+/// One pattern of a [`RouteTable`].
+#[derive(Debug)]
+struct Pattern {
+    pattern: String,
+    /// The pattern alone: whether it matches a path, for the fallback to less specific ones.
+    alone: Router<()>,
+    /// The indexes of the rules that use it, in configuration order.
+    rules: Vec<usize>,
 }
 
 /// The rule that matched a request.
@@ -148,6 +278,7 @@ impl<T> RouteTable<T> {
             }
         }
         let mut router = Router::new();
+        let mut patterns = Vec::with_capacity(by_pattern.len());
         for (pattern, (written, implied)) in by_pattern {
             let mut indexes = written;
             for i in implied {
@@ -156,16 +287,26 @@ impl<T> RouteTable<T> {
                 }
             }
             let first = indexes.first().copied().unwrap_or_default();
-            if let Err(e) = router.insert(pattern.clone(), indexes) {
-                errors.push(
+            let mut alone = Router::new();
+            let inserted = router
+                .insert(pattern.clone(), patterns.len())
+                .and_then(|()| alone.insert(pattern.clone(), ()));
+            match inserted {
+                Ok(()) => patterns.push(Pattern {
+                    pattern,
+                    alone,
+                    rules: indexes,
+                }),
+                Err(e) => errors.push(
                     &format!("{}.match.path", path_of(first)),
                     format!("invalid path pattern {pattern:?}: {e}"),
-                );
+                ),
             }
         }
         Self {
             rules,
             router,
+            patterns,
             any_path,
         }
     }
@@ -187,12 +328,9 @@ impl<T> RouteTable<T> {
     pub fn find(&self, request: &RequestView) -> Option<Matched<'_, T>> {
         let method = request.method();
         let mut host = None;
-        let by_path = self.router.at(request.path()).ok().map(|m| m.value.as_slice());
-        by_path
-            .unwrap_or_default()
-            .iter()
-            .chain(self.any_path.iter())
-            .find_map(|&index| {
+        let path = matching_path(request.path());
+        let mut first = |indexes: &[usize]| {
+            indexes.iter().find_map(|&index| {
                 let (m, rule) = self.rules.get(index)?;
                 m.accepts(method, &mut host, request).then_some(Matched {
                     index,
@@ -200,6 +338,33 @@ impl<T> RouteTable<T> {
                     pattern: m.path.as_deref(),
                 })
             })
+        };
+        let best = self.router.at(&path).ok().map(|m| *m.value);
+        if let Some(found) = best.and_then(|p| self.patterns.get(p)).and_then(|p| first(&p.rules)) {
+            return Some(found);
+        }
+        // Rare: the most specific pattern's rules do not apply. Try the other patterns that
+        // match, most specific first, as matchit itself ranks them.
+        let mut candidates: Vec<usize> = (0..self.patterns.len())
+            .filter(|&i| Some(i) != best && self.patterns.get(i).is_some_and(|p| p.alone.at(&path).is_ok()))
+            .collect();
+        while !candidates.is_empty() {
+            let mut ranking = Router::new();
+            for &i in &candidates {
+                if let Some(p) = self.patterns.get(i) {
+                    // A subset of patterns that went into one router together goes in again.
+                    let _ = ranking.insert(p.pattern.as_str(), i);
+                }
+            }
+            let Some(next) = ranking.at(&path).ok().map(|m| *m.value) else {
+                break;
+            };
+            if let Some(found) = self.patterns.get(next).and_then(|p| first(&p.rules)) {
+                return Some(found);
+            }
+            candidates.retain(|&i| i != next);
+        }
+        first(&self.any_path)
     }
 }
 
@@ -226,7 +391,8 @@ impl Matcher {
         if m.path.is_none() {
             return Some(Vec::new());
         }
-        let found = self.0.router.at(request.path()).ok()?;
+        let path = matching_path(request.path());
+        let found = self.0.router.at(&path).ok()?;
         Some(found.params.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
     }
 
@@ -328,6 +494,96 @@ mod tests {
         assert_eq!(found(&t, "GET", "/a", "api.test:80"), Some("r1"));
         assert_eq!(found(&t, "GET", "/a", "other"), Some("r2"));
         assert_eq!(found(&t, "DELETE", "/a", "other"), None);
+    }
+
+    #[test]
+    fn a_trailing_dot_or_a_port_does_not_skip_a_host_rule() {
+        let t =
+            table(json!([{"path": "/admin", "hosts": ["api.example.com"]}, {"path": "/admin", "hosts": ["other"]}]));
+        for host in [
+            "api.example.com",
+            "api.example.com.",
+            "API.Example.Com.:8443",
+            "api.example.com:80",
+        ] {
+            assert_eq!(found(&t, "GET", "/admin", host), Some("r0"), "{host}");
+        }
+    }
+
+    #[test]
+    fn a_rule_that_does_not_apply_falls_back_to_the_next_less_specific_pattern() {
+        let t = table(json!([
+            {"path": "/{*rest}"},
+            {"path": "/users/{id}", "methods": ["GET"]},
+            {"path": "/users/me", "hosts": ["a.test"]},
+            {"path": "/users/me", "hosts": ["c.test"], "methods": ["PUT"]}
+        ]));
+        assert_eq!(found(&t, "GET", "/users/me", "a.test"), Some("r2"));
+        // /users/me is most specific but not for b.test; {id} is GET only; then {*rest}.
+        assert_eq!(found(&t, "GET", "/users/me", "b.test"), Some("r1"));
+        assert_eq!(found(&t, "POST", "/users/me", "c.test"), Some("r0"));
+        assert_eq!(found(&t, "DELETE", "/users/7", "b.test"), Some("r0"));
+        let t = table(json!([{"path": "/a", "methods": ["POST"]}, {"methods": ["GET"]}]));
+        assert_eq!(
+            found(&t, "GET", "/a", "h"),
+            Some("r1"),
+            "rules without a path come last"
+        );
+        assert_eq!(found(&t, "PUT", "/a", "h"), None);
+    }
+
+    #[test]
+    fn path_parameters_and_escaped_letters_do_not_skip_a_rule() {
+        let t = table(
+            json!([{"path": "/admin/{*rest}", "methods": ["GET"]}, {"path": "/users/{id}"}, {"path": "/{*rest}", "methods": ["PUT"]}]),
+        );
+        for path in [
+            "/admin",
+            "/admin;x=1",
+            "/admin;x=1/",
+            "/%61dmin",
+            "/%61DMIN".replace("DMIN", "dmin").as_str(),
+            "/admin%3Bx=1",
+            "/admin%3bx=1/y",
+            "/ad%6Din;/z?q=1",
+            "/admin/a;b=c/d",
+        ] {
+            assert_eq!(found(&t, "GET", path, "h"), Some("r0"), "{path}");
+        }
+        assert_eq!(found(&t, "GET", "/users/7;v=2", "h"), Some("r1"));
+        // Reserved characters stay escaped: %2F is not a segment separator here.
+        assert_eq!(found(&t, "GET", "/admin%2Fx", "h"), None);
+        assert_eq!(found(&t, "GET", "/Admin", "h"), None, "matching is case-sensitive");
+        assert_eq!(matching_path("/a;b/c%7E%2f;d"), "/a/c~%2f");
+        assert!(matches!(matching_path("/plain/path"), std::borrow::Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn hosts_and_paths_that_never_match_are_refused_with_their_paths() {
+        let cases = [
+            (json!({"hosts": ["api.test:8080"]}), "$.routes[0].match.hosts[0]: \"api.test:8080\" has a port: hosts match without their port (every port); write \"api.test\""),
+            (json!({"hosts": ["*.example.com"]}), "$.routes[0].match.hosts[0]: \"*.example.com\" is a wildcard, which host rules do not support: list each host"),
+            (json!({"hosts": [""]}), "$.routes[0].match.hosts[0]: must not be empty"),
+            (json!({"hosts": ["a b"]}), "$.routes[0].match.hosts[0]: \"a b\" contains ' ', which a host name cannot hold"),
+            (json!({"path": "/a?x=1"}), "$.routes[0].match.path: contains '?': a pattern matches the path without its query string"),
+            (json!({"path": "/a%2Fb"}), "$.routes[0].match.path: contains \"%2F\": requests are matched on their path with unreserved characters decoded and `;` parameters removed, so write the pattern decoded, without escapes"),
+            (json!({"path": "/a/../b"}), "$.routes[0].match.path: has the segment \"..\": Envoy normalises dot segments and repeated slashes away (normalize_path, merge_slashes), so a request never has them"),
+            (json!({"path": "/a/./b"}), "$.routes[0].match.path: has the segment \".\""),
+            (json!({"path": "/a//b"}), "$.routes[0].match.path: has the segment \"\""),
+            (json!({"path": "/a;v=1"}), "$.routes[0].match.path: contains ';': path parameters are removed before matching"),
+        ];
+        for (m, want) in cases {
+            let mut errors = Errors::default();
+            let _ = RouteMatch::parse(&Node::new("$.routes[0].match".into(), &m), &mut errors);
+            assert!(errors.to_string().starts_with(want), "{m}: {errors}");
+        }
+        let mut errors = Errors::default();
+        let m = RouteMatch::parse(
+            &Node::new("$".into(), &json!({"hosts": ["API.test."], "path": "/a/{*rest}"})),
+            &mut errors,
+        );
+        assert!(errors.is_empty(), "{errors}");
+        assert_eq!(m.unwrap().hosts, vec!["api.test".to_owned()]);
     }
 
     fn build_errors(rules: serde_json::Value) -> String {
