@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use portico_tests::demo::Shipped;
 use portico_tests::envoy::{eventually, root, sum_metric, EnvoyConfig, Gateway};
-use portico_tests::http::{get, Response};
+use portico_tests::http::{get, Request, Response};
 use portico_tests::tokens::{
     bare_claims, claims, hs256_with_secret, now, raw_token, signers, ALGORITHMS, AUDIENCE, ISSUER,
 };
@@ -864,4 +864,40 @@ fn remote_jwks_beyond_its_bounds_is_a_failed_fetch_and_shared_secrets_are_opt_in
         }),
         "accepted shared secrets are used"
     );
+}
+
+#[test]
+fn path_parameters_escapes_trailing_dots_and_narrow_rules_do_not_skip_a_protected_rule() {
+    let upstream = Upstream::start("127.0.0.1:0").unwrap();
+    let mut config = auth_config(json!({"jwks": signers().jwks()}));
+    config["routes"] = json!([
+        {"match": {"path": "/{*rest}", "methods": ["DELETE"]}, "auth": "jwt"},
+        {"match": {"path": "/users/{id}", "methods": ["GET"]}, "auth": "none"},
+        {"match": {"path": "/admin/{*rest}"}, "auth": "jwt"},
+        {"match": {"hosts": ["api.example.com"]}, "auth": "jwt"}
+    ]);
+    config["default"] = json!({"auth": "none"});
+    let gw = Gateway::start(&EnvoyConfig::new(upstream.addr).wasm("auth", &config));
+    assert_eq!(get("/users/7").send(gw.addr).status, 200, "the public rule");
+    assert_eq!(get("/elsewhere").send(gw.addr).status, 200, "the public default");
+    // Before: the most specific pattern (/users/{id}) did not apply to DELETE, and the request
+    // fell to the public default instead of the DELETE rule on /{*rest}.
+    let r = Request::new("DELETE", "/users/7").send(gw.addr);
+    assert_denied(&r, 401, "missing_credentials", "DELETE falls back to /{*rest}");
+    // Envoy passes `;` parameters and %3B on as they are (normalize_path decodes only
+    // unreserved escapes); upstreams such as servlet containers read them as /admin.
+    for path in [
+        "/admin;x=1",
+        "/admin;x=1/users",
+        "/%61dmin",
+        "/admin%3Bx=1",
+        "/ad%6Din/a;b/c",
+    ] {
+        assert_denied(&get(path).send(gw.addr), 401, "missing_credentials", path);
+    }
+    for host in ["api.example.com.", "API.example.com.:10000", "api.example.com:443"] {
+        let r = get("/anything").header("host", host).send(gw.addr);
+        assert_denied(&r, 401, "missing_credentials", host);
+    }
+    gw.assert_no_wasm_panic();
 }

@@ -58,7 +58,7 @@ fn header_routing_configs_that_broke_at_runtime_are_refused_at_start() {
             "$.backends[0].host_rewrite: contains ' ': give a host with an optional port",
             r#"$.backends[0].headers.add["x-env"]: header value contains '\r'"#,
             r#"$.backends[0].headers.remove[0]: "x-portico-consumer" is Portico's own header"#,
-            r#"$.flags[0].consumers[0]: "demo" has no namespace: consumer ids are "<namespace>:<name>""#,
+            r#"$.flags[0].consumers[0]: "demo" is not a consumer id: write `<namespace>:<name>`, such as `apikey:demo` (flags compare it with x-portico-consumer as auth sets it)"#,
             r#"$.routes[0].rewrite: {user} is not a parameter of the path pattern "/users/{id}" (it has: {id})"#,
             r#"$.routes[1].name: duplicate route "users""#,
             "$.routes[1].split.variants[0].weight: must be between 0 and 1000000",

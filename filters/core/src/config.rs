@@ -368,6 +368,43 @@ impl<'a> Object<'a> {
             .unwrap_or_default()
     }
 
+    /// A list that narrows a rule (tiers, methods, hosts): absent, it leaves the rule to every
+    /// value. An explicitly empty one reads as "none" to a person but would mean "all", so it
+    /// is refused.
+    pub fn narrowing_list(&mut self, key: &'a str, errors: &mut Errors) -> Vec<String> {
+        let Some(node) = self.opt(key) else { return Vec::new() };
+        if node.value().as_array().is_some_and(Vec::is_empty) {
+            node.error(
+                errors,
+                "an empty list would leave the rule to every value: omit the field, or list at least one",
+            );
+        }
+        node.string_list(errors).unwrap_or_default()
+    }
+
+    /// A `metadata_namespace` field: the Envoy dynamic-metadata namespace a filter reads.
+    pub fn metadata_namespace(&mut self, key: &'a str, default: &str, errors: &mut Errors) -> String {
+        let Some(node) = self.opt(key) else {
+            return default.to_owned();
+        };
+        let Some(namespace) = node.non_empty_str(errors) else {
+            return default.to_owned();
+        };
+        if !namespace
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        {
+            node.error(
+                errors,
+                format!(
+                    "{namespace:?} is not a metadata namespace: use letters, digits, '.', '-' and '_' \
+                     (as json_to_metadata's `metadata_namespace`)"
+                ),
+            );
+        }
+        namespace.to_owned()
+    }
+
     /// The elements of an array field, empty when the field is absent.
     pub fn array(&mut self, key: &'a str, errors: &mut Errors) -> Vec<Node<'a>> {
         self.opt(key).and_then(|node| node.array(errors)).unwrap_or_default()

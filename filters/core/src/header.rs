@@ -88,6 +88,38 @@ pub fn write_problem(name: &str, writer: Writer) -> Option<String> {
     }
 }
 
+/// Why Portico must not write the header `name` for routing or a backend, if it must not: it
+/// carries the caller's identity or a credential, describes the client connection, or steers
+/// Envoy. A cluster header or a backend's added header with such a name would overwrite what
+/// auth, Envoy or the upstream trusts. Checked on top of [`write_problem`].
+pub fn reserved_problem(name: &str) -> Option<String> {
+    let name = name.to_ascii_lowercase();
+    let reason = if name.starts_with(PORTICO_PREFIX) {
+        "carries the caller's identity between Portico's filters"
+    } else if matches!(
+        name.as_str(),
+        "authorization" | "proxy-authorization" | "x-api-key" | "cookie"
+    ) {
+        "carries a credential"
+    } else if name.starts_with("x-forwarded-") || matches!(name.as_str(), "forwarded" | "x-real-ip" | "via") {
+        "describes the client connection (forwarding headers)"
+    } else if name.starts_with("x-envoy-") {
+        "steers Envoy (x-envoy- headers)"
+    } else {
+        return None;
+    };
+    Some(format!("{name:?} {reason}"))
+}
+
+/// Why `name` cannot be a cookie name (an RFC 9110 token, as RFC 6265 asks), if it cannot.
+pub fn cookie_name_problem(name: &str) -> Option<String> {
+    let bad = name.chars().find(|c| !is_token_char(*c))?;
+    Some(format!(
+        "cookie name {name:?} contains {bad:?}: a cookie name is an RFC 6265 token (letters, digits and \
+         !#$%&'*+-.^_`|~), so no request could carry it"
+    ))
+}
+
 /// Why `value` cannot be a header value, if it cannot: any control character but tab (RFC 9110
 /// `field-value`), above all CR and LF, which would split the message.
 pub fn value_problem(value: &str) -> Option<String> {

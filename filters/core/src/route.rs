@@ -67,12 +67,20 @@ impl RouteMatch {
             }
         }
         let methods = obj
-            .string_list("methods", errors)
+            .narrowing_list("methods", errors)
             .into_iter()
             .map(|m| m.to_ascii_uppercase())
             .collect();
         let mut hosts = Vec::new();
-        for node in obj.array("hosts", errors) {
+        let host_nodes = obj.array("hosts", errors);
+        if host_nodes.is_empty() && obj.opt("hosts").is_some() {
+            obj.field_error(
+                "hosts",
+                errors,
+                "an empty list would leave the rule to every value: omit the field, or list at least one",
+            );
+        }
+        for node in host_nodes {
             let Some(host) = node.non_empty_str(errors) else {
                 continue;
             };
@@ -396,6 +404,11 @@ impl Matcher {
         Some(found.params.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
     }
 
+    /// The conditions this matcher was built from.
+    pub fn route_match(&self) -> Option<&RouteMatch> {
+        self.0.rules.first().map(|(m, _)| m)
+    }
+
     /// The configured path pattern, if any.
     pub fn pattern(&self) -> Option<&str> {
         self.0.rules.first().and_then(|(m, _)| m.path.as_deref())
@@ -563,6 +576,8 @@ mod tests {
         let cases = [
             (json!({"hosts": ["api.test:8080"]}), "$.routes[0].match.hosts[0]: \"api.test:8080\" has a port: hosts match without their port (every port); write \"api.test\""),
             (json!({"hosts": ["*.example.com"]}), "$.routes[0].match.hosts[0]: \"*.example.com\" is a wildcard, which host rules do not support: list each host"),
+            (json!({"hosts": []}), "$.routes[0].match.hosts: an empty list would leave the rule to every value"),
+            (json!({"methods": []}), "$.routes[0].match.methods: an empty list would leave the rule to every value"),
             (json!({"hosts": [""]}), "$.routes[0].match.hosts[0]: must not be empty"),
             (json!({"hosts": ["a b"]}), "$.routes[0].match.hosts[0]: \"a b\" contains ' ', which a host name cannot hold"),
             (json!({"path": "/a?x=1"}), "$.routes[0].match.path: contains '?': a pattern matches the path without its query string"),

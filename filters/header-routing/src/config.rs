@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 
 use portico_core::config::{read_bytes, read_value, Errors, Node, Object, BODY_LIMIT_MOVED};
-use portico_core::header::{value_problem, write_problem, Writer};
+use portico_core::header::{cookie_name_problem, reserved_problem, value_problem, write_problem, Writer};
+use portico_core::identity::parse_consumer_id;
 use portico_core::refusal::RefusalLog;
 use portico_core::route::{Matcher, RouteMatch};
 use serde_json::Value;
@@ -133,6 +134,9 @@ pub struct Route {
     pub action: Action,
 }
 
+/// The request header Envoy's route reads with `cluster_header` unless configured otherwise.
+pub const DEFAULT_CLUSTER_HEADER: &str = "x-portico-cluster";
+
 /// The largest split weight: weights are relative, so a million gives a resolution finer than
 /// the 10,000 buckets callers are spread over, and sums stay far from any overflow.
 pub const MAX_WEIGHT: u64 = 1_000_000;
@@ -157,15 +161,19 @@ impl Config {
 fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
     let cluster_header = root
         .opt("cluster_header")
-        .and_then(|n| n.writable_header_name(Writer::Portico, errors))
-        .unwrap_or_else(|| "x-portico-cluster".to_owned());
+        .and_then(|n| {
+            n.writable_header_name(Writer::Portico, errors).filter(|name| {
+                let problem = reserved_problem(name)
+                    .filter(|_| name != DEFAULT_CLUSTER_HEADER)
+                    .map(|p| format!("{p}: choose another name (the default is {DEFAULT_CLUSTER_HEADER})"));
+                n.report(problem, errors)
+            })
+        })
+        .unwrap_or_else(|| DEFAULT_CLUSTER_HEADER.to_owned());
     root.removed("max_body_bytes", errors, BODY_LIMIT_MOVED);
     let refusal_log = RefusalLog::read(&mut root, errors);
     let per_consumer_metrics = root.opt_bool("per_consumer_metrics", errors).unwrap_or(false);
-    let metadata_namespace = root
-        .opt_str("metadata_namespace", errors)
-        .unwrap_or("portico")
-        .to_owned();
+    let metadata_namespace = root.metadata_namespace("metadata_namespace", "portico", errors);
     let backends: Vec<Backend> = root
         .array("backends", errors)
         .iter()
@@ -200,6 +208,7 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
         }
     }
     let mut routes = Vec::new();
+    let mut route_paths = Vec::new();
     let mut route_names: Vec<String> = Vec::new();
     let route_nodes = root.array("routes", errors);
     if route_nodes.is_empty() {
@@ -248,6 +257,7 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
         };
         obj.finish(errors);
         if let (Some(matcher), Some(action)) = (matcher, action) {
+            route_paths.push(node.path().to_owned());
             routes.push(Route {
                 name,
                 matcher,
@@ -259,6 +269,7 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
             });
         }
     }
+    check_shadowed(&routes, &route_paths, errors);
     root.finish(errors);
     Config {
         cluster_header,
@@ -271,6 +282,45 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
     }
 }
 
+/// Refuses a route whose match is the same as an earlier one's: routes are tried in order, so
+/// the earlier one takes every request the later one could have.
+fn check_shadowed(routes: &[Route], paths: &[String], errors: &mut Errors) {
+    for (later, route) in routes.iter().enumerate() {
+        let key = route.match_key();
+        if let Some(earlier) = routes.iter().take(later).position(|r| r.match_key() == key) {
+            let at = |i: usize| paths.get(i).map_or("$.routes", String::as_str);
+            let earlier = at(earlier);
+            errors.push(
+                at(later),
+                format!(
+                    "has the same match as {earlier}, which comes first and so takes every request: it would never \
+                     be chosen"
+                ),
+            );
+        }
+    }
+}
+
+impl Route {
+    /// Everything a route matches on, in a form where order within lists does not matter.
+    fn match_key(&self) -> impl PartialEq + '_ {
+        let sorted = |list: &[String]| {
+            let mut list = list.to_vec();
+            list.sort();
+            list
+        };
+        let mut headers: Vec<String> = self.headers.iter().map(|(n, c)| format!("{n} {c:?}")).collect();
+        headers.sort();
+        let m = self.matcher.route_match();
+        (
+            m.map(|m| (m.path.clone(), sorted(&m.methods), sorted(&m.hosts))),
+            headers,
+            sorted(&self.tiers),
+            self.require_flag.as_deref(),
+        )
+    }
+}
+
 fn read_match(
     node: &Node<'_>,
     errors: &mut Errors,
@@ -279,7 +329,7 @@ fn read_match(
         return (None, Vec::new(), Vec::new());
     };
     let m = RouteMatch::read_fields(&mut obj, errors);
-    let tiers = obj.string_list("tiers", errors);
+    let tiers = obj.narrowing_list("tiers", errors);
     let mut headers = Vec::new();
     for h in obj.array("headers", errors) {
         let Some(mut ho) = h.object(errors) else { continue };
@@ -327,7 +377,16 @@ fn read_backend(node: &Node<'_>, errors: &mut Errors) -> Option<Backend> {
     if let Some(mut h) = obj.opt("headers").and_then(|n| n.object(errors)) {
         if let Some(mut add) = h.opt("add").and_then(|n| n.object(errors)) {
             for (k, v) in add.entries() {
-                let name_ok = v.report(write_problem(k, Writer::Operation), errors);
+                let problem = write_problem(k, Writer::Operation).or_else(|| {
+                    reserved_problem(k).map(|p| {
+                        if p.ends_with("a credential") {
+                            format!("{p}: inject a backend's credential with `credential`")
+                        } else {
+                            p
+                        }
+                    })
+                });
+                let name_ok = v.report(problem, errors);
                 if let Some(v) = v.header_value(errors).filter(|_| name_ok) {
                     add_headers.push((k.to_ascii_lowercase(), v));
                 }
@@ -343,9 +402,13 @@ fn read_backend(node: &Node<'_>, errors: &mut Errors) -> Option<Backend> {
         let mut c = n.object(errors)?;
         let bearer = secret(&mut c, "bearer", errors).map(|t| ("authorization".to_owned(), format!("Bearer {t}")));
         let api_key = secret(&mut c, "api_key", errors).map(|k| ("x-api-key".to_owned(), k));
-        let header = c
-            .opt("header")
-            .and_then(|h| h.writable_header_name(Writer::Operation, errors));
+        // A credential header may be a credential header; nothing else reserved.
+        let header = c.opt("header").and_then(|h| {
+            h.writable_header_name(Writer::Operation, errors).filter(|name| {
+                let problem = reserved_problem(name).filter(|p| !p.ends_with("a credential"));
+                h.report(problem, errors)
+            })
+        });
         let value = secret(&mut c, "value", errors);
         c.finish(errors);
         // Which form was given is read from the keys, so a bad value is reported once, by itself.
@@ -393,7 +456,8 @@ fn read_sticky(node: Option<Node<'_>>, errors: &mut Errors) -> StickyKey {
                 (Some(h), None) => h.header_name(errors).map_or(StickyKey::Consumer, StickyKey::Header),
                 (None, Some(c)) => c
                     .non_empty_str(errors)
-                    .map_or(StickyKey::Consumer, |c| StickyKey::Cookie(c.to_owned())),
+                    .filter(|name| c.report(cookie_name_problem(name), errors))
+                    .map_or(StickyKey::Consumer, |name| StickyKey::Cookie(name.to_owned())),
                 _ => {
                     node.error(errors, "give exactly one of `header` or `cookie`");
                     StickyKey::Consumer
@@ -423,18 +487,15 @@ fn read_flag(node: &Node<'_>, errors: &mut Errors) -> Option<Flag> {
             "flag names use letters, digits, '-' and '_' (they travel in a header)",
         );
     }
-    let tiers = obj.string_list("tiers", errors);
+    let tiers = obj.narrowing_list("tiers", errors);
     let mut consumers = Vec::new();
     for n in obj.array("consumers", errors) {
         let Some(id) = n.non_empty_str(errors) else { continue };
-        match id.split_once(':') {
-            Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => consumers.push(id.to_owned()),
-            _ => n.error(
+        match parse_consumer_id(id) {
+            Ok(_) => consumers.push(id.to_owned()),
+            Err(problem) => n.error(
                 errors,
-                format!(
-                    "{id:?} has no namespace: consumer ids are \"<namespace>:<name>\" as auth sets them in \
-                     x-portico-consumer (for example \"apikey:demo\" or \"idp:user-1001\")"
-                ),
+                format!("{problem} (flags compare it with x-portico-consumer as auth sets it)"),
             ),
         }
     }
@@ -676,6 +737,12 @@ fn read_models(
                 if !models.contains_key(name) {
                     policy.error(errors, format!("no model alias {name:?}"));
                 }
+            }
+            if let Some(pin) = pin.as_ref().filter(|pin| !allow.is_empty() && !allow.contains(pin)) {
+                policy.error(
+                    errors,
+                    format!("pins {pin:?}, which its `allow` list does not hold: give one or the other"),
+                );
             }
             p.finish(errors);
             tiers.insert(tier.to_owned(), TierPolicy { allow, pin });

@@ -161,13 +161,6 @@ fn every_refused_configuration_names_its_path_and_reason() {
             "$.flags[1].name: duplicate flag \"f\"",
         ),
         (
-            "flag consumer without a namespace (never equal to x-portico-consumer)",
-            with("/flags", json!([{"name": "f", "consumers": ["apikey:demo", "demo", ":x", "idp:"]}])),
-            "$.flags[0].consumers[1]: \"demo\" has no namespace: consumer ids are \"<namespace>:<name>\" as auth sets them in x-portico-consumer (for example \"apikey:demo\" or \"idp:user-1001\"); \
-             $.flags[0].consumers[2]: \":x\" has no namespace: consumer ids are \"<namespace>:<name>\" as auth sets them in x-portico-consumer (for example \"apikey:demo\" or \"idp:user-1001\"); \
-             $.flags[0].consumers[3]: \"idp:\" has no namespace: consumer ids are \"<namespace>:<name>\" as auth sets them in x-portico-consumer (for example \"apikey:demo\" or \"idp:user-1001\")",
-        ),
-        (
             "percent above 100",
             with("/flags", json!([{"name": "f", "percent": 101}])),
             "$.flags[0].percent: expected a number from 0 to 100",
@@ -335,4 +328,126 @@ fn split_buckets_are_exact_at_the_weight_bounds() {
     let u = uppers(&many);
     assert_eq!(u.len(), 100);
     assert!(u.windows(2).all(|w| w[1] - w[0] == 100), "{u:?}");
+}
+
+#[test]
+fn identity_credential_and_forwarding_headers_cannot_be_written_or_steer_routing() {
+    let cases: Vec<(Value, &str)> = vec![
+        (with("/cluster_header", json!("x-portico-consumer")), "$.cluster_header: \"x-portico-consumer\" carries the caller's identity between Portico's filters: choose another name (the default is x-portico-cluster)"),
+        (with("/cluster_header", json!("authorization")), "$.cluster_header: \"authorization\" carries a credential: choose another name (the default is x-portico-cluster)"),
+        (with("/cluster_header", json!("Cookie")), "$.cluster_header: \"cookie\" carries a credential"),
+        (with("/cluster_header", json!("x-api-key")), "$.cluster_header: \"x-api-key\" carries a credential"),
+        (with("/cluster_header", json!("host")), "$.cluster_header: \"host\" is the request's authority"),
+        (with("/cluster_header", json!("x-forwarded-for")), "$.cluster_header: \"x-forwarded-for\" describes the client connection (forwarding headers)"),
+        (with("/cluster_header", json!("forwarded")), "$.cluster_header: \"forwarded\" describes the client connection (forwarding headers)"),
+        (with("/cluster_header", json!("x-envoy-original-path")), "$.cluster_header: \"x-envoy-original-path\" steers Envoy (x-envoy- headers)"),
+        (with("/backends/0/headers", json!({"add": {"x-forwarded-for": "1.2.3.4"}})), "$.backends[0].headers.add[\"x-forwarded-for\"]: \"x-forwarded-for\" describes the client connection (forwarding headers)"),
+        (with("/backends/0/headers", json!({"add": {"authorization": "Bearer x"}})), "$.backends[0].headers.add.authorization: \"authorization\" carries a credential: inject a backend's credential with `credential`"),
+        (with("/backends/0/headers", json!({"add": {"x-envoy-retry-on": "5xx"}})), "$.backends[0].headers.add[\"x-envoy-retry-on\"]: \"x-envoy-retry-on\" steers Envoy (x-envoy- headers)"),
+        (with("/backends/0/credential", json!({"header": "x-forwarded-host", "value": "k"})), "$.backends[0].credential.header: \"x-forwarded-host\" describes the client connection (forwarding headers)"),
+    ];
+    for (config, want) in cases {
+        let got = errors_of(&config);
+        assert!(got.starts_with(want), "want {want}\n got {got}");
+    }
+    for ok in [
+        with("/cluster_header", json!("x-portico-cluster")),
+        with("/cluster_header", json!("x-upstream-cluster")),
+        with(
+            "/backends/0/credential",
+            json!({"header": "authorization", "value": "Basic x"}),
+        ),
+        with("/backends/0/credential", json!({"header": "x-api-key", "value": "k"})),
+    ] {
+        assert_eq!(errors_of(&ok), "", "{ok}");
+    }
+}
+
+#[test]
+fn flag_consumers_are_checked_as_consumer_ids_and_cookie_names_as_tokens() {
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            with("/flags", json!([{"name": "f", "consumers": ["apikey:demo", "demo", "Idp:x", "idp:"]}])),
+            "$.flags[0].consumers[1]: \"demo\" is not a consumer id: write `<namespace>:<name>`, such as `apikey:demo` (flags compare it with x-portico-consumer as auth sets it); \
+             $.flags[0].consumers[2]: \"Idp:x\": the namespace \"Idp\" must match [a-z0-9][a-z0-9_.-]* (at most 64 bytes) (flags compare it with x-portico-consumer as auth sets it); \
+             $.flags[0].consumers[3]: \"idp:\": the name after the namespace is empty (flags compare it with x-portico-consumer as auth sets it)",
+        ),
+        (
+            with("/routes/1", json!({"name": "s", "split": {"by": {"cookie": "a b"}, "variants": [{"name": "x", "backend": "a", "weight": 1}]}})),
+            "$.routes[1].split.by.cookie: cookie name \"a b\" contains ' ': a cookie name is an RFC 6265 token (letters, digits and !#$%&'*+-.^_`|~), so no request could carry it",
+        ),
+        (
+            with("/flags", json!([{"name": "f", "percent": 5, "by": {"cookie": "sid=1"}}])),
+            "$.flags[0].by.cookie: cookie name \"sid=1\" contains '='",
+        ),
+    ];
+    for (config, want) in cases {
+        let got = errors_of(&config);
+        assert!(got.starts_with(want), "want {want}\n got {got}");
+    }
+}
+
+#[test]
+fn routes_that_can_never_be_chosen_and_contradictory_settings_are_refused() {
+    let models = |tiers: Value| {
+        json!({"name": "m", "match": {"path": "/v1/chat"}, "models": {
+            "aliases": {"fast": {"backend": "a"}, "smart": {"backend": "b"}}, "tiers": tiers}})
+    };
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            with("/routes/1", json!({"name": "r2", "match": {"path": "/users/{id}/{*rest}"}, "backend": "b"})),
+            "$.routes[1]: has the same match as $.routes[0], which comes first and so takes every request: it would never be chosen",
+        ),
+        (
+            json!({"backends": [{"name": "a", "cluster": "ca"}], "routes": [
+                {"name": "x", "match": {"path": "/a", "methods": ["GET", "POST"], "headers": [{"name": "x-v", "exact": "1"}], "tiers": ["pro", "free"]}, "backend": "a"},
+                {"name": "y", "match": {"path": "/a", "methods": ["post", "GET"], "headers": [{"name": "X-V", "exact": "1"}], "tiers": ["free", "pro"]}, "backend": "a"}]}),
+            "$.routes[1]: has the same match as $.routes[0]",
+        ),
+        (
+            json!({"backends": [{"name": "a", "cluster": "ca"}], "routes": [
+                {"name": "x", "backend": "a"}, {"name": "y", "match": {}, "backend": "a"}]}),
+            "$.routes[1]: has the same match as $.routes[0]",
+        ),
+        (
+            with("/routes/1", models(json!({"free": {"allow": ["fast"], "pin": "smart"}}))),
+            "$.routes[1].models.tiers.free: pins \"smart\", which its `allow` list does not hold: give one or the other",
+        ),
+        (
+            with("/routes/0/match/tiers", json!([])),
+            "$.routes[0].match.tiers: an empty list would leave the rule to every value: omit the field, or list at least one",
+        ),
+        (
+            with("/flags", json!([{"name": "f", "tiers": []}])),
+            "$.flags[0].tiers: an empty list would leave the rule to every value",
+        ),
+        (
+            with("/routes/0/match/methods", json!([])),
+            "$.routes[0].match.methods: an empty list would leave the rule to every value",
+        ),
+        (
+            with("/metadata_namespace", json!("")),
+            "$.metadata_namespace: must not be empty",
+        ),
+        (
+            with("/metadata_namespace", json!("por tico")),
+            "$.metadata_namespace: \"por tico\" is not a metadata namespace: use letters, digits, '.', '-' and '_' (as json_to_metadata's `metadata_namespace`)",
+        ),
+    ];
+    for (config, want) in cases {
+        let got = errors_of(&config);
+        assert!(got.starts_with(want), "want {want}\n got {got}");
+    }
+    let distinct = json!({"backends": [{"name": "a", "cluster": "ca"}], "routes": [
+        {"name": "x", "match": {"path": "/a", "headers": [{"name": "x-v", "exact": "1"}]}, "backend": "a"},
+        {"name": "y", "match": {"path": "/a"}, "backend": "a"}]});
+    assert_eq!(errors_of(&distinct), "");
+    assert_eq!(
+        errors_of(&with(
+            "/routes/1",
+            models(json!({"free": {"allow": ["fast", "smart"], "pin": "smart"}}))
+        )),
+        ""
+    );
+    assert_eq!(errors_of(&with("/metadata_namespace", json!("envoy.lb_x-1"))), "");
 }
