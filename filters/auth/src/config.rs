@@ -222,8 +222,7 @@ fn read_config(mut root: Object<'_>, errors: &mut Errors) -> Config {
 
     let mut rules = Vec::new();
     // The configuration index of each rule kept, so errors name the right one after a skip.
-    let mut indexes = Vec::new();
-    for (i, node) in root.array("routes", errors).into_iter().enumerate() {
+    for node in root.array("routes", errors) {
         let Some(mut obj) = node.object(errors) else {
             continue;
         };
@@ -231,19 +230,11 @@ fn read_config(mut root: Object<'_>, errors: &mut Errors) -> Config {
         let rule = read_rule(&mut obj, &namespaces, errors);
         obj.finish(errors);
         if let (Some(m), Some(rule)) = (m, rule) {
-            check_rule(
-                &rule,
-                &format!("$.routes[{i}]"),
-                jwt.is_some(),
-                api_keys.is_some(),
-                errors,
-            );
-            rules.push((m, rule));
-            indexes.push(i);
+            check_rule(&rule, node.path(), jwt.is_some(), api_keys.is_some(), errors);
+            rules.push((node.path().to_owned(), m, rule));
         }
     }
-    let path_of = |i: usize| format!("$.routes[{}]", indexes.get(i).copied().unwrap_or(i));
-    let routes = RouteTable::build(rules, path_of, errors);
+    let routes = RouteTable::build_at(rules, errors);
 
     // Without a `default`, unmatched requests need a credential: fail closed. A `default` that
     // does not parse has been reported; the fallback only keeps reading the rest.

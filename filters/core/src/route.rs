@@ -319,6 +319,17 @@ impl<T> RouteTable<T> {
         }
     }
 
+    /// Compiles `rules`, each with the JSON path of its entry in the configuration, which
+    /// errors name. Prefer this to [`RouteTable::build`] with a closure over the rule's index:
+    /// once a bad entry was skipped, the index of a rule is no longer that of its entry, and
+    /// errors would name the wrong rule.
+    pub fn build_at(rules: Vec<(String, RouteMatch, T)>, errors: &mut Errors) -> Self {
+        let (paths, rules): (Vec<String>, Vec<(RouteMatch, T)>) =
+            rules.into_iter().map(|(path, m, rule)| (path, (m, rule))).unzip();
+        let path_of = |i: usize| paths.get(i).cloned().unwrap_or_else(|| format!("rule {i}"));
+        Self::build(rules, path_of, errors)
+    }
+
     pub fn len(&self) -> usize {
         self.rules.len()
     }
@@ -626,6 +637,27 @@ mod tests {
             let got = build_errors(rules);
             assert!(got.starts_with(want), "{name}: {got}");
         }
+    }
+
+    #[test]
+    fn errors_name_each_rule_by_its_own_path_when_earlier_entries_were_skipped() {
+        let mut errors = Errors::default();
+        let a = |pattern: &str| RouteMatch {
+            path: Some(pattern.to_owned()),
+            ..Default::default()
+        };
+        let rules = vec![
+            ("$.routes[1]".to_owned(), a("/a"), ()),
+            ("$.routes[3]".to_owned(), a("/a"), ()),
+            ("$.routes[4]".to_owned(), a("/b/{x}{y}"), ()),
+        ];
+        let _ = RouteTable::build_at(rules, &mut errors);
+        let got = errors.to_string();
+        assert!(
+            got.starts_with("$.routes[3]: competes with $.routes[1] (path \"/a\""),
+            "{got}"
+        );
+        assert!(got.contains("; $.routes[4].match.path: invalid path pattern"), "{got}");
     }
 
     #[test]
