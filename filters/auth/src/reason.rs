@@ -18,6 +18,8 @@ pub enum Reason {
     InvalidAudience,
     MissingClaim,
     InvalidConsumerClaim,
+    BlankConsumerClaim,
+    InvalidTierClaim,
     InvalidApiKey,
     RevokedApiKey,
     InsufficientScope,
@@ -29,7 +31,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for defining one metric each at start-up.
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 23] = [
         Reason::MissingCredentials,
         Reason::MultipleCredentials,
         Reason::MalformedToken,
@@ -44,6 +46,8 @@ impl Reason {
         Reason::InvalidAudience,
         Reason::MissingClaim,
         Reason::InvalidConsumerClaim,
+        Reason::BlankConsumerClaim,
+        Reason::InvalidTierClaim,
         Reason::InvalidApiKey,
         Reason::RevokedApiKey,
         Reason::InsufficientScope,
@@ -70,6 +74,8 @@ impl Reason {
             Reason::InvalidAudience => "invalid_audience",
             Reason::MissingClaim => "missing_claim",
             Reason::InvalidConsumerClaim => "invalid_consumer_claim",
+            Reason::BlankConsumerClaim => "blank_consumer_claim",
+            Reason::InvalidTierClaim => "invalid_tier_claim",
             Reason::InvalidApiKey => "invalid_api_key",
             Reason::RevokedApiKey => "revoked_api_key",
             Reason::InsufficientScope => "insufficient_scope",
@@ -95,7 +101,11 @@ impl Reason {
             Reason::InvalidIssuer => "the token's issuer is not accepted",
             Reason::InvalidAudience => "the token is not meant for this audience",
             Reason::MissingClaim => "the token lacks a required claim",
-            Reason::InvalidConsumerClaim => "the token's consumer claim is not a non-empty string or an integer",
+            Reason::InvalidConsumerClaim => {
+                "the token's consumer claim is not a string (without surrounding whitespace) or an integer"
+            }
+            Reason::BlankConsumerClaim => "the token's consumer claim is empty or only whitespace",
+            Reason::InvalidTierClaim => "the token's tier claim is not a non-empty string",
             Reason::InvalidApiKey => "the API key is not valid",
             Reason::RevokedApiKey => "the API key has been revoked",
             Reason::InsufficientScope => "the credential lacks a scope this route requires",

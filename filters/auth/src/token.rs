@@ -166,22 +166,25 @@ pub fn check_claims(claims: &Map<String, Value>, provider: &Provider, now: u64) 
     Ok(exp.map(|e| e.saturating_add(skew)))
 }
 
-/// Who the token says the caller is. The consumer claim must be a non-empty string or an
-/// integer (taken as its decimal text); the consumer id is it in the provider's namespace.
+/// Who the token says the caller is. The consumer claim must be a string without surrounding
+/// whitespace, or an integer (taken as its decimal text); the consumer id is it in the
+/// provider's namespace. A blank one is refused with its own code: every such token would
+/// otherwise be one shared consumer. The tier claim, when present, must be a non-empty string:
+/// a number or an object is a mistake in the issuer's mapping, which silently giving the
+/// default tier would hide.
 pub fn identity(claims: &Map<String, Value>, provider: &Provider) -> Result<Identity, Reason> {
     let name = match claims.get(&provider.consumer_claim) {
         None => return Err(Reason::MissingClaim),
-        Some(Value::String(s)) if !s.is_empty() && header_safe(s) => s.clone(),
+        Some(Value::String(s)) if s.trim().is_empty() => return Err(Reason::BlankConsumerClaim),
+        Some(Value::String(s)) if s.trim() == s && header_safe(s) => s.clone(),
         Some(Value::Number(n)) if n.is_u64() || n.is_i64() => n.to_string(),
         Some(_) => return Err(Reason::InvalidConsumerClaim),
     };
-    let tier = provider
-        .tier_claim
-        .as_ref()
-        .and_then(|name| claims.get(name))
-        .and_then(scalar_text)
-        .filter(|t| header_safe(t))
-        .or_else(|| provider.default_tier.clone());
+    let tier = match provider.tier_claim.as_ref().and_then(|name| claims.get(name)) {
+        None | Some(Value::Null) => provider.default_tier.clone(),
+        Some(Value::String(t)) if !t.trim().is_empty() && t.trim() == t && header_safe(t) => Some(t.clone()),
+        Some(_) => return Err(Reason::InvalidTierClaim),
+    };
     let mut scopes: Vec<String> = Vec::new();
     if let Some(Value::String(s)) = claims.get("scope") {
         scopes.extend(s.split_whitespace().map(str::to_owned));
@@ -407,7 +410,6 @@ mod tests {
             json!(1e300),
             json!(true),
             json!(null),
-            json!(""),
             json!(["a"]),
             json!({"id": 1}),
         ] {
@@ -416,6 +418,43 @@ mod tests {
         assert_eq!(
             identity(&claims(json!({"email": "x"})), &p).unwrap_err(),
             Reason::MissingClaim
+        );
+    }
+
+    #[test]
+    fn a_blank_consumer_claim_and_a_tier_claim_that_is_not_a_name_are_refused() {
+        let p = provider();
+        let refused = |c: Value| identity(&claims(c), &p).map(|id| id.consumer).unwrap_err();
+        for blank in [json!(""), json!(" "), json!("\t \t")] {
+            assert_eq!(refused(json!({ "sub": blank })), Reason::BlankConsumerClaim, "{blank}");
+        }
+        // Around a name, whitespace would make ` alice` a consumer that looks like `alice`.
+        assert_eq!(refused(json!({"sub": " alice"})), Reason::InvalidConsumerClaim);
+        for bad in [
+            json!(3),
+            json!({"name": "pro"}),
+            json!(["pro"]),
+            json!(true),
+            json!(""),
+            json!(" "),
+        ] {
+            assert_eq!(
+                refused(json!({"sub": "alice", "tier": bad.clone()})),
+                Reason::InvalidTierClaim,
+                "{bad}"
+            );
+        }
+        let tier = |c: Value| identity(&claims(c), &p).unwrap().tier;
+        assert_eq!(tier(json!({"sub": "alice", "tier": "pro"})), Some("pro".to_owned()));
+        assert_eq!(
+            tier(json!({"sub": "alice"})),
+            Some("free".to_owned()),
+            "absent: the default"
+        );
+        assert_eq!(
+            tier(json!({"sub": "alice", "tier": null})),
+            Some("free".to_owned()),
+            "null: absent"
         );
     }
 
