@@ -901,3 +901,33 @@ fn path_parameters_escapes_trailing_dots_and_narrow_rules_do_not_skip_a_protecte
     }
     gw.assert_no_wasm_panic();
 }
+
+#[test]
+fn blank_consumer_claims_and_tier_claims_of_the_wrong_type_are_refused_with_their_codes() {
+    let (gw, _up) = inline_gateway();
+    let s = signers();
+    let exp = now() + 600;
+    let token = |sub: Value, tier: Option<Value>| {
+        let mut c = json!({"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "exp": exp});
+        if let Some(tier) = tier {
+            c["tier"] = tier;
+        }
+        s.sign("ES256", &c)
+    };
+    for sub in ["", " ", "\t"] {
+        let r = get("/jwt/x").bearer(&token(json!(sub), None)).send(gw.addr);
+        assert_denied(&r, 401, "blank_consumer_claim", &format!("sub {sub:?}"));
+    }
+    for tier in [json!(3), json!({"plan": "pro"}), json!(["pro"]), json!("")] {
+        let r = get("/jwt/x")
+            .bearer(&token(json!("alice"), Some(tier.clone())))
+            .send(gw.addr);
+        assert_denied(&r, 401, "invalid_tier_claim", &format!("tier {tier}"));
+    }
+    let r = get("/jwt/x")
+        .bearer(&token(json!("alice"), Some(json!("pro"))))
+        .send(gw.addr);
+    assert_allowed(&r, "test:alice", "string tier");
+    assert_eq!(r.upstream_header("x-portico-tier").as_deref(), Some("pro"));
+    gw.assert_no_wasm_panic();
+}

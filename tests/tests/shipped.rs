@@ -6,6 +6,7 @@ use std::fs;
 
 use portico_tests::demo::{check_demo, demo_env, Shipped};
 use portico_tests::envoy::{local_reply_config, root, validate, wasm_path};
+use portico_tests::http::get;
 use serde_json::Value;
 
 #[test]
@@ -194,4 +195,28 @@ fn the_dashboard_and_the_readme_query_only_metrics_the_filters_define() {
             "{what} queries metrics no filter defines: {unknown:?}"
         );
     }
+}
+
+#[test]
+fn anonymous_callers_are_limited_per_client_ip_not_in_one_shared_bucket() {
+    let shipped = Shipped::start(None);
+    let addr = shipped.gw.addr;
+    let a: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let b: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+    // Before: the per-consumer rule counted every anonymous caller under one empty key, so
+    // five requests from one client a minute used up /public for everyone.
+    let statuses: Vec<u16> = (0..11)
+        .map(|_| get("/public/status").send_from(a, addr).status)
+        .collect();
+    assert_eq!(statuses[..10], [200; 10], "{statuses:?}");
+    assert_eq!(statuses[10], 429, "{statuses:?}");
+    assert_eq!(
+        get("/public/status").send_from(b, addr).status,
+        200,
+        "another client's own bucket"
+    );
+    let key = demo_env("PORTICO_DEMO_KEY");
+    let r = get("/hello").header("x-api-key", &key).send_from(a, addr);
+    assert_eq!(r.status, 200, "a consumer is counted as itself, wherever it calls from");
+    shipped.gw.assert_no_wasm_panic();
 }

@@ -72,8 +72,8 @@ pub struct Finding {
     /// Where in the document the configuration sits.
     pub location: String,
     pub result: Result<(), Errors>,
-    /// What could not be checked, and why.
-    pub note: Option<String>,
+    /// What could not be checked, and why, and what may be a mistake.
+    pub notes: Vec<String>,
 }
 
 /// The clusters a document defines, as far as the checker can know them.
@@ -124,7 +124,7 @@ impl Clusters {
             filter: filter.to_owned(),
             location,
             result,
-            note,
+            notes: note.into_iter().collect(),
         }
     }
 }
@@ -187,7 +187,201 @@ pub fn check_document(doc: &Value) -> Vec<Finding> {
         return findings;
     }
     walk(doc, "$", &Clusters::of_envoy(doc), &mut findings);
+    check_chains(doc, "$", &mut findings);
     findings
+}
+
+// === Filter order ===
+
+/// One entry of an HTTP filter chain, as far as order matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Portico(&'static str),
+    JsonToMetadata,
+    Other,
+}
+
+const JSON_TO_METADATA_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata";
+
+/// Finds every connection manager (an object with `http_filters`) and checks what no single
+/// filter's configuration can: that its Portico filters run in an order that works, and that
+/// it refuses header names with `_`.
+fn check_chains(node: &Value, path: &str, findings: &mut [Finding]) {
+    match node {
+        Value::Object(map) => {
+            if let Some(Value::Array(filters)) = map.get("http_filters") {
+                check_chain(map, filters, path, findings);
+            }
+            for (k, v) in map {
+                check_chains(v, &format!("{path}.{k}"), findings);
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                check_chains(v, &format!("{path}[{i}]"), findings);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn check_chain(hcm: &serde_json::Map<String, Value>, filters: &[Value], path: &str, findings: &mut [Finding]) {
+    let at = |i: usize| format!("{path}.http_filters[{i}]");
+    let links: Vec<Link> = filters
+        .iter()
+        .map(|f| {
+            let typed = f.get("typed_config");
+            match typed.and_then(|t| t.get("@type")).and_then(Value::as_str) {
+                Some(WASM_TYPE) => typed
+                    .and_then(|t| t.get("config"))
+                    .and_then(|c| filter_named(&wasm_hint(c)))
+                    .map_or(Link::Other, Link::Portico),
+                Some(JSON_TO_METADATA_TYPE) => Link::JsonToMetadata,
+                _ => Link::Other,
+            }
+        })
+        .collect();
+    let first = |link: Link| links.iter().position(|l| *l == link);
+    let auth = first(Link::Portico("auth"));
+    let json_to_metadata = first(Link::JsonToMetadata);
+    // An error, or with `field` None a note (what may be fine in a fragment of a config).
+    let mut add = |i: usize, field: Option<&str>, message: String| {
+        let location = format!("{}.typed_config", at(i));
+        if let Some(f) = findings.iter_mut().find(|f| f.location == location) {
+            match field {
+                Some(field) => f.add_error(field, message),
+                None => f.notes.push(message),
+            }
+        }
+    };
+    for (i, link) in links.iter().enumerate() {
+        let Link::Portico(filter) = *link else { continue };
+        if filter != "auth" && auth.is_some_and(|a| a > i) {
+            let a = auth.unwrap_or_default();
+            add(
+                i,
+                Some("$"),
+                format!(
+                    "{filter} ({}) runs before auth ({}): auth must be the first Portico filter, since the others \
+                     trust the identity headers it sets and removes",
+                    at(i),
+                    at(a)
+                ),
+            );
+        }
+        for later in ["header-routing", "body-transform"] {
+            let after = links.iter().skip(i + 1).position(|l| *l == Link::Portico(later));
+            if filter == "cache" && after.is_some() {
+                let j = i + 1 + after.unwrap_or_default();
+                add(
+                    i,
+                    Some("$"),
+                    format!(
+                        "cache ({}) runs before {later} ({}): it must come after it, so that it keys on the request as \
+                         it leaves for the upstream (backend, path and body)",
+                        at(i),
+                        at(j)
+                    ),
+                );
+            }
+        }
+        if filter == "rate-limit" {
+            let configuration = filters
+                .get(i)
+                .and_then(|f| f.pointer("/typed_config/config/configuration/value"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let Ok(config) = portico_rate_limit::config::Config::from_bytes(configuration.as_bytes()) else {
+                continue;
+            };
+            let selectors = config
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(n, r)| (format!("$.rules[{n}]"), &r.select))
+                .chain(
+                    config
+                        .quotas
+                        .iter()
+                        .enumerate()
+                        .map(|(n, q)| (format!("$.token_quotas[{n}]"), &q.select)),
+                );
+            for (rule, select) in selectors {
+                use portico_rate_limit::config::KeyPart;
+                let identity = select.key.iter().find_map(|k| match k {
+                    KeyPart::Consumer => Some("consumer"),
+                    KeyPart::Tier => Some("tier"),
+                    _ => None,
+                });
+                let Some(part) = identity else { continue };
+                match auth {
+                    Some(a) if a < i => {}
+                    Some(a) => add(
+                        i,
+                        Some(&format!("{rule}.key")),
+                        format!(
+                            "counts per {part}, but this rate-limit ({}) runs before auth ({}), which sets the \
+                             {part}: every caller would share the anonymous bucket; put auth first",
+                            at(i),
+                            at(a)
+                        ),
+                    ),
+                    // Perhaps another chain or an Istio plugin authenticates: say it, do not fail.
+                    None => add(
+                        i,
+                        None,
+                        format!(
+                            "{rule}.key counts per {part}, but no Portico auth runs before this rate-limit in this \
+                             chain: unless something else sets (and strips client copies of) x-portico-{part}, every \
+                             caller shares one bucket"
+                        ),
+                    ),
+                }
+            }
+            if !config.quotas.is_empty() && json_to_metadata.is_none_or(|j| j > i) {
+                add(
+                    i,
+                    Some("$.token_quotas[0]"),
+                    format!(
+                        "a token quota reads the request's `max_tokens` from the metadata json_to_metadata writes, but no \
+                         envoy.filters.http.json_to_metadata runs before this rate-limit ({}): every request would be \
+                         reserved the default estimate, whatever it asks for",
+                        at(i)
+                    ),
+                );
+            }
+        }
+    }
+    let rejects = hcm
+        .get("common_http_protocol_options")
+        .and_then(|o| o.get("headers_with_underscores_action"))
+        .and_then(Value::as_str)
+        == Some("REJECT_REQUEST");
+    if !rejects {
+        if let Some(i) = links.iter().position(|l| matches!(l, Link::Portico(_))) {
+            add(
+                i,
+                Some("$"),
+                format!(
+                    "the connection manager does not set `common_http_protocol_options.headers_with_underscores_action: \
+                     REJECT_REQUEST` ({path}): CGI-style upstreams read `x_portico_consumer` as `x-portico-consumer`, \
+                     an identity auth never set"
+                ),
+            );
+        }
+    }
+}
+
+/// The text that names a Wasm filter: its root id, plugin name and module file.
+fn wasm_hint(config: &Value) -> String {
+    let text = |p: &str| config.pointer(p).and_then(Value::as_str).unwrap_or("");
+    format!(
+        "{} {} {}",
+        text("/root_id"),
+        text("/name"),
+        text("/vm_config/code/local/filename")
+    )
 }
 
 fn unknown(location: String) -> Finding {
@@ -200,7 +394,7 @@ fn unknown(location: String) -> Finding {
         filter: "?".to_owned(),
         location,
         result: Err(e),
-        note: None,
+        notes: Vec::new(),
     }
 }
 
@@ -227,14 +421,7 @@ fn walk(node: &Value, path: &str, clusters: &Clusters, findings: &mut Vec<Findin
 }
 
 fn wasm_finding(config: &Value, path: &str, clusters: &Clusters) -> Finding {
-    let text = |p: &str| config.pointer(p).and_then(Value::as_str).unwrap_or("").to_owned();
-    let hint = format!(
-        "{} {} {}",
-        text("/root_id"),
-        text("/name"),
-        text("/vm_config/code/local/filename")
-    );
-    let Some(filter) = filter_named(&hint) else {
+    let Some(filter) = filter_named(&wasm_hint(config)) else {
         return unknown(path.to_owned());
     };
     let configuration = match config.pointer("/configuration/value") {
@@ -288,6 +475,7 @@ static_resources:
     - filter_chains:
         - filters:
             - typed_config:
+                common_http_protocol_options: {headers_with_underscores_action: REJECT_REQUEST}
                 http_filters:
                   - name: portico.auth
                     typed_config:
@@ -342,6 +530,7 @@ static_resources:
     fn body_transform_entry(plugin_field: &str) -> String {
         format!(
             r#"
+common_http_protocol_options: {{headers_with_underscores_action: REJECT_REQUEST}}
 http_filters:
   - name: portico.body_transform
     typed_config:
@@ -408,6 +597,126 @@ http_filters:
         let yaml = "kind: WasmPlugin\nmetadata: {name: auth}\nspec:\n  url: oci://r/portico/auth:1\n  pluginConfig: {routes: [], routes: []}\n";
         let err = parse_documents(yaml).unwrap_err();
         assert!(err.contains("the key $.spec.pluginConfig.routes is repeated"), "{err}");
+    }
+
+    /// An Envoy listener whose chain holds `filters` (names: auth, rate-limit, header-routing,
+    /// body-transform, cache, json_to_metadata), with `hcm_extra` in its connection manager.
+    fn chain(filters: &[&str], rate_limit: &str, hcm_extra: &str) -> String {
+        let mut entries = String::new();
+        for f in filters {
+            let entry = match *f {
+                "json_to_metadata" => "- name: envoy.filters.http.json_to_metadata\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata\n    request_rules: {rules: []}\n".to_owned(),
+                filter => {
+                    let config = match filter {
+                        "auth" => r#"{"api_keys": {"consumers": [{"name": "a", "keys": [{"sha256": "507636717dd889c4aca6e55fac6880c0e096f0160c1c940da0564f39301c6537"}]}]}}"#,
+                        "rate-limit" => rate_limit,
+                        "header-routing" => r#"{"backends": [{"name": "a", "cluster": "a"}], "routes": [{"name": "r", "backend": "a"}]}"#,
+                        "body-transform" => r#"{"routes": [{"match": {"path": "/v1/{*rest}"}, "translate": "auto"}]}"#,
+                        _ => r#"{"routes": [{"name": "m", "match": {"path": "/v1/{*rest}"}, "ttl_seconds": 60, "scope": "consumer"}]}"#,
+                    };
+                    format!(
+                        "- name: portico.{filter}\n  typed_config:\n    \"@type\": {WASM_TYPE}\n    config:\n      root_id: portico-{filter}\n      configuration:\n        value: '{config}'\n"
+                    )
+                }
+            };
+            for line in entry.lines() {
+                entries.push_str(&format!("                  {line}\n"));
+            }
+        }
+        format!(
+            "static_resources:\n  listeners:\n    - filter_chains:\n        - filters:\n            - typed_config:\n                {hcm_extra}\n                http_filters:\n{entries}"
+        )
+    }
+
+    const REJECT: &str = "common_http_protocol_options: {headers_with_underscores_action: REJECT_REQUEST}";
+    const PER_CONSUMER: &str =
+        r#"{"rules": [{"name": "r", "key": ["consumer"], "limit": {"requests": 1, "period_seconds": 1}}]}"#;
+    const TOKENS: &str = r#"{"token_quotas": [{"name": "q", "key": ["consumer"], "budgets": [{"tokens": 100000, "period_seconds": 60}]}]}"#;
+
+    fn chain_errors(filters: &[&str], rate_limit: &str, hcm_extra: &str) -> Vec<String> {
+        let docs = parse_documents(&chain(filters, rate_limit, hcm_extra)).unwrap();
+        check_document(&docs[0])
+            .iter()
+            .filter_map(|f| f.result.as_ref().err())
+            .flat_map(|e| e.list().iter().map(ToString::to_string).collect::<Vec<_>>())
+            .collect()
+    }
+
+    #[test]
+    fn a_chain_in_the_order_the_filters_need_passes() {
+        let order = [
+            "auth",
+            "json_to_metadata",
+            "rate-limit",
+            "header-routing",
+            "body-transform",
+            "cache",
+        ];
+        assert_eq!(chain_errors(&order, TOKENS, REJECT), Vec::<String>::new());
+        assert_eq!(chain_errors(&order, PER_CONSUMER, REJECT), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_consumer_key_without_auth_in_the_chain_is_noted() {
+        let docs = parse_documents(&chain(&["rate-limit"], PER_CONSUMER, REJECT)).unwrap();
+        let f = &check_document(&docs[0])[0];
+        assert!(f.result.is_ok(), "{:?}", f.result);
+        assert!(
+            f.notes[0]
+                .starts_with("$.rules[0].key counts per consumer, but no Portico auth runs before this rate-limit"),
+            "{:?}",
+            f.notes
+        );
+    }
+
+    #[test]
+    fn filters_in_an_order_that_breaks_them_are_refused() {
+        let hf = "$.static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters";
+        let cases: Vec<(Vec<&str>, &str, &str, String)> = vec![
+            (
+                vec!["rate-limit", "auth"],
+                PER_CONSUMER,
+                REJECT,
+                format!("$.rules[0].key: counts per consumer, but this rate-limit ({hf}[0]) runs before auth ({hf}[1]), which sets the consumer: every caller would share the anonymous bucket; put auth first"),
+            ),
+            (
+                vec!["auth", "rate-limit"],
+                TOKENS,
+                REJECT,
+                format!("$.token_quotas[0]: a token quota reads the request's `max_tokens` from the metadata json_to_metadata writes, but no envoy.filters.http.json_to_metadata runs before this rate-limit ({hf}[1])"),
+            ),
+            (
+                vec!["auth", "json_to_metadata", "cache", "header-routing"],
+                PER_CONSUMER,
+                REJECT,
+                format!("$: cache ({hf}[2]) runs before header-routing ({hf}[3]): it must come after it, so that it keys on the request as it leaves for the upstream"),
+            ),
+            (
+                vec!["auth", "cache", "body-transform"],
+                PER_CONSUMER,
+                REJECT,
+                format!("$: cache ({hf}[1]) runs before body-transform ({hf}[2]): it must come after it"),
+            ),
+            (
+                vec!["header-routing", "auth"],
+                PER_CONSUMER,
+                REJECT,
+                format!("$: header-routing ({hf}[0]) runs before auth ({hf}[1]): auth must be the first Portico filter"),
+            ),
+            (
+                vec!["auth"],
+                PER_CONSUMER,
+                "stat_prefix: x",
+                "$: the connection manager does not set `common_http_protocol_options.headers_with_underscores_action: REJECT_REQUEST`".to_owned(),
+            ),
+        ];
+        for (filters, rate_limit, hcm, want) in cases {
+            let got = chain_errors(&filters, rate_limit, hcm);
+            assert!(
+                got.iter().any(|e| e.starts_with(&want)),
+                "{filters:?}: want {want}\n got {got:#?}"
+            );
+        }
     }
 
     #[test]

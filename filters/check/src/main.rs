@@ -70,7 +70,7 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            if let Some(note) = f.note {
+            for note in f.notes {
                 println!("{file}: {} at {}: note: {note}", f.filter, f.location);
             }
         }

@@ -116,6 +116,7 @@ static_resources:
     - filter_chains:
         - filters:
             - typed_config:
+                common_http_protocol_options: {{headers_with_underscores_action: REJECT_REQUEST}}
                 http_filters:
                   - typed_config:
                       "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
