@@ -53,26 +53,51 @@ pub const CACHE_HEADER: &str = "x-portico-cache";
 
 /// Longest label value kept; longer ones are cut (model names and routes fit easily).
 const MAX_VALUE: usize = 64;
+/// What marks a value that had to be changed: `@h` and 16 hex digits of its SHA-256.
+const HASH_MARK: &str = "@h";
+const HASH_HEX: usize = 16;
 
-/// A label value that is safe inside a metric name: letters, digits and `-_.:/@` kept, every
-/// other character `_`, at most 64 characters, and `none` for an empty value.
+fn kept(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/' | '@')
+}
+
+/// Whether `value` ends as a changed value does, with `@h` and 16 lower-case hex digits.
+fn looks_hashed(value: &str) -> bool {
+    let Some(at) = value.len().checked_sub(HASH_MARK.len() + HASH_HEX) else {
+        return false;
+    };
+    value.get(at..).is_some_and(|tail| {
+        tail.starts_with(HASH_MARK)
+            && tail
+                .bytes()
+                .skip(HASH_MARK.len())
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// A label value that is safe inside a metric name: letters, digits and `-_.:/@` kept, at
+/// most 64 characters, and `none` for an empty value. A value that does not fit as it is
+/// (another character, too long) has its other characters replaced by `_`, is cut, and gets
+/// `@h` and a short hash of the original, so that two consumers (or models) whose names clean
+/// to the same text still count in two series. A clean value that ends the way a changed one
+/// does is treated as changed, so it cannot pose as one.
 pub fn label_value(raw: &str) -> String {
-    let cleaned: String = raw
-        .chars()
-        .take(MAX_VALUE)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/' | '@') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if cleaned.is_empty() {
-        "none".to_owned()
-    } else {
-        cleaned
+    if raw.is_empty() {
+        return "none".to_owned();
     }
+    if raw.len() <= MAX_VALUE && raw.chars().all(kept) && !looks_hashed(raw) {
+        return raw.to_owned();
+    }
+    let mut out: String = raw
+        .chars()
+        .take(MAX_VALUE - HASH_MARK.len() - HASH_HEX)
+        .map(|c| if kept(c) { c } else { '_' })
+        .collect();
+    out.push_str(HASH_MARK);
+    for b in hmac_sha256::Hash::hash(raw.as_bytes()).iter().take(HASH_HEX / 2) {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
 }
 
 /// `name;label=value;...` with every value cleaned.
@@ -112,14 +137,37 @@ mod tests {
             "portico_requests_total;route=chat;tier=free"
         );
         // A hostile value cannot add a label or break the name.
-        assert_eq!(
-            series("m", &[("model", "gpt;tier=admin x")]),
-            "m;model=gpt_tier_admin_x"
-        );
+        let hostile = series("m", &[("model", "gpt;tier=admin x")]);
+        assert!(hostile.starts_with("m;model=gpt_tier_admin_x@h"), "{hostile}");
+        assert_eq!(hostile.matches(';').count(), 1, "{hostile}");
         assert_eq!(series("m", &[("tier", "")]), "m;tier=none");
-        assert_eq!(label_value(&"x".repeat(500)).len(), 64);
         assert_eq!(label_value("claude-3.5-sonnet@2024/v1"), "claude-3.5-sonnet@2024/v1");
-        assert_eq!(label_value("é"), "_");
+    }
+
+    #[test]
+    fn values_that_had_to_be_changed_get_a_hash_so_two_never_share_a_series() {
+        let long = |tail: &str| format!("idp:{}{tail}", "x".repeat(80));
+        let pairs = [
+            ("idp:a b".to_owned(), "idp:a_b".to_owned()),
+            ("idp:é".to_owned(), "idp:ü".to_owned()),
+            (long("1"), long("2")),
+            ("gpt;tier=admin x".to_owned(), "gpt_tier_admin_x".to_owned()),
+        ];
+        for (a, b) in pairs {
+            let (la, lb) = (label_value(&a), label_value(&b));
+            assert_ne!(la, lb, "{a} and {b}");
+            assert!(la.len() <= 64 && lb.len() <= 64, "{la} {lb}");
+            assert_eq!(la, label_value(&a), "stable");
+        }
+        let changed = label_value("idp:a b");
+        assert!(
+            changed.starts_with("idp:a_b@h") && changed.len() == "idp:a_b@h".len() + 16,
+            "{changed}"
+        );
+        // A clean value shaped like a hashed one is hashed too, so it cannot pose as another.
+        assert_ne!(label_value(&changed), changed);
+        assert_eq!(label_value(&"x".repeat(500)).len(), 64);
+        assert_eq!(label_value("apikey:demo"), "apikey:demo");
     }
 
     #[test]
