@@ -113,10 +113,7 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
         .and_then(|n| n.one_of(&["open", "closed"], errors))
         .is_none_or(|i| i == 0);
     let x_ratelimit_headers = root.opt_bool("x_ratelimit_headers", errors).unwrap_or(true);
-    let metadata_namespace = root
-        .opt_str("metadata_namespace", errors)
-        .unwrap_or("portico")
-        .to_owned();
+    let metadata_namespace = root.metadata_namespace("metadata_namespace", "portico", errors);
     let per_consumer_metrics = root.opt_bool("per_consumer_metrics", errors).unwrap_or(false);
     let mut names: Vec<String> = Vec::new();
     let mut rules = Vec::new();
@@ -242,7 +239,7 @@ fn read_when(node: &Node<'_>, errors: &mut Errors) -> When {
     let Some(mut obj) = node.object(errors) else {
         return When::default();
     };
-    let tiers = obj.string_list("tiers", errors);
+    let tiers = obj.narrowing_list("tiers", errors);
     let mut headers = Vec::new();
     for h in obj.array("headers", errors) {
         let Some(mut ho) = h.object(errors) else {
@@ -359,11 +356,25 @@ fn read_budgets(node: &Node<'_>, errors: &mut Errors) -> Option<Vec<Rate>> {
         node.error(errors, "list at least one budget");
     }
     let mut budgets = Vec::new();
+    let mut periods: Vec<(u64, String)> = Vec::new();
     for item in items {
         let Some(mut obj) = item.object(errors) else {
             continue;
         };
         let amount = read_amount_and_period(&mut obj, "tokens", errors);
+        if let Some((_, period)) = amount {
+            if let Some((_, first)) = periods.iter().find(|(p, _)| *p == period) {
+                obj.field_error(
+                    "period_seconds",
+                    errors,
+                    format!(
+                        "another budget ({first}) has the same period: the smaller one always binds first, so the \
+                         other never does; give one budget per period"
+                    ),
+                );
+            }
+            periods.push((period, item.path().to_owned()));
+        }
         obj.finish(errors);
         if let Some((tokens, period)) = amount {
             match Rate::new(tokens, period, tokens) {
@@ -555,6 +566,34 @@ mod tests {
         ];
         for (name, config, want) in cases {
             assert_eq!(errors_of(&config), want, "case: {name}");
+        }
+    }
+
+    #[test]
+    fn dead_budgets_empty_tier_lists_and_bad_namespaces_are_refused() {
+        let quota = |budgets: Value| json!({"token_quotas": [{"name": "q", "budgets": budgets}]});
+        let cases = [
+            (
+                quota(json!([{"tokens": 100000, "period_seconds": 60}, {"tokens": 5000, "period_seconds": 60}])),
+                "$.token_quotas[0].budgets[1].period_seconds: another budget ($.token_quotas[0].budgets[0]) has the same period: the smaller one always binds first, so the other never does; give one budget per period",
+            ),
+            (
+                json!({"rules": [{"name": "r", "when": {"tiers": []}, "limit": {"requests": 1, "period_seconds": 1}}]}),
+                "$.rules[0].when.tiers: an empty list would leave the rule to every value: omit the field, or list at least one",
+            ),
+            (
+                json!({"metadata_namespace": "a b", "rules": [{"name": "r", "limit": {"requests": 1, "period_seconds": 1}}]}),
+                "$.metadata_namespace: \"a b\" is not a metadata namespace",
+            ),
+            (
+                json!({"rules": [{"name": "r", "limit": {"requests": 1, "period_seconds": 1}}],
+                       "token_quotas": [{"name": "r", "budgets": [{"tokens": 100000, "period_seconds": 60}]}]}),
+                "$.token_quotas[0].name: duplicate name \"r\"",
+            ),
+        ];
+        for (config, want) in cases {
+            let got = errors_of(&config);
+            assert!(got.starts_with(want), "want {want}\n got {got}");
         }
     }
 
