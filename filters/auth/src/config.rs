@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::ops::RangeInclusive;
 
 use portico_core::config::{read_bytes, read_value, Errors, Node, Object};
-use portico_core::header::{value_problem, write_problem, Writer};
+use portico_core::header::{cookie_name_problem, name_problem, value_problem, write_problem, Writer};
 use portico_core::identity::{consumer_id, parse_consumer_id, valid_namespace};
 use portico_core::refusal::RefusalLog;
 use portico_core::route::{RouteMatch, RouteTable};
@@ -465,7 +465,7 @@ fn read_access(node: &Node<'_>, namespaces: &[String], errors: &mut Errors) -> A
     }
     let access = Access {
         consumers,
-        tiers: obj.string_list("tiers", errors),
+        tiers: obj.narrowing_list("tiers", errors),
     };
     obj.finish(errors);
     access
@@ -503,17 +503,31 @@ fn read_sources(
                 }
                 Some(TokenSource::Bearer)
             }
-            Some(k) => match name.and_then(|n| n.non_empty_str(errors)) {
-                Some(name) => {
+            Some(k) => match name.as_ref().and_then(|n| n.non_empty_str(errors).map(|s| (n, s))) {
+                Some((node, name)) => {
                     let lower = name.to_ascii_lowercase();
-                    Some(match k {
+                    let problem = match k {
+                        1 => name_problem(name).or_else(|| {
+                            lower.starts_with("x-portico-").then(|| {
+                                format!(
+                                    "{lower:?} is Portico's own header: auth removes every client-sent x-portico- \
+                                     header, so no credential could be read from it"
+                                )
+                            })
+                        }),
+                        3 => cookie_name_problem(name),
+                        _ => None,
+                    };
+                    node.report(problem, errors).then(|| match k {
                         1 => TokenSource::Header(lower),
                         2 => TokenSource::Query(name.to_owned()),
                         _ => TokenSource::Cookie(name.to_owned()),
                     })
                 }
                 None => {
-                    obj.field_error("name", errors, "required field is missing");
+                    if name.is_none() {
+                        obj.field_error("name", errors, "required field is missing");
+                    }
                     None
                 }
             },
@@ -630,11 +644,31 @@ fn read_provider(node: &Node<'_>, errors: &mut Errors) -> Option<Provider> {
     }
 
     let mut static_keys = Vec::new();
+    // Every `kid` written in this provider's keys, with where: a token names one key by it.
+    let mut kids: Vec<(String, String)> = Vec::new();
+    let mut check_kid = |item: &Node<'_>, at: String, errors: &mut Errors| {
+        let Some(kid) = item.value().get("kid").and_then(Value::as_str) else {
+            return;
+        };
+        if let Some((_, first)) = kids.iter().find(|(k, _)| k == kid) {
+            errors.push(
+                &at,
+                format!("{kid:?} is the kid of {first} too: a token names its key by kid, so give each key its own"),
+            );
+        }
+        kids.push((kid.to_owned(), item.path().to_owned()));
+    };
     if let Some(jwks) = obj.opt("jwks") {
         static_keys.extend(keys::parse_inline_jwks(&jwks, errors));
+        let items = jwks.value().get("keys").and_then(Value::as_array).into_iter().flatten();
+        for (i, item) in items.enumerate() {
+            let item = Node::new(format!("{}.keys[{i}]", jwks.path()), item);
+            check_kid(&item, format!("{}.kid", item.path()), errors);
+        }
     }
     for item in obj.array("keys", errors) {
         static_keys.extend(keys::parse_config_key(&item, errors));
+        check_kid(&item, format!("{}.kid", item.path()), errors);
     }
     let remote = obj.opt("remote_jwks").and_then(|n| read_remote(&n, errors));
     if static_keys.is_empty() && remote.is_none() {

@@ -1009,3 +1009,45 @@ fn errors_name_the_configured_rule_even_after_an_unreadable_one() {
         "{got}"
     );
 }
+
+#[test]
+fn credential_sources_kid_collisions_and_empty_tier_lists_are_refused_with_their_paths() {
+    let secret = std::str::from_utf8(SECRET).unwrap();
+    let provider = |keys: Value| json!({"jwt": {"providers": [{"name": "p", "keys": keys}]}});
+    let cases = [
+        (
+            json!({"api_keys": {"sources": [{"type": "header", "name": "x-portico-consumer"}],
+                                "consumers": [{"name": "a", "keys": [{"sha256": hex("q")}]}]}}),
+            "$.api_keys.sources[0].name: \"x-portico-consumer\" is Portico's own header: auth removes every client-sent x-portico- header, so no credential could be read from it",
+        ),
+        (
+            json!({"jwt": {"sources": [{"type": "header", "name": "x token"}], "providers": [{"name": "p", "keys": [{"alg": "HS256", "secret": secret}]}]}}),
+            "$.jwt.sources[0].name: header name \"x token\" contains ' '",
+        ),
+        (
+            json!({"jwt": {"sources": [{"type": "cookie", "name": "se ssion"}], "providers": [{"name": "p", "keys": [{"alg": "HS256", "secret": secret}]}]}}),
+            "$.jwt.sources[0].name: cookie name \"se ssion\" contains ' '",
+        ),
+        (
+            provider(json!([{"alg": "HS256", "kid": "k", "secret": secret}, {"alg": "HS384", "kid": "k", "secret": secret}])),
+            "$.jwt.providers[0].keys[1].kid: \"k\" is the kid of $.jwt.providers[0].keys[0] too: a token names its key by kid, so give each key its own",
+        ),
+        (
+            json!({"routes": [{"match": {"path": "/x"}, "auth": "any", "allow": {"tiers": []}}]}),
+            "$.routes[0].allow.tiers: an empty list would leave the rule to every value",
+        ),
+    ];
+    for (extra, want) in cases {
+        let got = config_error(extra);
+        assert!(got.starts_with(want), "want {want}\n got {got}");
+    }
+    let jwk = |kid: &str| json!({"kty": "oct", "alg": "HS256", "kid": kid, "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(SECRET)});
+    let got = config_error(
+        json!({"jwt": {"providers": [{"name": "p", "jwks": {"keys": [jwk("a"), jwk("b")]},
+        "keys": [{"alg": "HS256", "kid": "a", "secret": secret}]}]}}),
+    );
+    assert!(
+        got.starts_with("$.jwt.providers[0].keys[0].kid: \"a\" is the kid of $.jwt.providers[0].jwks.keys[0] too"),
+        "{got}"
+    );
+}
