@@ -83,6 +83,39 @@ pub fn deserialize<'de, D: de::Deserializer<'de>>(deserializer: D) -> Result<Val
     }
 }
 
+/// The reference tokens of an RFC 6901 JSON Pointer such as `/messages/0/content`, unescaped
+/// (`~1` is `/`, `~0` is `~`), or why `text` is not one that names a member: it must start
+/// with `/`, and a `~` must be followed by `0` or `1` (`~2` or a trailing `~` is no escape, and
+/// a reader would have to guess what it names).
+pub fn pointer_tokens(text: &str) -> Result<Vec<String>, String> {
+    let Some(rest) = text.strip_prefix('/') else {
+        return Err("not a JSON Pointer (RFC 6901): it must start with '/'".to_owned());
+    };
+    let mut tokens = Vec::new();
+    for raw in rest.split('/') {
+        let mut token = String::with_capacity(raw.len());
+        let mut chars = raw.chars();
+        while let Some(c) = chars.next() {
+            if c != '~' {
+                token.push(c);
+                continue;
+            }
+            match chars.next() {
+                Some('0') => token.push('~'),
+                Some('1') => token.push('/'),
+                other => {
+                    let seen = other.map_or_else(|| "~ at the end".to_owned(), |o| format!("~{o}"));
+                    return Err(format!(
+                        "not a JSON Pointer (RFC 6901): {seen} in {raw:?} is no escape (write ~0 for '~' and ~1 for '/')"
+                    ));
+                }
+            }
+        }
+        tokens.push(token);
+    }
+    Ok(tokens)
+}
+
 // === impl Segment ===
 
 /// Where a value sits, as a list from the value up to the root (no allocation per value).
@@ -226,6 +259,21 @@ mod tests {
             Err(Invalid::DuplicateKey(path)) => path,
             other => panic!("{body}: {other:?}"),
         }
+    }
+
+    #[test]
+    fn json_pointers_unescape_and_refuse_what_is_no_escape() {
+        assert_eq!(
+            pointer_tokens("/a~1b/c~0d/~01"),
+            Ok(vec!["a/b".to_owned(), "c~d".to_owned(), "~1".to_owned()])
+        );
+        assert_eq!(pointer_tokens("/"), Ok(vec![String::new()]));
+        assert_eq!(
+            pointer_tokens("/a~2b").unwrap_err(),
+            "not a JSON Pointer (RFC 6901): ~2 in \"a~2b\" is no escape (write ~0 for '~' and ~1 for '/')"
+        );
+        assert!(pointer_tokens("/a~").unwrap_err().contains("~ at the end"));
+        assert!(pointer_tokens("a").unwrap_err().contains("must start with '/'"));
     }
 
     #[test]
