@@ -109,3 +109,55 @@ fn a_path_pattern_with_too_many_parameters_is_refused_at_start_not_trapped_on() 
         );
     }
 }
+
+#[test]
+fn a_repeated_key_is_refused_at_start_with_its_path() {
+    // Before: serde_json kept the second `auth`, so this public-looking rule required a JWT
+    // (or, written the other way round, a protected-looking one was public).
+    let upstream = Upstream::start("127.0.0.1:0").unwrap();
+    let text = r#"{"api_keys": {"consumers": [{"name": "a", "keys": [{"sha256": "507636717dd889c4aca6e55fac6880c0e096f0160c1c940da0564f39301c6537"}]}]},
+                   "routes": [{"match": {"path": "/a"}, "auth": "none", "auth": "api_key"}]}"#;
+    let mut config = EnvoyConfig::new(upstream.addr).wasm("auth", &json!({})).render();
+    let filter = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0];
+    filter["typed_config"]["config"]["configuration"]["value"] = json!(text);
+    let failure = Gateway::try_start_text(&config.to_string()).expect_err("Envoy started");
+    assert_eq!(failure.status.and_then(|s| s.code()), Some(1), "{}", failure.log);
+    let want = "invalid configuration: $.routes[0].auth: repeated key: each key of an object may appear once";
+    assert!(failure.log.contains(want), "missing {want:?} in:\n{}", failure.log);
+}
+
+#[test]
+fn identity_headers_never_match_rules_and_shadowed_routes_are_refused_at_start() {
+    assert_refused(
+        "header-routing",
+        &json!({
+            "cluster_header": "x-portico-consumer",
+            "backends": [{"name": "a", "cluster": "a", "headers": {"add": {"x-forwarded-for": "10.0.0.1"}}}],
+            "routes": [
+                {"name": "a", "match": {"path": "/a", "hosts": ["api.test:8443"]}, "split": {"by": {"cookie": "a b"},
+                 "variants": [{"name": "x", "backend": "a", "weight": 1}]}},
+                {"name": "b", "match": {"path": "/a", "hosts": ["api.test:8443"]}, "backend": "a"},
+                {"name": "c", "match": {"path": "/admin;x=1"}, "backend": "a"}
+            ]
+        }),
+        &[
+            r#"$.cluster_header: "x-portico-consumer" carries the caller's identity between Portico's filters: choose another name"#,
+            r#"$.backends[0].headers.add["x-forwarded-for"]: "x-forwarded-for" describes the client connection"#,
+            r#"$.routes[0].match.hosts[0]: "api.test:8443" has a port"#,
+            r#"$.routes[0].split.by.cookie: cookie name "a b" contains ' '"#,
+            "$.routes[2].match.path: contains ';'",
+        ],
+    );
+    assert_refused(
+        "auth",
+        &json!({
+            "api_keys": {"sources": [{"type": "header", "name": "x-portico-tier"}],
+                         "consumers": [{"name": "a", "keys": [{"sha256": "507636717dd889c4aca6e55fac6880c0e096f0160c1c940da0564f39301c6537"}]}]},
+            "routes": [{"match": {"path": "/a", "hosts": ["*.example.com"]}, "auth": "none"}]
+        }),
+        &[
+            r#"$.api_keys.sources[0].name: "x-portico-tier" is Portico's own header"#,
+            r#"$.routes[0].match.hosts[0]: "*.example.com" is a wildcard, which host rules do not support"#,
+        ],
+    );
+}
