@@ -118,7 +118,8 @@ fn a_repeated_key_is_refused_at_start_with_its_path() {
     let text = r#"{"api_keys": {"consumers": [{"name": "a", "keys": [{"sha256": "507636717dd889c4aca6e55fac6880c0e096f0160c1c940da0564f39301c6537"}]}]},
                    "routes": [{"match": {"path": "/a"}, "auth": "none", "auth": "api_key"}]}"#;
     let mut config = EnvoyConfig::new(upstream.addr).wasm("auth", &json!({})).render();
-    let filter = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0];
+    let filter = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["http_filters"][0];
     filter["typed_config"]["config"]["configuration"]["value"] = json!(text);
     let failure = Gateway::try_start_text(&config.to_string()).expect_err("Envoy started");
     assert_eq!(failure.status.and_then(|s| s.code()), Some(1), "{}", failure.log);

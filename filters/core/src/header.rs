@@ -88,27 +88,51 @@ pub fn write_problem(name: &str, writer: Writer) -> Option<String> {
     }
 }
 
-/// Why Portico must not write the header `name` for routing or a backend, if it must not: it
-/// carries the caller's identity or a credential, describes the client connection, or steers
-/// Envoy. A cluster header or a backend's added header with such a name would overwrite what
-/// auth, Envoy or the upstream trusts. Checked on top of [`write_problem`].
-pub fn reserved_problem(name: &str) -> Option<String> {
-    let name = name.to_ascii_lowercase();
-    let reason = if name.starts_with(PORTICO_PREFIX) {
-        "carries the caller's identity between Portico's filters"
-    } else if matches!(
-        name.as_str(),
-        "authorization" | "proxy-authorization" | "x-api-key" | "cookie"
-    ) {
-        "carries a credential"
-    } else if name.starts_with("x-forwarded-") || matches!(name.as_str(), "forwarded" | "x-real-ip" | "via") {
-        "describes the client connection (forwarding headers)"
-    } else if name.starts_with("x-envoy-") {
-        "steers Envoy (x-envoy- headers)"
-    } else {
-        return None;
-    };
-    Some(format!("{name:?} {reason}"))
+/// What a header Portico must not write for routing or a backend carries: a cluster header or a
+/// backend's added header with such a name would overwrite what auth, Envoy or the upstream
+/// trusts. Checked on top of [`write_problem`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserved {
+    /// `x-portico-*`: the caller's identity and routing between Portico's filters.
+    Identity,
+    /// `authorization`, `proxy-authorization`, `x-api-key`, `cookie`.
+    Credential,
+    /// `x-forwarded-*`, `forwarded`, `x-real-ip`, `via`.
+    Forwarding,
+    /// `x-envoy-*`.
+    Envoy,
+}
+
+impl Reserved {
+    /// What `name` (any case) carries, if it is reserved.
+    pub fn of(name: &str) -> Option<Reserved> {
+        let name = name.to_ascii_lowercase();
+        if name.starts_with(PORTICO_PREFIX) {
+            Some(Reserved::Identity)
+        } else if matches!(
+            name.as_str(),
+            "authorization" | "proxy-authorization" | "x-api-key" | "cookie"
+        ) {
+            Some(Reserved::Credential)
+        } else if name.starts_with("x-forwarded-") || matches!(name.as_str(), "forwarded" | "x-real-ip" | "via") {
+            Some(Reserved::Forwarding)
+        } else if name.starts_with("x-envoy-") {
+            Some(Reserved::Envoy)
+        } else {
+            None
+        }
+    }
+
+    /// Why `name`, which is reserved as `self`, cannot be written.
+    pub fn problem(self, name: &str) -> String {
+        let reason = match self {
+            Reserved::Identity => "carries the caller's identity between Portico's filters",
+            Reserved::Credential => "carries a credential",
+            Reserved::Forwarding => "describes the client connection (forwarding headers)",
+            Reserved::Envoy => "steers Envoy (x-envoy- headers)",
+        };
+        format!("{:?} {reason}", name.to_ascii_lowercase())
+    }
 }
 
 /// Why `name` cannot be a cookie name (an RFC 9110 token, as RFC 6265 asks), if it cannot.

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use portico_core::config::{read_bytes, read_value, Errors, Node, Object, BODY_LIMIT_MOVED};
-use portico_core::header::{cookie_name_problem, reserved_problem, value_problem, write_problem, Writer};
+use portico_core::header::{cookie_name_problem, value_problem, write_problem, Reserved, Writer};
 use portico_core::identity::parse_consumer_id;
 use portico_core::refusal::RefusalLog;
 use portico_core::route::{Matcher, RouteMatch};
@@ -163,9 +163,12 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
         .opt("cluster_header")
         .and_then(|n| {
             n.writable_header_name(Writer::Portico, errors).filter(|name| {
-                let problem = reserved_problem(name)
-                    .filter(|_| name != DEFAULT_CLUSTER_HEADER)
-                    .map(|p| format!("{p}: choose another name (the default is {DEFAULT_CLUSTER_HEADER})"));
+                let problem = Reserved::of(name).filter(|_| name != DEFAULT_CLUSTER_HEADER).map(|r| {
+                    format!(
+                        "{}: choose another name (the default is {DEFAULT_CLUSTER_HEADER})",
+                        r.problem(name)
+                    )
+                });
                 n.report(problem, errors)
             })
         })
@@ -378,12 +381,11 @@ fn read_backend(node: &Node<'_>, errors: &mut Errors) -> Option<Backend> {
         if let Some(mut add) = h.opt("add").and_then(|n| n.object(errors)) {
             for (k, v) in add.entries() {
                 let problem = write_problem(k, Writer::Operation).or_else(|| {
-                    reserved_problem(k).map(|p| {
-                        if p.ends_with("a credential") {
-                            format!("{p}: inject a backend's credential with `credential`")
-                        } else {
-                            p
+                    Reserved::of(k).map(|r| match r {
+                        Reserved::Credential => {
+                            format!("{}: inject a backend's credential with `credential`", r.problem(k))
                         }
+                        _ => r.problem(k),
                     })
                 });
                 let name_ok = v.report(problem, errors);
@@ -405,7 +407,9 @@ fn read_backend(node: &Node<'_>, errors: &mut Errors) -> Option<Backend> {
         // A credential header may be a credential header; nothing else reserved.
         let header = c.opt("header").and_then(|h| {
             h.writable_header_name(Writer::Operation, errors).filter(|name| {
-                let problem = reserved_problem(name).filter(|p| !p.ends_with("a credential"));
+                let problem = Reserved::of(name)
+                    .filter(|r| *r != Reserved::Credential)
+                    .map(|r| r.problem(name));
                 h.report(problem, errors)
             })
         });
