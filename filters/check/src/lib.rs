@@ -257,8 +257,7 @@ fn check_chain(hcm: &serde_json::Map<String, Value>, filters: &[Value], path: &s
     };
     for (i, link) in links.iter().enumerate() {
         let Link::Portico(filter) = *link else { continue };
-        if filter != "auth" && auth.is_some_and(|a| a > i) {
-            let a = auth.unwrap_or_default();
+        if let Some(a) = auth.filter(|a| filter != "auth" && *a > i) {
             add(
                 i,
                 Some("$"),
@@ -272,8 +271,7 @@ fn check_chain(hcm: &serde_json::Map<String, Value>, filters: &[Value], path: &s
         }
         for later in ["header-routing", "body-transform"] {
             let after = links.iter().skip(i + 1).position(|l| *l == Link::Portico(later));
-            if filter == "cache" && after.is_some() {
-                let j = i + 1 + after.unwrap_or_default();
+            if let Some(j) = after.filter(|_| filter == "cache").map(|n| i + 1 + n) {
                 add(
                     i,
                     Some("$"),
