@@ -193,6 +193,72 @@ pub fn check_document(doc: &Value) -> Vec<Finding> {
 
 // === Filter order ===
 
+/// An order problem among Istio `WasmPlugin`s: the plugin (its `metadata.name`) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderProblem {
+    pub filter: &'static str,
+    pub plugin: String,
+    pub message: String,
+}
+
+/// Checks the order Istio gives the Portico `WasmPlugin`s among `docs` (all the manifests of
+/// one deployment, which may come from several files): by `phase` (AUTHN, AUTHZ, STATS, then
+/// unspecified, just before the router), then by descending `priority`. Auth must come before
+/// every other Portico filter, and cache after header-routing and body-transform; two plugins
+/// whose order matters must not share a phase and priority (Istio's order between them is
+/// then undefined).
+pub fn check_plugin_order(docs: &[&Value]) -> Vec<OrderProblem> {
+    let mut plugins: Vec<(&'static str, String, (u8, i64))> = Vec::new();
+    for doc in docs {
+        if doc.get("kind").and_then(Value::as_str) != Some("WasmPlugin") {
+            continue;
+        }
+        let name = doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+        let url = doc.pointer("/spec/url").and_then(Value::as_str).unwrap_or("");
+        let Some(filter) = filter_named(&format!("portico-{name} {url}")) else {
+            continue;
+        };
+        let phase = match doc.pointer("/spec/phase").and_then(Value::as_str) {
+            Some("AUTHN") => 0,
+            Some("AUTHZ") => 1,
+            Some("STATS") => 2,
+            _ => 3,
+        };
+        let priority = doc.pointer("/spec/priority").and_then(Value::as_i64).unwrap_or(0);
+        plugins.push((filter, name.to_owned(), (phase, -priority)));
+    }
+    let mut problems = Vec::new();
+    let must_precede = |first: &str, then: &str| {
+        first == "auth" && then != "auth" || matches!(first, "header-routing" | "body-transform") && then == "cache"
+    };
+    for (filter, name, rank) in &plugins {
+        for (other, other_name, other_rank) in &plugins {
+            if !must_precede(other, filter) {
+                continue;
+            }
+            let message = if other_rank == rank {
+                format!(
+                    "has the same phase and priority as {other} (WasmPlugin {other_name}), so Istio may run it \
+                     first; {other} must run before {filter}: give {other} an earlier phase or a higher priority"
+                )
+            } else if other_rank > rank {
+                format!(
+                    "runs before {other} (WasmPlugin {other_name}) by its phase and priority; {other} must run \
+                     before {filter}: give {other} an earlier phase or a higher priority"
+                )
+            } else {
+                continue;
+            };
+            problems.push(OrderProblem {
+                filter,
+                plugin: name.clone(),
+                message,
+            });
+        }
+    }
+    problems
+}
+
 /// One entry of an HTTP filter chain, as far as order matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Link {
@@ -715,6 +781,40 @@ http_filters:
                 "{filters:?}: want {want}\n got {got:#?}"
             );
         }
+    }
+
+    fn plugin(name: &str, phase: &str, priority: i64) -> Value {
+        serde_json::json!({"kind": "WasmPlugin", "metadata": {"name": format!("portico-{name}")},
+                           "spec": {"url": format!("oci://r/portico/{name}:1"), "phase": phase, "priority": priority}})
+    }
+
+    #[test]
+    fn istio_plugins_must_run_in_the_order_the_filters_need() {
+        let shipped = [
+            plugin("auth", "AUTHN", 100),
+            plugin("rate-limit", "AUTHZ", 300),
+            plugin("header-routing", "AUTHZ", 200),
+            plugin("body-transform", "AUTHZ", 100),
+            plugin("cache", "AUTHZ", 10),
+        ];
+        assert_eq!(check_plugin_order(&shipped.iter().collect::<Vec<_>>()), Vec::new());
+        let bad = [
+            plugin("auth", "AUTHZ", 100),
+            plugin("rate-limit", "AUTHZ", 300),
+            plugin("header-routing", "AUTHZ", 5),
+            plugin("cache", "AUTHZ", 5),
+        ];
+        let got: Vec<String> = check_plugin_order(&bad.iter().collect::<Vec<_>>())
+            .into_iter()
+            .map(|p| format!("{} {}: {}", p.filter, p.plugin, p.message))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                "rate-limit portico-rate-limit: runs before auth (WasmPlugin portico-auth) by its phase and priority; auth must run before rate-limit: give auth an earlier phase or a higher priority".to_owned(),
+                "cache portico-cache: has the same phase and priority as header-routing (WasmPlugin portico-header-routing), so Istio may run it first; header-routing must run before cache: give header-routing an earlier phase or a higher priority".to_owned(),
+            ]
+        );
     }
 
     #[test]

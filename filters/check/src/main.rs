@@ -26,6 +26,8 @@ fn main() -> ExitCode {
         return usage();
     }
     let mut failed = false;
+    // Every document of every file, for what spans them: the order of Istio's WasmPlugins.
+    let mut all_docs: Vec<(&str, serde_json::Value)> = Vec::new();
     for file in files {
         let text = match std::fs::read_to_string(file) {
             Ok(t) => t,
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
             }
         };
         let findings: Vec<_> = docs.iter().flat_map(portico_check::check_document).collect();
+        all_docs.extend(docs.into_iter().map(|d| (file.as_str(), d)));
         if findings.is_empty() {
             println!("{file}: no Portico filter configuration found");
             failed = true;
@@ -74,6 +77,18 @@ fn main() -> ExitCode {
                 println!("{file}: {} at {}: note: {note}", f.filter, f.location);
             }
         }
+    }
+    let values: Vec<&serde_json::Value> = all_docs.iter().map(|(_, d)| d).collect();
+    for problem in portico_check::check_plugin_order(&values) {
+        failed = true;
+        let file = all_docs
+            .iter()
+            .find(|(_, d)| d.pointer("/metadata/name").and_then(serde_json::Value::as_str) == Some(&problem.plugin))
+            .map_or("", |(f, _)| f);
+        println!(
+            "{file}: {} at WasmPlugin {}: $: {}",
+            problem.filter, problem.plugin, problem.message
+        );
     }
     if failed {
         ExitCode::FAILURE
