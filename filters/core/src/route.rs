@@ -187,10 +187,11 @@ pub fn matching_path(path: &str) -> Cow<'_, str> {
     if !path.contains([';', '%']) {
         return Cow::Borrowed(path);
     }
-    let mut out = String::with_capacity(path.len());
+    // Bytes: only ASCII is removed or decoded, so what remains is still UTF-8.
+    let mut out: Vec<u8> = Vec::with_capacity(path.len());
     for (i, segment) in path.split('/').enumerate() {
         if i > 0 {
-            out.push('/');
+            out.push(b'/');
         }
         let bytes = segment.as_bytes();
         let mut at = 0;
@@ -206,18 +207,18 @@ pub fn matching_path(path: &str) -> Cow<'_, str> {
                 match escaped {
                     Some(b';') => break,
                     Some(c) if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') => {
-                        out.push(char::from(c));
+                        out.push(c);
                         at += 3;
                         continue;
                     }
                     _ => {}
                 }
             }
-            out.push(char::from(b));
+            out.push(b);
             at += 1;
         }
     }
-    Cow::Owned(out)
+    Cow::Owned(String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
 /// Rules compiled for lookup. `T` is the filter's own per-rule configuration.
@@ -579,6 +580,11 @@ mod tests {
         assert_eq!(found(&t, "GET", "/admin%2Fx", "h"), None);
         assert_eq!(found(&t, "GET", "/Admin", "h"), None, "matching is case-sensitive");
         assert_eq!(matching_path("/a;b/c%7E%2f;d"), "/a/c~%2f");
+        assert_eq!(
+            matching_path("/café;x=1/ü%41"),
+            "/café/üA",
+            "non-ASCII text is kept as it is"
+        );
         assert!(matches!(matching_path("/plain/path"), std::borrow::Cow::Borrowed(_)));
     }
 
