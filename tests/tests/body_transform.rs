@@ -662,3 +662,55 @@ fn the_official_sdks_get_typed_results_through_the_gateway() {
     assert!(text.contains(" passed"), "{text}");
     s.gw.assert_no_wasm_panic();
 }
+
+#[test]
+fn backend_errors_and_cut_streams_reach_every_client_with_a_code() {
+    let s = setup();
+    // Each client API against each backend API: the mock's OpenAI errors carry `code: null`.
+    for (path, body) in [
+        (TO_CLAUDE, to_claude(json!({}))),
+        (TO_CLAUDE, to_claude(json!({"model": "gpt-test"}))),
+        ("/v1/messages", to_gpt(json!({}))),
+        ("/v1/messages", to_gpt(json!({"model": "claude-test"}))),
+    ] {
+        let mut request = post(path, &body).header("x-mock-status", "503");
+        if path == "/v1/messages" {
+            request = request.header("anthropic-version", "2023-06-01");
+        }
+        let r = request.send(s.gw.addr);
+        assert_eq!(r.status, 503, "{path} {body}: {}", r.text());
+        let v = r.json();
+        assert!(
+            v["error"]["code"].as_str().is_some_and(|c| !c.is_empty()),
+            "{path} {}: {v}",
+            body["model"]
+        );
+        assert!(v["error"]["type"].is_string(), "{v}");
+        assert_eq!(
+            v.get("type").is_some(),
+            path == "/v1/messages",
+            "the client's shape: {v}"
+        );
+    }
+    // A translated stream cut before its end closes with an error event that has a code.
+    let r = post(TO_CLAUDE, &to_claude(json!({"stream": true})))
+        .header("x-mock-cut", "clean")
+        .send(s.gw.addr);
+    assert_eq!(
+        json_events(&r).last().unwrap()["error"]["code"],
+        "stream_truncated",
+        "{}",
+        r.text()
+    );
+    let r = anthropic_post(&to_gpt(json!({"stream": true})))
+        .header("x-mock-cut", "clean")
+        .send(s.gw.addr);
+    let events = json_events(&r);
+    assert_eq!(events.last().unwrap()["type"], "error", "{events:?}");
+    assert_eq!(
+        events.last().unwrap()["error"]["code"],
+        "stream_truncated",
+        "{events:?}"
+    );
+    s.gw.assert_no_wasm_panic();
+}

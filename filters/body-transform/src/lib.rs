@@ -160,6 +160,7 @@ impl RootContext for TransformRoot {
             facts: RequestFacts::default(),
             response: Response::Untouched,
             held: false,
+            model_route: false,
         }))
     }
 
@@ -209,6 +210,8 @@ struct TransformHttp {
     /// The response headers are held (`allow_on_headers_stop_iteration`): the status can
     /// still change.
     held: bool,
+    /// The client called a model API (`/chat/completions`, `/messages`).
+    model_route: bool,
 }
 
 impl Context for TransformHttp {}
@@ -297,6 +300,7 @@ impl HttpContext for TransformHttp {
         };
         self.rule = Some(matched.index);
         self.api = ClientApi::of_path(view.path());
+        self.model_route = client_format(view.path()).is_some();
         let rule = matched.rule;
         self.headers = rule
             .request
@@ -427,6 +431,8 @@ impl HttpContext for TransformHttp {
             (Some(Direction::AnthropicToOpenAi), true) => Response::AnthropicStream(Box::default()),
             (Some(_), false) => Response::Whole { status },
             (None, false) if rewrite_body => Response::Whole { status },
+            // A model backend's error in the client's own API: read whole to give it a code.
+            (None, false) if self.model_route && status >= 400 => Response::Whole { status },
             (None, _) => Response::Untouched,
         };
         if matches!(self.response, Response::Untouched) {
@@ -531,6 +537,7 @@ impl TransformHttp {
             (_, _, Err(_)) => return Ok(None),
             (Some(Direction::OpenAiToAnthropic), false, Ok(v)) => translate::response::error_to_openai(&v, status),
             (Some(Direction::AnthropicToOpenAi), false, Ok(v)) => translate::response::error_to_anthropic(&v, status),
+            (None, false, Ok(v)) if self.model_route => translate::response::error_with_code(&v, status).unwrap_or(v),
             (None, _, Ok(v)) => v,
         };
         if let Some(rule) = self.rule() {

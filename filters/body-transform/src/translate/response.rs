@@ -216,12 +216,33 @@ fn anthropic_error_type(status: u32) -> &'static str {
     }
 }
 
-/// An OpenAI error body as Anthropic's error shape.
-pub fn error_to_anthropic(body: &Value, status: u32) -> Value {
-    json!({"type": "error", "error": {"type": anthropic_error_type(status), "message": error_message(body)}})
+/// A backend error's stable code for the client: the backend's own `error.code` when it is a
+/// string, else its `error.type` (Anthropic's `overloaded_error`, OpenAI's `server_error`), else
+/// the Anthropic type of the status. Never empty, never null: clients branch on it.
+pub fn upstream_error_code(body: &Value, status: u32) -> String {
+    let error = body.get("error");
+    let named = |key: &str| {
+        error
+            .and_then(|e| e.get(key))
+            .and_then(Value::as_str)
+            .filter(|s| !s.trim().is_empty())
+    };
+    named("code")
+        .or_else(|| named("type"))
+        .unwrap_or_else(|| anthropic_error_type(status))
+        .to_owned()
 }
 
-/// An Anthropic error body as OpenAI's error shape.
+/// An OpenAI error body as Anthropic's error shape, with the backend's code kept.
+pub fn error_to_anthropic(body: &Value, status: u32) -> Value {
+    json!({"type": "error", "error": {
+        "type": anthropic_error_type(status),
+        "code": upstream_error_code(body, status),
+        "message": error_message(body)
+    }})
+}
+
+/// An Anthropic error body as OpenAI's error shape; `code` is never null.
 pub fn error_to_openai(body: &Value, status: u32) -> Value {
     let kind = body
         .get("error")
@@ -232,6 +253,25 @@ pub fn error_to_openai(body: &Value, status: u32) -> Value {
     error.insert("message".into(), json!(error_message(body)));
     error.insert("type".into(), json!(kind));
     error.insert("param".into(), Value::Null);
-    error.insert("code".into(), Value::Null);
+    error.insert("code".into(), json!(upstream_error_code(body, status)));
     json!({"error": error})
+}
+
+/// A backend error answered in the client's own API (no translation): the body as it came,
+/// with `error.code` filled in when the backend left it out or null (OpenAI often does), so
+/// every error a client sees carries a code. `None` when the body is not an error object.
+pub fn error_with_code(body: &Value, status: u32) -> Option<Value> {
+    let error = body.get("error").filter(|e| e.is_object())?;
+    if error
+        .get("code")
+        .and_then(Value::as_str)
+        .is_some_and(|c| !c.trim().is_empty())
+    {
+        return None;
+    }
+    let mut out = body.clone();
+    if let Some(e) = out.get_mut("error") {
+        put(e, "code", json!(upstream_error_code(body, status)));
+    }
+    Some(out)
 }

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use portico_core::sse::{Event, SseReader};
 use serde_json::{json, Value};
 
-use super::response::{finish_reason, refusal_explanation, stop_reason, tool_input, untranslatable_stop};
+use super::response::{
+    finish_reason, refusal_explanation, stop_reason, tool_input, untranslatable_stop, upstream_error_code,
+};
 use super::usage::Tokens;
 use super::BadUpstream;
 
@@ -26,6 +28,9 @@ fn event_line(name: &str, v: &Value) -> Vec<u8> {
 }
 
 const CUT: &str = "the model backend's stream ended before it finished";
+
+/// The code of the error event that closes a stream the backend cut short.
+pub const TRUNCATED: &str = "stream_truncated";
 
 /// The event's JSON data; `what` names the event in the error.
 fn parse(event: &Event, what: &str) -> Result<Value, BadUpstream> {
@@ -252,8 +257,9 @@ impl AnthropicToOpenAi {
                     .and_then(|e| e.get("type"))
                     .cloned()
                     .unwrap_or_else(|| json!("api_error"));
+                let code = upstream_error_code(&v, 0);
                 let mut out =
-                    data_line(&json!({"error": {"message": message, "type": kind, "param": null, "code": null}}));
+                    data_line(&json!({"error": {"message": message, "type": kind, "param": null, "code": code}}));
                 out.extend(b"data: [DONE]\n\n");
                 out
             }
@@ -268,7 +274,8 @@ impl AnthropicToOpenAi {
             return Vec::new();
         }
         self.done = true;
-        let mut out = data_line(&json!({"error": {"message": CUT, "type": "api_error", "param": null, "code": null}}));
+        let mut out =
+            data_line(&json!({"error": {"message": CUT, "type": "api_error", "param": null, "code": TRUNCATED}}));
         out.extend(b"data: [DONE]\n\n");
         out
     }
@@ -400,9 +407,10 @@ impl OpenAiToAnthropic {
         if let Some(err) = v.get("error") {
             self.done = true;
             let message = err.get("message").cloned().unwrap_or_else(|| json!("error"));
+            let code = upstream_error_code(&v, 0);
             out.extend(event_line(
                 "error",
-                &json!({"type": "error", "error": {"type": "api_error", "message": message}}),
+                &json!({"type": "error", "error": {"type": "api_error", "code": code, "message": message}}),
             ));
             return Ok(());
         }
@@ -529,7 +537,7 @@ impl OpenAiToAnthropic {
         self.done = true;
         event_line(
             "error",
-            &json!({"type": "error", "error": {"type": "api_error", "message": CUT}}),
+            &json!({"type": "error", "error": {"type": "api_error", "code": TRUNCATED, "message": CUT}}),
         )
     }
 }

@@ -216,14 +216,67 @@ fn errors_take_the_clients_shape() {
     let from_anthropic = json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}});
     assert_eq!(
         response::error_to_openai(&from_anthropic, 529),
-        json!({"error": {"message": "Overloaded", "type": "overloaded_error", "param": null, "code": null}})
+        json!({"error": {"message": "Overloaded", "type": "overloaded_error", "param": null, "code": "overloaded_error"}})
     );
     let from_openai =
         json!({"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}});
     assert_eq!(
         response::error_to_anthropic(&from_openai, 429),
-        json!({"type": "error", "error": {"type": "rate_limit_error", "message": "Rate limit reached"}})
+        json!({"type": "error", "error": {"type": "rate_limit_error", "code": "rate_limit_exceeded", "message": "Rate limit reached"}})
     );
+}
+
+#[test]
+fn every_backend_error_reaches_the_client_with_a_code() {
+    // OpenAI's own errors often carry `code: null`; a body without an error type falls back
+    // to the status.
+    let null_code = json!({"error": {"message": "boom", "type": "server_error", "param": null, "code": null}});
+    assert_eq!(
+        response::error_to_anthropic(&null_code, 500)["error"]["code"],
+        "server_error"
+    );
+    assert_eq!(
+        response::error_with_code(&null_code, 500).unwrap()["error"]["code"],
+        "server_error"
+    );
+    let bare = json!({"error": {"message": "no"}});
+    assert_eq!(
+        response::error_to_openai(&bare, 429)["error"]["code"],
+        "rate_limit_error"
+    );
+    assert_eq!(
+        response::error_to_anthropic(&bare, 503)["error"]["code"],
+        "overloaded_error"
+    );
+    assert_eq!(
+        response::error_with_code(&bare, 404).unwrap()["error"]["code"],
+        "not_found_error"
+    );
+    assert_eq!(
+        response::error_to_openai(&json!("x"), 500)["error"]["code"],
+        "api_error"
+    );
+    // A code already there stays; a body that is no error object is left alone.
+    let coded = json!({"error": {"message": "m", "code": "context_length_exceeded"}});
+    assert_eq!(response::error_with_code(&coded, 400), None);
+    assert_eq!(response::error_with_code(&json!({"detail": "x"}), 400), None);
+}
+
+#[test]
+fn errors_inside_streams_keep_a_code_in_the_clients_format() {
+    let anthropic = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+    let mut a = AnthropicToOpenAi::new(1, false);
+    let out = String::from_utf8(a.push(anthropic.as_bytes())).unwrap();
+    let events = data_events(&out);
+    assert_eq!(events[0]["error"]["code"], "overloaded_error", "{out}");
+    assert_eq!(events[0]["error"]["type"], "overloaded_error");
+
+    let openai = "data: {\"error\":{\"message\":\"boom\",\"type\":\"server_error\",\"code\":null}}\n\n";
+    let mut o = OpenAiToAnthropic::default();
+    let out = String::from_utf8(o.push(openai.as_bytes())).unwrap();
+    let events = data_events(&out);
+    assert_eq!(events[0]["type"], "error", "{out}");
+    assert_eq!(events[0]["error"]["code"], "server_error");
 }
 
 const ANTHROPIC_STREAM: &str = "event: message_start\n\
@@ -341,11 +394,13 @@ fn cut_streams_end_with_an_error_event_in_the_clients_format() {
     let end = String::from_utf8(a.finish()).unwrap();
     assert!(end.starts_with("data: {\"error\""), "{end}");
     assert!(end.ends_with("data: [DONE]\n\n"));
+    assert_eq!(data_events(&end)[0]["error"]["code"], "stream_truncated");
 
     let mut o = OpenAiToAnthropic::default();
     let _ = o.push(b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"par");
     let end = String::from_utf8(o.finish()).unwrap();
     assert!(end.starts_with("event: error\n"), "{end}");
+    assert_eq!(data_events(&end)[0]["error"]["code"], "stream_truncated");
 }
 
 // === Field fidelity: requests ===
