@@ -536,12 +536,14 @@ const ANTHROPIC_FIELDS: &[&str] = &[
     "tools",
     "tool_choice",
     "metadata",
+    "cache_control",
 ];
 
 /// Translates an Anthropic Messages request into an OpenAI Chat Completions request.
 pub fn anthropic_to_openai(body: &Value) -> Result<(Value, RequestFacts)> {
     let req = Obj::new(body, String::new())?;
     req.only(ANTHROPIC_FIELDS, TO_OPENAI)?;
+    ephemeral_cache_control(&req)?;
     let mut out = Map::new();
     if let Some(model) = req.get("model") {
         out.insert("model".into(), model.clone());
@@ -636,13 +638,32 @@ pub fn anthropic_to_openai(body: &Value) -> Result<(Value, RequestFacts)> {
     ))
 }
 
-/// The text of an Anthropic text block; `cache_control` and citations have no OpenAI place.
+/// Checks an Anthropic `cache_control` on `holder`, which an OpenAI backend does without: an
+/// ephemeral breakpoint (any TTL Anthropic offers) only asks to cache the prefix, and OpenAI
+/// caches prompt prefixes on its own, so it is dropped. Any other kind is refused by name.
+fn ephemeral_cache_control(holder: &Obj<'_>) -> Result<()> {
+    let Some(control) = holder.object("cache_control")? else {
+        return Ok(());
+    };
+    control.only(&["type", "ttl"], TO_OPENAI)?;
+    match control.required_str("type")? {
+        "ephemeral" => {}
+        other => return untranslatable(control.field("type"), format!("{other:?} {TO_OPENAI}")),
+    }
+    match control.str("ttl")? {
+        None | Some("5m" | "1h") => Ok(()),
+        Some(other) => invalid(control.field("ttl"), format!("unknown value {other:?}")),
+    }
+}
+
+/// The text of an Anthropic text block; citations have no OpenAI place.
 fn anthropic_text(block: &Obj<'_>) -> Result<String> {
     match block.required_str("type")? {
         "text" => {}
         other => return untranslatable(block.field("type"), format!("{other:?} blocks do not translate here")),
     }
-    block.only(&["type", "text"], TO_OPENAI)?;
+    block.only(&["type", "text", "cache_control"], TO_OPENAI)?;
+    ephemeral_cache_control(block)?;
     Ok(block.required_str("text")?.to_owned())
 }
 
@@ -653,7 +674,8 @@ fn anthropic_user(blocks: &[Obj<'_>], messages: &mut Vec<Value>) -> Result<()> {
         match b.required_str("type")? {
             "text" => parts.push(json!({"type": "text", "text": anthropic_text(b)?})),
             "image" => {
-                b.only(&["type", "source"], TO_OPENAI)?;
+                b.only(&["type", "source", "cache_control"], TO_OPENAI)?;
+                ephemeral_cache_control(b)?;
                 let src = b.required_object("source")?;
                 let url = match src.required_str("type")? {
                     "base64" => {
@@ -673,7 +695,11 @@ fn anthropic_user(blocks: &[Obj<'_>], messages: &mut Vec<Value>) -> Result<()> {
                 parts.push(json!({"type": "image_url", "image_url": {"url": url}}));
             }
             "tool_result" => {
-                b.only(&["type", "tool_use_id", "content", "is_error"], TO_OPENAI)?;
+                b.only(
+                    &["type", "tool_use_id", "content", "is_error", "cache_control"],
+                    TO_OPENAI,
+                )?;
+                ephemeral_cache_control(b)?;
                 if b.bool("is_error")? == Some(true) {
                     return untranslatable(
                         b.field("is_error"),
@@ -717,7 +743,8 @@ fn anthropic_assistant(blocks: &[Obj<'_>]) -> Result<Value> {
         match b.required_str("type")? {
             "text" => text.push(anthropic_text(b)?),
             "tool_use" => {
-                b.only(&["type", "id", "name", "input"], TO_OPENAI)?;
+                b.only(&["type", "id", "name", "input", "cache_control"], TO_OPENAI)?;
+                ephemeral_cache_control(b)?;
                 let input = b.required_object("input")?;
                 calls.push(json!({
                     "id": b.required_str("id")?,
@@ -749,9 +776,18 @@ fn anthropic_tool(tool: &Obj<'_>) -> Result<Value> {
         }
     }
     tool.only(
-        &["type", "name", "description", "input_schema", "strict", "defer_loading"],
+        &[
+            "type",
+            "name",
+            "description",
+            "input_schema",
+            "strict",
+            "defer_loading",
+            "cache_control",
+        ],
         TO_OPENAI,
     )?;
+    ephemeral_cache_control(tool)?;
     if tool.bool("defer_loading")? == Some(true) {
         return untranslatable(tool.field("defer_loading"), TO_OPENAI);
     }

@@ -558,25 +558,23 @@ fn anthropic_fields_openai_cannot_express_are_refused_by_name() {
         ),
         (
             "system cache_control",
-            a(json!({"system": [text(json!({"cache_control": {"type": "ephemeral"}}))]})),
+            a(json!({"system": [text(json!({"cache_control": {"type": "persistent"}}))]})),
             u,
-            "system[0].cache_control",
+            "system[0].cache_control.type",
         ),
         (
             "message cache_control",
-            a(
-                json!({"messages": [{"role": "user", "content": [text(json!({"cache_control": {"type": "ephemeral"}}))]}]}),
-            ),
-            u,
+            a(json!({"messages": [{"role": "user", "content": [text(json!({"cache_control": "ephemeral"}))]}]})),
+            Refusal::Invalid,
             "messages[0].content[0].cache_control",
         ),
         (
             "tool cache_control",
             a(
-                json!({"tools": [{"name": "f", "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral"}}]}),
+                json!({"tools": [{"name": "f", "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral", "scope": "global"}}]}),
             ),
             u,
-            "tools[0].cache_control",
+            "tools[0].cache_control.scope",
         ),
         (
             "deferred tool",
@@ -605,12 +603,6 @@ fn anthropic_fields_openai_cannot_express_are_refused_by_name() {
             a(json!({"metadata": {"user_id": "u", "tenant": "t"}})),
             u,
             "metadata.tenant",
-        ),
-        (
-            "top-level automatic caching",
-            a(json!({"cache_control": {"type": "ephemeral"}})),
-            u,
-            "cache_control",
         ),
         (
             "thinking in history",
@@ -1342,5 +1334,48 @@ fn sampling_parameters_reach_the_backend_as_the_client_wrote_them() {
         let text = serde_json::to_string(&translated).unwrap();
         assert!(text.contains(r#""temperature":0.9073038322028689,"#), "{text}");
         assert!(text.contains(r#""top_p":0.9999999999999999"#), "{text}");
+    }
+}
+
+#[test]
+fn ephemeral_cache_breakpoints_are_accepted_and_dropped_for_openai_backends() {
+    // OpenAI caches prompt prefixes on its own: an Anthropic breakpoint has nothing to ask.
+    let ephemeral = json!({"type": "ephemeral"});
+    let with_ttl = json!({"type": "ephemeral", "ttl": "1h"});
+    let body = json!({
+        "model": "m", "max_tokens": 10,
+        "cache_control": ephemeral,
+        "system": [{"type": "text", "text": "Be brief.", "cache_control": ephemeral}],
+        "tools": [{"name": "f", "input_schema": {"type": "object"}, "cache_control": with_ttl}],
+        "messages": [
+            {"role": "user", "content": [
+                {"type": "text", "text": "hi", "cache_control": ephemeral},
+                {"type": "image", "source": {"type": "url", "url": "https://x/i.png"}, "cache_control": ephemeral}
+            ]},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "t1", "name": "f", "input": {}, "cache_control": ephemeral}
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "t1", "cache_control": ephemeral,
+                 "content": [{"type": "text", "text": "42", "cache_control": ephemeral}]}
+            ]}
+        ]
+    });
+    let (out, _) = anthropic_to_openai(&body).unwrap();
+    assert!(!out.to_string().contains("cache_control"), "{out}");
+    assert_eq!(out["messages"][0], json!({"role": "system", "content": "Be brief."}));
+    assert_eq!(
+        out["messages"][3],
+        json!({"role": "tool", "tool_call_id": "t1", "content": "42"})
+    );
+    assert_eq!(out["tools"][0]["function"]["name"], "f");
+    // Anything but an ephemeral breakpoint is refused by name.
+    for (cache_control, field) in [
+        (json!({"type": "persistent"}), "cache_control.type"),
+        (json!({"type": "ephemeral", "ttl": "1d"}), "cache_control.ttl"),
+        (json!("ephemeral"), "cache_control"),
+    ] {
+        let err = anthropic_to_openai(&anthropic_with(json!({"cache_control": cache_control}))).unwrap_err();
+        assert_eq!(err.field, field, "{err}");
     }
 }
