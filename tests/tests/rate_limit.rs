@@ -262,11 +262,21 @@ fn token_usage_is_settled_from_json_and_from_split_streams_of_both_apis() {
             "{path} stream={stream}"
         );
     }
-    // The last answer reported no usage and was not a stream: it charged nothing.
+    // The last answer was a success without usage: the backend did work nobody can count, so
+    // its reservation stands (issue 13: unknown is not zero).
     thread::sleep(Duration::from_millis(50));
     let r = chat("/v1/chat/completions", "u", None, false).send(gw.addr);
-    assert_eq!(remaining_tokens(&r), 100_000 - used - estimate);
+    assert_eq!(remaining_tokens(&r), 100_000 - used - 2 * estimate);
     assert!(gw.metric("portico_ratelimit_responses_without_usage", &[]) >= 1);
+    // An error answer without usage charges nothing: after it, the budget is as before it.
+    thread::sleep(Duration::from_millis(50));
+    let failed = chat("/v1/chat/completions", "u", None, false)
+        .header("x-mock-status", "500")
+        .send(gw.addr);
+    assert_eq!(failed.status, 500);
+    thread::sleep(Duration::from_millis(50));
+    let r = chat("/v1/chat/completions", "u", Some((1, 1)), false).send(gw.addr);
+    assert_eq!(remaining_tokens(&r), 100_000 - used - 3 * estimate);
     assert!(gw.metric("portico_tokens_total", &[("tier", "pro"), ("model", "gpt-test")]) >= used);
     gw.assert_no_wasm_panic();
 }
@@ -288,6 +298,26 @@ fn a_stream_cut_before_its_usage_keeps_the_reservation() {
         "both cut streams kept their reservation"
     );
     assert_eq!(gw.metric("portico_ratelimit_responses_without_usage", &[]), 2);
+    gw.assert_no_wasm_panic();
+}
+
+#[test]
+fn an_anthropic_stream_cut_after_message_start_keeps_the_reservation() {
+    let (gw, _up) = quota_gateway(100_000, YEAR);
+    let estimate = 200 + (chat_body().len() as u64).div_ceil(4);
+    // The body ends cleanly after message_start and some deltas, before message_delta's usage:
+    // message_start's placeholder (output_tokens 1) is no final count.
+    let cut = chat("/v1/messages", "placeholder", Some((5, 500)), true).header("x-mock-cut", "clean");
+    let r = cut.send(gw.addr);
+    assert!(r.text().contains("message_start"), "{}", r.text());
+    assert!(!r.text().contains("message_delta"), "{}", r.text());
+    thread::sleep(Duration::from_millis(100));
+    let r = chat("/v1/chat/completions", "placeholder", Some((1, 1)), false).send(gw.addr);
+    assert_eq!(
+        remaining_tokens(&r),
+        100_000 - 2 * estimate,
+        "the cut stream kept its reservation"
+    );
     gw.assert_no_wasm_panic();
 }
 
@@ -630,14 +660,20 @@ fn a_prompt_the_budget_cannot_fit_is_refused_once_the_body_shows_it() {
 /// an Anthropic backend (which requires `max_tokens`). body-transform's own default (4096)
 /// is far above the quota's (100).
 fn translating_gateway(budget: u64) -> (Gateway, Upstream) {
+    translating_gateway_holding(budget, false)
+}
+
+/// The same, with body-transform holding the headers of answers it translates whole (as
+/// shipped), so a bad answer becomes a 502.
+fn translating_gateway_holding(budget: u64, hold: bool) -> (Gateway, Upstream) {
     let anthropic = Upstream::start_named("127.0.0.1:0", "anthropic").unwrap();
     let routing = json!({
         "backends": [{"name": "anthropic", "cluster": "anthropic", "format": "anthropic", "credential": {"api_key": "k"}}],
         "routes": [{"name": "chat", "match": {"path": "/v1/chat/completions"},
                     "models": {"aliases": {"claude-test": {"backend": "anthropic"}}}}]
     });
-    let transform =
-        json!({"default_max_tokens": 4096, "routes": [{"match": {"path": "/v1/{*rest}"}, "translate": "auto"}]});
+    let transform = json!({"default_max_tokens": 4096, "allow_on_headers_stop_iteration": hold,
+        "routes": [{"match": {"path": "/v1/{*rest}"}, "translate": "auto"}]});
     let limits = json!({"token_quotas": [{"name": "llm", "key": ["consumer"], "default_max_tokens": 100,
         "budgets": [{"tokens": budget, "period_seconds": YEAR}]}]});
     let envoy = EnvoyConfig::new(anthropic.addr)
@@ -648,6 +684,54 @@ fn translating_gateway(budget: u64) -> (Gateway, Upstream) {
         .wasm("header-routing", &routing)
         .wasm("body-transform", &transform);
     (Gateway::start(&envoy), anthropic)
+}
+
+#[test]
+fn an_answer_the_translator_refuses_is_still_charged() {
+    for hold in [true, false] {
+        let body = json!({"model": "claude-test", "max_tokens": 300, "messages": [{"role": "user", "content": "hi"}]})
+            .to_string();
+        let estimate = 300 + (body.len() as u64).div_ceil(4);
+        let (gw, _up) = translating_gateway_holding(100_000, hold);
+        let paused = |consumer: &str, usage: Option<&str>| {
+            let mut r = Request::new("POST", "/v1/chat/completions")
+                .header("content-type", "application/json")
+                .header("x-portico-consumer", consumer)
+                .header("x-mock-stop", "pause_turn")
+                .body(body.clone());
+            if let Some(usage) = usage {
+                r = r.header("x-mock-usage", usage);
+            }
+            r
+        };
+        // `pause_turn` has no OpenAI word: the client gets bad_upstream_response.
+        let r = paused("read", Some("40,90")).send(gw.addr);
+        assert_eq!(r.status, if hold { 502 } else { 200 }, "{}", r.text());
+        assert_eq!(r.error_code(), "bad_upstream_response", "{}", r.text());
+        // Without usage the reservation stands; a stream refused midway is the same.
+        let r = paused("unread", None).send(gw.addr);
+        assert_eq!(r.error_code(), "bad_upstream_response", "{}", r.text());
+        thread::sleep(Duration::from_millis(100));
+        let next = |consumer: &str| {
+            Request::new("POST", "/v1/chat/completions")
+                .header("content-type", "application/json")
+                .header("x-portico-consumer", consumer)
+                .header("x-mock-usage", "1,1")
+                .body(body.clone())
+                .send(gw.addr)
+        };
+        assert_eq!(
+            remaining_tokens(&next("read")),
+            100_000 - 130 - estimate,
+            "hold={hold}: the backend's usage was charged"
+        );
+        assert_eq!(
+            remaining_tokens(&next("unread")),
+            100_000 - 2 * estimate,
+            "hold={hold}: unknown usage keeps the reservation"
+        );
+        gw.assert_no_wasm_panic();
+    }
 }
 
 #[test]

@@ -25,7 +25,7 @@ pub mod translate;
 
 use std::rc::Rc;
 
-use portico_core::analytics::{state, CACHE_HEADER};
+use portico_core::analytics::{state, BackendUsage, CACHE_HEADER};
 use portico_core::clock::unix_seconds;
 use portico_core::metrics::Family;
 use portico_core::refusal::Refusals;
@@ -252,6 +252,11 @@ impl TransformHttp {
         Action::Pause
     }
 
+    /// Tells rate-limit what the backend reported about a translated success.
+    fn publish_usage(&self, usage: BackendUsage) {
+        self.set_property(vec![state::BACKEND_USAGE], Some(usage.encode().as_bytes()));
+    }
+
     fn now(&self) -> u64 {
         unix_seconds(self.get_current_time())
     }
@@ -471,22 +476,21 @@ impl HttpContext for TransformHttp {
                     _ => Vec::new(),
                 };
                 if end_of_stream {
-                    match &mut self.response {
+                    // The client may not get the backend's usage (an OpenAI client that did not
+                    // ask for it), or get a count the backend never gave: rate-limit, after this
+                    // filter on the way out, settles from what the backend said.
+                    let usage = match &mut self.response {
                         Response::OpenAiStream(t) => {
                             out.extend(t.finish());
-                            // The OpenAI client may not get the usage (it did not ask for it):
-                            // rate-limit, after this filter on the way out, reads it here.
-                            if let Some((prompt, completion)) = t.usage() {
-                                self.set_property(vec![state::PROMPT_TOKENS], Some(prompt.to_string().as_bytes()));
-                                self.set_property(
-                                    vec![state::COMPLETION_TOKENS],
-                                    Some(completion.to_string().as_bytes()),
-                                );
-                            }
+                            t.usage()
                         }
-                        Response::AnthropicStream(t) => out.extend(t.finish()),
-                        _ => {}
-                    }
+                        Response::AnthropicStream(t) => {
+                            out.extend(t.finish());
+                            t.usage()
+                        }
+                        _ => BackendUsage::Unknown,
+                    };
+                    self.publish_usage(usage);
                     let failure = match &self.response {
                         Response::OpenAiStream(t) => t.failure(),
                         Response::AnthropicStream(t) => t.failure(),
@@ -528,7 +532,15 @@ impl TransformHttp {
         let parsed = serde_json::from_slice::<Value>(body);
         let mut value = match (self.direction, status < 400, parsed) {
             (Some(direction), true, parsed) => {
-                let v = parsed.map_err(|_| BadUpstream::new("$", "is not JSON"))?;
+                let Ok(v) = parsed else {
+                    self.publish_usage(BackendUsage::Unknown);
+                    return Err(BadUpstream::new("$", "is not JSON"));
+                };
+                // Charged even when the answer cannot be translated: the backend did the work.
+                self.publish_usage(translate::usage::of_answer(
+                    &v,
+                    direction == Direction::OpenAiToAnthropic,
+                ));
                 match direction {
                     Direction::OpenAiToAnthropic => translate::response::anthropic_to_openai(&v, self.now())?,
                     Direction::AnthropicToOpenAi => translate::response::openai_to_anthropic(&v)?,

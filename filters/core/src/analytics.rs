@@ -39,12 +39,48 @@ pub mod state {
     /// that requires `max_tokens` for this many when the client named none, so the request
     /// never asks for more than was reserved.
     pub const MAX_OUTPUT_TOKENS: &str = "portico_max_output_tokens";
+    /// Set by body-transform on every answer it translates from a backend's success (a
+    /// complete body or a stream, including one it had to refuse as a bad answer): the usage
+    /// the backend itself reported, which the translation may have hidden (an OpenAI client
+    /// that did not ask for stream usage, a 502 in place of the answer) or had to fill in (an
+    /// Anthropic client always gets a count). rate-limit settles from it; see
+    /// [`BackendUsage`].
+    pub const BACKEND_USAGE: &str = "portico_backend_usage";
     /// Set by cache: HIT, MISS or BYPASS.
     pub const CACHE: &str = "portico_cache";
     /// Set by a filter that changes the path across APIs (translation, a rewrite): the API
     /// the client speaks (`openai`, `anthropic`), which Envoy's `local_reply_config` reads to
     /// answer its own errors in the client's format.
     pub const CLIENT_API: &str = "portico_client_api";
+}
+
+/// What a backend reported about its usage, as body-transform publishes it in
+/// [`state::BACKEND_USAGE`]: `<prompt> <completion>`, or `unknown` when the backend's answer
+/// carried no final count (no usage object, a stream cut before its last usage, usage that is
+/// not a count). Unknown is not zero: the backend may have done the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendUsage {
+    Reported { prompt: u64, completion: u64 },
+    Unknown,
+}
+
+impl BackendUsage {
+    pub fn encode(self) -> String {
+        match self {
+            BackendUsage::Reported { prompt, completion } => format!("{prompt} {completion}"),
+            BackendUsage::Unknown => "unknown".to_owned(),
+        }
+    }
+
+    /// Reads the property's value; anything malformed is unknown.
+    pub fn decode(raw: &[u8]) -> BackendUsage {
+        let text = std::str::from_utf8(raw).unwrap_or_default();
+        let mut parts = text.split(' ').map(str::parse::<u64>);
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(Ok(prompt)), Some(Ok(completion)), None) => BackendUsage::Reported { prompt, completion },
+            _ => BackendUsage::Unknown,
+        }
+    }
 }
 
 /// The response header the cache sets, which rate-limit reads to release a hit's token
@@ -129,6 +165,26 @@ pub fn outcome(status: u32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backend_usage_round_trips_and_anything_else_is_unknown() {
+        for usage in [
+            BackendUsage::Reported {
+                prompt: 3,
+                completion: 0,
+            },
+            BackendUsage::Reported {
+                prompt: u64::MAX,
+                completion: u64::MAX,
+            },
+            BackendUsage::Unknown,
+        ] {
+            assert_eq!(BackendUsage::decode(usage.encode().as_bytes()), usage);
+        }
+        for raw in [&b""[..], b"3", b"3 4 5", b"-1 2", b"a b", b"\xff", b"3  4"] {
+            assert_eq!(BackendUsage::decode(raw), BackendUsage::Unknown, "{raw:?}");
+        }
+    }
 
     #[test]
     fn series_names_carry_cleaned_labels() {

@@ -24,7 +24,7 @@ pub mod usage;
 use std::rc::Rc;
 
 use log::{error, warn};
-use portico_core::analytics::{state, CACHE_HEADER};
+use portico_core::analytics::{state, BackendUsage, CACHE_HEADER};
 use portico_core::clock::unix_nanos;
 use portico_core::identity::{CONSUMER_HEADER, TIER_HEADER};
 use portico_core::metrics::{bump, counter, Family};
@@ -178,6 +178,7 @@ impl RootContext for LimitRoot {
             consumer: String::new(),
             model: String::new(),
             body: Body::Unread,
+            status: 0,
         }))
     }
 
@@ -217,6 +218,8 @@ struct LimitHttp {
     consumer: String,
     model: String,
     body: Body,
+    /// The response status (0 until the response headers came).
+    status: u32,
 }
 
 impl Context for LimitHttp {}
@@ -267,14 +270,14 @@ impl LimitHttp {
         from_property.or_else(|| view.header_str("content-length").and_then(|v| v.trim().parse().ok()))
     }
 
-    /// The usage body-transform read from the backend's stream before translating it away.
-    fn translated_usage(&self) -> Reported {
-        let read =
-            |key: &str| -> Option<u64> { std::str::from_utf8(&self.get_property(vec![key])?).ok()?.parse().ok() };
-        match (read(state::PROMPT_TOKENS), read(state::COMPLETION_TOKENS)) {
-            (Some(prompt), Some(completion)) => Reported::Usage(Usage { prompt, completion }),
-            _ => Reported::Missing,
-        }
+    /// The usage body-transform read from the backend's answer before translating it (or
+    /// refusing it): `None` when the answer was not translated.
+    fn backend_usage(&self) -> Option<Reported> {
+        let raw = self.get_property(vec![state::BACKEND_USAGE])?;
+        Some(match BackendUsage::decode(&raw) {
+            BackendUsage::Reported { prompt, completion } => Reported::Usage(Usage { prompt, completion }),
+            BackendUsage::Unknown => Reported::Missing,
+        })
     }
 
     /// Counts quota decisions that are final.
@@ -477,6 +480,10 @@ impl HttpContext for LimitHttp {
             {
                 self.model = model;
             }
+            self.status = self
+                .get_http_response_header_bytes(":status")
+                .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok())
+                .unwrap_or(0);
             let sse = self
                 .get_http_response_header_bytes("content-type")
                 .is_some_and(|ct| is_event_stream(&ct));
@@ -508,15 +515,13 @@ impl HttpContext for LimitHttp {
         if end_of_stream {
             match std::mem::replace(&mut self.body, Body::Settled) {
                 Body::Stream(stream) => {
-                    let reported = match stream.usage() {
-                        Reported::Missing => self.translated_usage(),
-                        read => read,
-                    };
+                    let reported = self.backend_usage().unwrap_or_else(|| stream.usage());
                     self.settle(reported);
                 }
-                // A complete response that reports no usage (an error, say) charges nothing.
-                Body::Json(buffer) => match usage::from_json(&buffer) {
-                    Reported::Missing => {
+                Body::Json(buffer) => match self.backend_usage().unwrap_or_else(|| usage::from_json(&buffer)) {
+                    // An error answer that reports no usage charges nothing; a success without
+                    // usage keeps its reservation (the backend did work we cannot count).
+                    Reported::Missing if self.status >= 400 => {
                         bump(self.metrics.no_usage, 1);
                         let now = unix_nanos(self.get_current_time());
                         self.hold.settle(&HostStore, Usage::default(), now);
@@ -533,9 +538,12 @@ impl HttpContext for LimitHttp {
     fn on_log(&mut self) {
         // The body never completed: its quota decisions stand as taken at admission.
         self.flush_quota_events();
-        // The stream ended early (client gone, upstream reset, no body): keep the reservation.
+        // The answer never reached this filter's end (client gone, upstream reset, no body, an
+        // answer body-transform replaced with its own 502): settle from what body-transform
+        // saw the backend report, else keep the reservation.
         if self.follow_usage && !matches!(self.body, Body::Settled) {
-            self.settle(Reported::Missing);
+            let reported = self.backend_usage().unwrap_or(Reported::Missing);
+            self.settle(reported);
         }
     }
 }

@@ -117,6 +117,9 @@ pub struct StreamUsage {
     openai: Option<Usage>,
     input: Option<u64>,
     output: Option<u64>,
+    /// A `message_delta` carried usage: Anthropic's counts are final. `message_start`'s alone
+    /// are a placeholder (`output_tokens: 1`), not what a stream cut after it cost.
+    delta_usage: bool,
     /// Some event carried usage that is not a count: the whole answer's usage is unknown.
     malformed: bool,
 }
@@ -128,6 +131,7 @@ impl Default for StreamUsage {
             openai: None,
             input: None,
             output: None,
+            delta_usage: false,
             malformed: false,
         }
     }
@@ -145,7 +149,10 @@ impl StreamUsage {
             };
             let anthropic = match v.get("type").and_then(Value::as_str) {
                 Some("message_start") => v.get("message").and_then(|m| m.get("usage")),
-                Some("message_delta") => v.get("usage"),
+                Some("message_delta") => {
+                    self.delta_usage |= v.get("usage").is_some_and(Value::is_object);
+                    v.get("usage")
+                }
                 _ => {
                     if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
                         match from_usage_object(u) {
@@ -168,7 +175,8 @@ impl StreamUsage {
         }
     }
 
-    /// The usage seen so far.
+    /// The final usage, once the stream reported it: an OpenAI usage chunk, or an Anthropic
+    /// `message_delta` with usage.
     pub fn usage(&self) -> Reported {
         if self.malformed {
             return Reported::Unparseable;
@@ -176,6 +184,7 @@ impl StreamUsage {
         match (self.openai, self.input, self.output) {
             (Some(u), _, _) => Reported::Usage(u),
             (None, None, None) => Reported::Missing,
+            (None, _, _) if !self.delta_usage => Reported::Missing,
             (None, input, output) => Reported::Usage(Usage {
                 prompt: input.unwrap_or(0),
                 completion: output.unwrap_or(0),
@@ -323,5 +332,19 @@ data: {\"type\":\"message_stop\"}\n\n";
         let mut s = StreamUsage::default();
         s.push(&OPENAI_STREAM.as_bytes()[..60]);
         assert_eq!(s.usage(), Reported::Missing);
+    }
+
+    #[test]
+    fn an_anthropic_stream_cut_after_message_start_reports_missing_not_its_placeholder() {
+        let cut = ANTHROPIC_STREAM
+            .find("event: message_delta")
+            .and_then(|end| ANTHROPIC_STREAM.get(..end))
+            .unwrap();
+        for split in 0..cut.len() {
+            let mut s = StreamUsage::default();
+            s.push(&cut.as_bytes()[..split]);
+            s.push(&cut.as_bytes()[split..]);
+            assert_eq!(s.usage(), Reported::Missing, "split at {split}");
+        }
     }
 }

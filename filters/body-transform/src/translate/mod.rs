@@ -11,7 +11,7 @@ use portico_core::response::{ErrorResponse, ErrorType};
 pub mod request;
 pub mod response;
 pub mod stream;
-mod usage;
+pub mod usage;
 
 /// Sets `key` on `target` when it is an object (it always is where this is used: the values are
 /// built here); never panics, unlike `value[key] = ..`.

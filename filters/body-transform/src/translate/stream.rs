@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use portico_core::analytics::BackendUsage;
 use portico_core::sse::{Event, SseReader};
 use serde_json::{json, Value};
 
@@ -58,6 +59,9 @@ pub struct AnthropicToOpenAi {
     /// Anthropic content block index to its tool call.
     tools: HashMap<u64, ToolCall>,
     tokens: Tokens,
+    /// A `message_delta` carried usage: the counts are final, not `message_start`'s
+    /// placeholder (`output_tokens: 1`).
+    final_usage: bool,
     done: bool,
     failure: Option<BadUpstream>,
 }
@@ -72,17 +76,20 @@ impl AnthropicToOpenAi {
             model: Value::Null,
             tools: HashMap::new(),
             tokens: Tokens::default(),
+            final_usage: false,
             done: false,
             failure: None,
         }
     }
 
-    /// The usage the backend reported as (every prompt token, completion tokens), once it has
-    /// (the client may not see it: OpenAI sends usage on streams only when asked).
-    pub fn usage(&self) -> Option<(u64, u64)> {
-        self.tokens
-            .reported()
-            .then(|| (self.tokens.prompt(), self.tokens.completion()))
+    /// The usage the backend reported, once a `message_delta` gave the final count (the
+    /// client may not see it: OpenAI sends usage on streams only when asked).
+    pub fn usage(&self) -> BackendUsage {
+        if self.final_usage {
+            self.tokens.settled()
+        } else {
+            BackendUsage::Unknown
+        }
     }
 
     /// What made the translator end the stream with an error, if anything did.
@@ -219,6 +226,7 @@ impl AnthropicToOpenAi {
             "message_delta" => {
                 if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
                     self.tokens.update_from_anthropic(u, "message_delta.usage")?;
+                    self.final_usage = true;
                 }
                 let delta = v.get("delta").unwrap_or(&Value::Null);
                 let Some(stop) = delta.get("stop_reason").and_then(Value::as_str) else {
@@ -343,6 +351,12 @@ impl OpenAiToAnthropic {
     /// What made the translator end the stream with an error, if anything did.
     pub fn failure(&self) -> Option<&BadUpstream> {
         self.failure.as_ref()
+    }
+
+    /// The usage the backend reported in its usage chunk; unknown without one (the Anthropic
+    /// client still gets a count, which must not be read as zero tokens spent).
+    pub fn usage(&self) -> BackendUsage {
+        self.tokens.settled()
     }
 
     fn fail(&mut self, bad: BadUpstream, out: &mut Vec<u8>) {

@@ -1,5 +1,6 @@
 //! Translation fixtures, compiled only under #[cfg(test)] (declared in translate/mod.rs).
 
+use portico_core::analytics::BackendUsage;
 use serde_json::{json, Value};
 
 use super::request::{anthropic_to_openai, openai_to_anthropic, RequestFacts};
@@ -1120,7 +1121,13 @@ fn stream_usage_saturates_at_u64_max_in_both_formats() {
         json!({"prompt_tokens": U64_MAX, "completion_tokens": U64_MAX, "total_tokens": U64_MAX,
                "prompt_tokens_details": {"cached_tokens": U64_MAX}})
     );
-    assert_eq!(t.usage(), Some((U64_MAX, U64_MAX)));
+    assert_eq!(
+        t.usage(),
+        BackendUsage::Reported {
+            prompt: U64_MAX,
+            completion: U64_MAX
+        }
+    );
 
     let (events, _) = to_anthropic(&openai_chunks(&[
         json!({"id": "c", "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": "stop"}]}),
@@ -1147,7 +1154,13 @@ fn streams_carry_cached_tokens_both_ways() {
                "prompt_tokens_details": {"cached_tokens": 80, "cache_write_tokens": 0}})
     );
     // What rate-limit reads when the client did not ask for usage: every prompt token.
-    assert_eq!(t.usage(), Some((90, 7)));
+    assert_eq!(
+        t.usage(),
+        BackendUsage::Reported {
+            prompt: 90,
+            completion: 7
+        }
+    );
     // A message_delta's cumulative counts replace message_start's.
     let (chunks, _) = to_openai(&text_stream(
         json!({"input_tokens": 10, "output_tokens": 1}),
@@ -1377,5 +1390,61 @@ fn ephemeral_cache_breakpoints_are_accepted_and_dropped_for_openai_backends() {
     ] {
         let err = anthropic_to_openai(&anthropic_with(json!({"cache_control": cache_control}))).unwrap_err();
         assert_eq!(err.field, field, "{err}");
+    }
+}
+
+#[test]
+fn only_a_final_count_is_the_backends_usage() {
+    // An Anthropic stream cut after message_start has only its placeholder (output_tokens 1).
+    let mut cut = AnthropicToOpenAi::new(1, false);
+    let _ = cut.push(&ANTHROPIC_STREAM.as_bytes()[..300]);
+    let _ = cut.finish();
+    assert_eq!(cut.usage(), BackendUsage::Unknown);
+    let mut whole = AnthropicToOpenAi::new(1, false);
+    let _ = whole.push(ANTHROPIC_STREAM.as_bytes());
+    assert_eq!(
+        whole.usage(),
+        BackendUsage::Reported {
+            prompt: 9,
+            completion: 7
+        }
+    );
+    // An OpenAI stream without a usage chunk: the Anthropic client gets zeros, the backend's
+    // usage stays unknown.
+    let mut none = OpenAiToAnthropic::default();
+    let out = none.push(
+        b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n",
+    );
+    assert!(String::from_utf8(out).unwrap().contains("message_stop"));
+    assert_eq!(none.usage(), BackendUsage::Unknown);
+    // Complete answers, in the backend's API, translatable or not.
+    let anthropic =
+        json!({"content": [], "stop_reason": "pause_turn", "usage": {"input_tokens": 5, "output_tokens": 9}});
+    assert_eq!(
+        super::usage::of_answer(&anthropic, true),
+        BackendUsage::Reported {
+            prompt: 5,
+            completion: 9
+        }
+    );
+    let openai = json!({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 2}});
+    assert_eq!(
+        super::usage::of_answer(&openai, false),
+        BackendUsage::Reported {
+            prompt: 4,
+            completion: 2
+        }
+    );
+    for missing in [
+        json!({"choices": []}),
+        json!({"usage": null}),
+        json!({"usage": {"prompt_tokens": 4}}),
+        json!({"usage": {"prompt_tokens": 4, "completion_tokens": -1}}),
+    ] {
+        assert_eq!(
+            super::usage::of_answer(&missing, false),
+            BackendUsage::Unknown,
+            "{missing}"
+        );
     }
 }

@@ -8,6 +8,7 @@
 //! differences floor at zero: a backend may report any number up to `u64::MAX`, and wasm builds
 //! wrap silently on overflow.
 
+use portico_core::analytics::BackendUsage;
 use serde_json::{json, Map, Value};
 
 use super::{put, BadUpstream};
@@ -43,9 +44,18 @@ fn object<'a>(usage: &'a Value, path: &str) -> Result<&'a Value, BadUpstream> {
 }
 
 impl Tokens {
-    /// Whether the backend reported any count at all.
-    pub(crate) fn reported(&self) -> bool {
-        self.uncached.is_some() || self.cache_read.is_some() || self.cache_write.is_some() || self.output.is_some()
+    /// The usage as rate-limit settles it: known only when both the prompt and the output
+    /// were counted (a stream's opening placeholder, or a usage without `output_tokens`, is
+    /// not a final count).
+    pub(crate) fn settled(&self) -> BackendUsage {
+        if self.uncached.is_some() && self.output.is_some() {
+            BackendUsage::Reported {
+                prompt: self.prompt(),
+                completion: self.completion(),
+            }
+        } else {
+            BackendUsage::Unknown
+        }
     }
 
     /// Every prompt token, cached or not: OpenAI's `prompt_tokens`.
@@ -137,4 +147,20 @@ impl Tokens {
         }
         usage
     }
+}
+
+/// The usage a backend's complete answer reported, in the backend's own API (`anthropic`:
+/// Anthropic Messages, else OpenAI Chat Completions); unknown when it has none or it is not a
+/// count. Read from the backend's answer, so it holds even when the answer cannot be
+/// translated.
+pub fn of_answer(answer: &Value, anthropic: bool) -> BackendUsage {
+    let Some(usage) = answer.get("usage").filter(|u| !u.is_null()) else {
+        return BackendUsage::Unknown;
+    };
+    let tokens = if anthropic {
+        Tokens::from_anthropic(usage, "usage")
+    } else {
+        Tokens::from_openai(usage, "usage")
+    };
+    tokens.map_or(BackendUsage::Unknown, |t| t.settled())
 }
