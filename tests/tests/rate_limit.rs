@@ -604,7 +604,24 @@ fn a_cjk_prompt_is_reserved_at_a_token_per_byte() {
 }
 
 #[test]
-fn a_prompt_the_budget_cannot_fit_is_refused_once_the_body_shows_it() {
+fn a_max_tokens_larger_than_the_whole_budget_is_a_400_naming_it() {
+    let (gw, up) = quota_gateway(1_000, YEAR);
+    let body = json!({"model": "m", "max_tokens": 5000, "messages": [{"role": "user", "content": "hi"}]});
+    let r = post("huge", &body.to_string()).send(gw.addr);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.error_code(), "exceeds_token_budget");
+    assert!(
+        r.json()["error"]["message"].as_str().unwrap().contains("\"llm_"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(r.header("retry-after"), None);
+    assert_eq!(up.requests(), 0);
+    gw.assert_no_wasm_panic();
+}
+
+#[test]
+fn a_prompt_larger_than_the_whole_budget_is_refused_once_the_body_shows_it() {
     let big = prompt_body(&"lorem ipsum ".repeat(3400));
     let cjk = prompt_body(&"请用中文总结这篇文章。".repeat(300));
     for (name, (gw, up), body, chunked) in [
@@ -623,11 +640,17 @@ fn a_prompt_the_budget_cannot_fit_is_refused_once_the_body_shows_it() {
             request = request.chunked(4096);
         }
         let r = request.send(gw.addr);
-        assert_eq!(r.status, 429, "{name}: {}", r.text());
-        assert_eq!(r.error_code(), "token_quota_exceeded", "{name}");
-        assert_eq!(r.json()["error"]["type"], "rate_limit_error");
-        let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
-        assert!(retry >= 1, "{name}: retry-after {retry}");
+        // More than the whole 5,000-token budget: no wait would admit it, so no 429 and no
+        // Retry-After, but a 400 naming the budget.
+        assert_eq!(r.status, 400, "{name}: {}", r.text());
+        assert_eq!(r.error_code(), "exceeds_token_budget", "{name}");
+        assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+        assert!(
+            r.json()["error"]["message"].as_str().unwrap().contains("\"llm_"),
+            "{}",
+            r.text()
+        );
+        assert_eq!(r.header("retry-after"), None, "{name}");
         assert!(r.header("ratelimit").is_some(), "{name}");
         assert_eq!(up.requests(), 0, "{name}: the upstream never got a complete request");
         // The refusal took nothing: a small request sees the whole budget.

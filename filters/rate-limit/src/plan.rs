@@ -154,6 +154,7 @@ impl Hold {
     ) -> (TopUp, Vec<(usize, Event)>) {
         self.ledger.retry_after = None;
         self.ledger.store_failed = false;
+        self.ledger.oversized = None;
         let mut events = Vec::new();
         for r in &mut self.reservations {
             let extra = prompt.saturating_sub(r.prompt);
@@ -279,6 +280,16 @@ enum Refusal {
     Unavailable,
     Requests,
     Tokens,
+    /// The request alone needs more than a budget's whole limit: no wait would admit it.
+    Oversized,
+}
+
+/// A reservation larger than a whole budget, and the budget it cannot fit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Oversized {
+    budget: String,
+    cost: u64,
+    limit: u64,
 }
 
 /// What admission has taken and seen so far: charges (to refund on refusal), the state of
@@ -290,6 +301,8 @@ struct Ledger {
     policies: Vec<PolicyState>,
     retry_after: Option<u64>,
     store_failed: bool,
+    /// The first enforcing budget the request can never fit.
+    oversized: Option<Oversized>,
 }
 
 impl Ledger {
@@ -306,6 +319,10 @@ impl Ledger {
         tokens: bool,
         dry_run: bool,
     ) -> Event {
+        if tokens && !dry_run && cost > rate.burst {
+            self.oversize(policy_name, cost, rate);
+            return Event::Limited;
+        }
         match slots::consume(store, placement, rate, now, cost) {
             Ok(Outcome::Allowed {
                 charge,
@@ -343,6 +360,12 @@ impl Ledger {
         let Some((charge, rate, policy)) = self.taken.get_mut(index) else {
             return Event::Allowed;
         };
+        let cost = charge.cost.saturating_add(extra);
+        if !dry_run && cost > rate.burst {
+            let (rate, name) = (*rate, self.policies.get(*policy).map(|p| p.name.clone()));
+            self.oversize(name.as_deref().unwrap_or("unknown"), cost, &rate);
+            return Event::Limited;
+        }
         let (event, remaining, reset_seconds) = match slots::consume_more(store, charge, rate, now, extra) {
             Ok(Outcome::Allowed {
                 charge: more,
@@ -380,10 +403,22 @@ impl Ledger {
         event
     }
 
+    fn oversize(&mut self, budget: &str, cost: u64, rate: &Rate) {
+        if self.oversized.is_none() {
+            self.oversized = Some(Oversized {
+                budget: budget.to_owned(),
+                cost,
+                limit: rate.burst,
+            });
+        }
+    }
+
     /// Why the request must be refused so far, if it must.
     fn refusal(&self, config: &Config, over: Refusal) -> Option<Refusal> {
         if self.store_failed && !config.fail_open {
             Some(Refusal::Unavailable)
+        } else if self.oversized.is_some() {
+            Some(Refusal::Oversized)
         } else {
             self.retry_after.map(|_| over)
         }
@@ -421,12 +456,24 @@ impl Ledger {
                 "token_quota_exceeded",
                 "the token budget for this period is used up; retry after the time in Retry-After",
             ),
+            Refusal::Oversized => (400, ErrorType::InvalidRequest, "exceeds_token_budget", ""),
+        };
+        let message = match (&self.oversized, refusal) {
+            (Some(o), Refusal::Oversized) => format!(
+                "the request reserves about {} tokens (its prompt and max_tokens), more than the whole \
+                 {}-token budget {:?}: no wait would admit it; lower max_tokens or shorten the prompt",
+                o.cost, o.limit, o.budget
+            ),
+            _ => message.to_owned(),
         };
         let mut response = ErrorResponse::new(status, error_type, code, message);
         for (name, value) in headers::render(&self.policies, config.x_ratelimit_headers) {
             response = response.with_header(name, value);
         }
-        match self.retry_after.filter(|_| refusal != Refusal::Unavailable) {
+        match self
+            .retry_after
+            .filter(|_| !matches!(refusal, Refusal::Unavailable | Refusal::Oversized))
+        {
             Some(seconds) => response.with_header("retry-after", seconds.to_string()),
             None => response,
         }
