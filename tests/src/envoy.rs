@@ -57,7 +57,8 @@ impl EnvoyConfig {
         Self {
             filters: Vec::new(),
             clusters: vec![cluster("upstream", upstream)],
-            route: json!({"cluster": "upstream"}),
+            // As envoy/gateway.yaml's model routes: no route timeout, a 300 s idle timeout.
+            route: json!({"cluster": "upstream", "timeout": "0s", "idle_timeout": "300s"}),
             prefix: "/".to_owned(),
             body_limit: None,
             access_log: None,
@@ -70,7 +71,7 @@ impl EnvoyConfig {
         self
     }
 
-    /// The route's upstream timeout (Envoy's default is 15 s).
+    /// The route's upstream timeout (none by default, as on the shipped model routes).
     pub fn route_timeout(mut self, timeout: &str) -> Self {
         if let Some(route) = self.route.as_object_mut() {
             route.insert("timeout".to_owned(), json!(timeout));

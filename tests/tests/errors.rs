@@ -10,6 +10,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use portico_tests::demo::{demo_env, Shipped};
 use portico_tests::envoy::{eventually, json_to_metadata, EnvoyConfig, Gateway, Launch};
 use portico_tests::http::{get, Connection, Request, Response};
 use portico_tests::upstream::Upstream;
@@ -636,4 +637,29 @@ fn a_flood_of_refusals_writes_a_bounded_log_and_accounts_for_every_one() {
         sent,
         "every refusal accounted for"
     );
+}
+
+#[test]
+fn a_model_stream_longer_than_envoys_default_route_timeout_completes_on_the_shipped_gateway() {
+    // Envoy's default route timeout is 15 s: 18 deltas a second apart outlast it.
+    let shipped = Shipped::start(None);
+    let started = Instant::now();
+    let r = Request::new("POST", "/v1/chat/completions")
+        .header("x-api-key", &demo_env("PORTICO_DEMO_KEY"))
+        .header("content-type", "application/json")
+        .header("x-mock-stream", "1")
+        .header("x-mock-events", "18")
+        .header("x-mock-gap-ms", "1000")
+        .body(
+            json!({"model": "fast", "stream": true, "max_tokens": 50,
+                     "messages": [{"role": "user", "content": "a long answer"}]})
+            .to_string(),
+        )
+        .send(shipped.gw.addr);
+    assert!(started.elapsed() > Duration::from_secs(15), "the stream outlasted 15 s");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = r.text();
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    assert!(!text.contains("\"error\""), "{text}");
+    shipped.gw.assert_no_wasm_panic();
 }
