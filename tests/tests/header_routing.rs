@@ -386,9 +386,8 @@ fn model_route_bodies_that_repeat_a_key_are_refused_before_any_upstream_gets_the
 }
 
 /// The shipped gateway: json_to_metadata, header-routing, then body-transform translating for
-/// the Anthropic-format demo backend. body-transform's error translation still replaces the
-/// refusal's `code` with null (issue 13, "every refusal keeps its code"): the status, type and
-/// message arrive.
+/// the Anthropic-format demo backend. header-routing's refusal is a local reply, which
+/// body-transform never re-translates: it keeps its code.
 #[test]
 fn the_demo_model_route_refuses_repeated_keys_through_translation() {
     let shipped = Shipped::start(None);
@@ -406,6 +405,7 @@ fn the_demo_model_route_refuses_repeated_keys_through_translation() {
         let r = raw_chat(body).bearer(&token).send(shipped.gw.addr);
         assert_eq!(r.status, 400, "{body}: {}", r.text());
         assert_eq!(r.json()["error"]["type"], "invalid_request_error", "{}", r.text());
+        assert_eq!(r.error_code(), "duplicate_json_key", "{}", r.text());
         let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
         assert!(
             message.contains(&format!("repeats the key {path}")),
