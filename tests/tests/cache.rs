@@ -555,3 +555,28 @@ fn bodies_that_repeat_a_key_are_never_replayed() {
         == 4));
     gw.assert_no_wasm_panic();
 }
+
+#[test]
+fn answers_not_stored_cannot_flood_the_log() {
+    let (gw, _upstream) = gateway(&cache_config(chat_route(300), json!({})), None);
+    let started = std::time::Instant::now();
+    let mut conn = portico_tests::http::Connection::open(gw.addr).unwrap();
+    let sent = 300;
+    for i in 0..sent {
+        // A distinct body each time: every answer is looked up, missed, and refused storage.
+        let request =
+            chat("flood", &body("gpt-test", &format!("flood {i}"), json!({}))).header("x-mock-answer", "garbage");
+        let r = conn.send(&request).unwrap_or_else(|_| {
+            conn = portico_tests::http::Connection::open(gw.addr).unwrap();
+            conn.send(&request).unwrap()
+        });
+        assert_eq!(r.status, 200);
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    let log = gw.log();
+    let lines = log.lines().filter(|l| l.contains("not storing the answer")).count() as u64;
+    // Ten lines per second per worker (two workers), plus the window the run ended in.
+    assert!(lines <= 2 * 10 * (seconds + 1), "{lines} lines in {seconds} s");
+    assert!(lines >= 1, "still logged");
+    gw.assert_no_wasm_panic();
+}

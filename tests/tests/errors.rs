@@ -622,7 +622,7 @@ fn a_flood_of_refusals_writes_a_bounded_log_and_accounts_for_every_one() {
         .lines()
         .filter(|l| l.contains("portico-auth: "))
         .filter_map(|l| {
-            let (before, _) = l.split_once(" more refusals were not logged")?;
+            let (before, _) = l.split_once(" more lines were not logged")?;
             before.rsplit(' ').next()?.parse().ok()
         })
         .collect();

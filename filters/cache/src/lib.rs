@@ -24,11 +24,11 @@ pub mod store;
 
 use std::rc::Rc;
 
-use log::{info, warn};
 use portico_core::analytics::{state, CACHE_HEADER};
 use portico_core::clock::unix_millis;
 use portico_core::identity::{CONSUMER_HEADER, TIER_HEADER};
 use portico_core::metrics::{bump, counter, gauge, set, Family};
+use portico_core::refusal::{RefusalLog, Refusals};
 use portico_core::request::RequestView;
 use portico_core::shared::HostStore;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -87,6 +87,9 @@ impl Metrics {
 struct CacheRoot {
     config: Option<Rc<Config>>,
     metrics: Option<Rc<Metrics>>,
+    /// The per-worker log budget every filter has (the defaults of `refusal_log`): the cache
+    /// refuses nothing, but can log once per request.
+    log: Option<Rc<Refusals>>,
 }
 
 impl Context for CacheRoot {}
@@ -98,6 +101,7 @@ impl RootContext for CacheRoot {
             Ok(config) => {
                 self.config = Some(Rc::new(config));
                 self.metrics = Some(Rc::new(Metrics::define()));
+                self.log = Some(Rc::new(Refusals::new(NAME, RefusalLog::default())));
                 true
             }
             Err(errors) => {
@@ -111,6 +115,7 @@ impl RootContext for CacheRoot {
         Some(Box::new(CacheHttp {
             config: self.config.clone()?,
             metrics: self.metrics.clone()?,
+            log: self.log.clone()?,
             phase: Phase::Off,
         }))
     }
@@ -166,6 +171,7 @@ struct Fill {
 struct CacheHttp {
     config: Rc<Config>,
     metrics: Rc<Metrics>,
+    log: Rc<Refusals>,
     phase: Phase,
 }
 
@@ -267,7 +273,11 @@ impl CacheHttp {
     /// Counts an upstream answer that is not stored, and says why in the log.
     fn not_stored(&self, rule: usize, outcome: &'static str, reason: &str) {
         let route = self.rule_name(rule);
-        info!("{NAME}: not storing the answer for route {route}: {reason}");
+        self.log.note(
+            self.get_current_time(),
+            log::Level::Info,
+            format_args!("not storing the answer for route {route}: {reason}"),
+        );
         self.metrics.stores.add(&[("route", route), ("outcome", outcome)], 1);
     }
 
@@ -309,7 +319,10 @@ impl CacheHttp {
             Stored::TooLarge => "too_large",
             Stored::NoRoom => "no_room",
             Stored::Failed => {
-                warn!("{NAME}: shared data refused a cache entry for route {route}");
+                self.log.warn(
+                    self.get_current_time(),
+                    format_args!("shared data refused a cache entry for route {route}"),
+                );
                 "failed"
             }
         };

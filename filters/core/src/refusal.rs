@@ -165,7 +165,7 @@ impl Refusals {
             out.push((
                 level,
                 format!(
-                    "{}: {n} more refusals were not logged (refusal_log.per_second is {} per worker)",
+                    "{}: {n} more lines were not logged (refusal_log.per_second is {} per worker)",
                     self.filter, self.policy.per_second
                 ),
             ));
@@ -222,7 +222,14 @@ impl Refusals {
     /// the same per-worker budget, whatever the refusal level: a broken backend must not flood
     /// the log either.
     pub fn warn(&self, now: SystemTime, message: fmt::Arguments<'_>) {
-        for (level, line) in self.lines(unix_millis(now), log::Level::Warn, || message.to_string()) {
+        self.note(now, log::Level::Warn, message);
+    }
+
+    /// Logs a line that can come once per request without being a refusal (a backend's usage
+    /// out of bounds, an answer the cache does not store) at `level`, through the same
+    /// per-worker budget: traffic must not be able to flood the log through any line.
+    pub fn note(&self, now: SystemTime, level: log::Level, message: fmt::Arguments<'_>) {
+        for (level, line) in self.lines(unix_millis(now), level, || message.to_string()) {
             log::log!(level, "{line}");
         }
     }
@@ -390,7 +397,7 @@ mod tests {
             .iter()
             .filter_map(|(_, l)| {
                 l.strip_prefix("portico-test: ")?
-                    .split_once(" more refusals were not logged")
+                    .split_once(" more lines were not logged")
                     .and_then(|(n, _)| n.parse().ok())
             })
             .collect();

@@ -23,7 +23,7 @@ pub mod usage;
 
 use std::rc::Rc;
 
-use log::{error, warn};
+use log::error;
 use portico_core::analytics::{state, BackendUsage, CACHE_HEADER};
 use portico_core::clock::unix_nanos;
 use portico_core::identity::{CONSUMER_HEADER, TIER_HEADER};
@@ -307,7 +307,10 @@ impl LimitHttp {
                 return;
             }
             Reported::Unparseable => {
-                warn!("{NAME}: a response reported usage that is not a count; the reservation stands");
+                self.refusals.warn(
+                    self.get_current_time(),
+                    format_args!("a response reported usage that is not a count; the reservation stands"),
+                );
                 bump(self.metrics.no_usage, 1);
                 let quotas: Vec<Option<usize>> = match self.hold.reservations() {
                     [] => vec![None],
@@ -327,9 +330,12 @@ impl LimitHttp {
         // Over the reservation happens to honest answers (see the README); over the bound
         // does not.
         if settled.anomalies.iter().any(|(_, a)| *a == Anomaly::Clamped) {
-            warn!(
-                "{NAME}: a response reported {} prompt and {} completion tokens, beyond belief; counted {} and {}",
-                used.prompt, used.completion, settled.counted.prompt, settled.counted.completion
+            self.refusals.warn(
+                self.get_current_time(),
+                format_args!(
+                    "a response reported {} prompt and {} completion tokens, beyond belief; counted {} and {}",
+                    used.prompt, used.completion, settled.counted.prompt, settled.counted.completion
+                ),
             );
         }
         let counted = settled.counted;
@@ -376,9 +382,12 @@ impl HttpContext for LimitHttp {
             let name = self.config.rules.get(*i).map(|r| r.select.name.as_str());
             self.metrics.record(name, "requests", *event);
             if *event == Event::StoreError {
-                warn!(
-                    "{NAME}: shared data unavailable for rule {:?}",
-                    self.config.rules.get(*i).map(|r| &r.select.name)
+                self.refusals.warn(
+                    self.get_current_time(),
+                    format_args!(
+                        "shared data unavailable for rule {:?}",
+                        self.config.rules.get(*i).map(|r| &r.select.name)
+                    ),
                 );
             }
         }
