@@ -580,3 +580,44 @@ fn answers_not_stored_cannot_flood_the_log() {
     assert!(lines >= 1, "still logged");
     gw.assert_no_wasm_panic();
 }
+
+#[test]
+fn an_answer_the_translator_refuses_is_never_stored() {
+    // The shipped gateway: the cache sits after body-transform, so it sees the Anthropic
+    // backend's answer before the translator refuses it for the OpenAI client.
+    let shipped = portico_tests::demo::Shipped::start(None);
+    let key = portico_tests::demo::demo_env("PORTICO_DEMO_KEY");
+    let request = |stop: Option<&str>| {
+        let mut r = Request::new("POST", CHAT)
+            .header("x-api-key", &key)
+            .header("content-type", "application/json")
+            .header("x-mock-usage", "5,5")
+            .body(
+                json!({"model": "fast", "temperature": 0, "max_tokens": 20,
+                       "messages": [{"role": "user", "content": "pause, please"}]})
+                .to_string(),
+            );
+        if let Some(stop) = stop {
+            r = r.header("x-mock-stop", stop);
+        }
+        r
+    };
+    for attempt in 0..2 {
+        let before = shipped.model.requests();
+        let r = request(Some("pause_turn")).send(shipped.gw.addr);
+        assert_eq!(r.status, 502, "attempt {attempt}: {}", r.text());
+        assert_eq!(r.error_code(), "bad_upstream_response");
+        assert_ne!(
+            cache_status(&r),
+            "HIT",
+            "attempt {attempt}: a refused answer was replayed"
+        );
+        assert_eq!(shipped.model.requests(), before + 1, "attempt {attempt} went upstream");
+    }
+    // The same request answered properly is stored and replayed.
+    let first = request(None).send(shipped.gw.addr);
+    assert_eq!((first.status, cache_status(&first)), (200, "MISS"), "{}", first.text());
+    let again = request(None).send(shipped.gw.addr);
+    assert_eq!((again.status, cache_status(&again)), (200, "HIT"), "{}", again.text());
+    shipped.gw.assert_no_wasm_panic();
+}

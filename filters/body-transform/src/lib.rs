@@ -237,6 +237,7 @@ impl TransformHttp {
     /// Records an upstream answer that cannot reach the client as it is: a warning and the
     /// `bad_upstream_response` outcome.
     fn record_bad_upstream(&self, bad: &BadUpstream) {
+        self.set_property(vec![state::BAD_UPSTREAM], Some(BadUpstream::CODE.as_bytes()));
         self.metrics.add(
             &[("kind", kind_label(self.direction)), ("outcome", BadUpstream::CODE)],
             1,

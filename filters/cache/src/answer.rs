@@ -44,6 +44,10 @@ pub enum Unfit {
     NotJson,
     /// JSON, but not the shape of the API's answer.
     Shape,
+    /// The client did not get it as the upstream sent it: a later filter replaced it (with a
+    /// 502 `bad_upstream_response` when body-transform could not translate it) or the
+    /// exchange failed.
+    NotServed,
 }
 
 impl Unfit {
@@ -53,6 +57,7 @@ impl Unfit {
             Unfit::Encoded => "content_encoding",
             Unfit::NotJson => "not_json",
             Unfit::Shape => "shape",
+            Unfit::NotServed => "not_served",
         }
     }
 }
@@ -96,6 +101,18 @@ pub fn check_body(api: Api, body: &[u8]) -> Result<(), Unfit> {
     }
 }
 
+/// Whether an answer the upstream sent with `status` reached the client as it is, so that a
+/// replay serves what a live request would: the client got the same status (`sent`, Envoy's
+/// `response.code`; `None` when the exchange never completed), and no filter refused the
+/// answer on its way (`refused`: body-transform's mark of an answer it could not translate,
+/// which in its degraded mode travels as an error body under the upstream's 200).
+pub fn check_served(status: u64, sent: Option<u64>, refused: bool) -> Result<(), Unfit> {
+    if refused || sent != Some(status) {
+        return Err(Unfit::NotServed);
+    }
+    Ok(())
+}
+
 /// The least an answer of `api` holds.
 fn shaped(api: Api, value: &Value) -> bool {
     let field = |name: &str| value.as_object().and_then(|o| o.get(name));
@@ -108,8 +125,11 @@ fn shaped(api: Api, value: &Value) -> bool {
                     .and_then(Value::as_array)
                     .is_some_and(|choices| choices.iter().all(|c| c.get("message").is_some_and(Value::is_object)))
         }
+        // A complete message says why it stopped; one without `stop_reason` is cut short.
         Api::Messages => {
-            field("type").and_then(Value::as_str) == Some("message") && field("content").is_some_and(Value::is_array)
+            field("type").and_then(Value::as_str) == Some("message")
+                && field("content").is_some_and(Value::is_array)
+                && field("stop_reason").is_some_and(Value::is_string)
         }
         Api::Embeddings => nonempty_array("data"),
         Api::Other => value.is_object() || value.is_array(),
@@ -156,7 +176,7 @@ mod tests {
         }
         let tool_call = r#"{"choices":[{"message":{"role":"assistant","content":null,"tool_calls":[]}}]}"#;
         assert_eq!(check(Api::ChatCompletions, JSON, None, tool_call.as_bytes()), Ok(()));
-        let empty_content = r#"{"type":"message","content":[]}"#;
+        let empty_content = r#"{"type":"message","content":[],"stop_reason":"end_turn"}"#;
         assert_eq!(check(Api::Messages, JSON, None, empty_content.as_bytes()), Ok(()));
     }
 
@@ -177,6 +197,17 @@ mod tests {
     }
 
     #[test]
+    fn only_an_answer_the_client_got_as_it_was_is_stored() {
+        assert_eq!(check_served(200, Some(200), false), Ok(()));
+        // body-transform's 502 in place of an answer it could not translate.
+        assert_eq!(check_served(200, Some(502), false), Err(Unfit::NotServed));
+        // Its degraded mode: the 200 left, the body is an error.
+        assert_eq!(check_served(200, Some(200), true), Err(Unfit::NotServed));
+        // The exchange never completed.
+        assert_eq!(check_served(200, None, false), Err(Unfit::NotServed));
+    }
+
+    #[test]
     fn json_of_the_wrong_shape_is_not_stored() {
         let cases: &[(Api, &str)] = &[
             (Api::ChatCompletions, "{}"),
@@ -190,6 +221,8 @@ mod tests {
             (Api::Messages, r#"{"type":"error","error":{"type":"overloaded_error"}}"#),
             (Api::Messages, r#"{"type":"message","content":"hi"}"#),
             (Api::Messages, r#"{"content":[]}"#),
+            (Api::Messages, r#"{"type":"message","content":[]}"#),
+            (Api::Messages, r#"{"type":"message","content":[],"stop_reason":null}"#),
             (Api::Messages, CHAT),
             (Api::Embeddings, r#"{"data":[]}"#),
             (Api::Embeddings, r#"{"object":"list"}"#),

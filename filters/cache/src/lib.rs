@@ -156,6 +156,16 @@ enum Phase {
         body: Vec<u8>,
         too_large: bool,
     },
+    /// A complete answer fit to store, held until the request ends: a later filter may still
+    /// refuse it (body-transform turns an answer it cannot translate into a 502), and only an
+    /// answer the client got as it is may be replayed.
+    Ready {
+        fill: Fill,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        /// The upstream's status, which the client must get too.
+        status: u64,
+    },
     /// Answered from the cache.
     Hit,
 }
@@ -283,7 +293,7 @@ impl CacheHttp {
 
     fn finish_record(&mut self) {
         let Phase::Record {
-            fill: Fill { key, rule, api },
+            fill,
             headers,
             body,
             too_large,
@@ -294,10 +304,42 @@ impl CacheHttp {
         if too_large {
             self.metrics
                 .stores
-                .add(&[("route", self.rule_name(rule)), ("outcome", "too_large")], 1);
+                .add(&[("route", self.rule_name(fill.rule)), ("outcome", "too_large")], 1);
             return;
         }
-        if let Err(unfit) = answer::check_body(api, &body) {
+        if let Err(unfit) = answer::check_body(fill.api, &body) {
+            self.not_stored(fill.rule, "invalid", unfit.as_str());
+            return;
+        }
+        let status = self
+            .get_http_response_header_bytes(":status")
+            .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok())
+            .unwrap_or(0);
+        self.phase = Phase::Ready {
+            fill,
+            headers,
+            body,
+            status,
+        };
+    }
+
+    /// Stores a ready answer once the request is over, if the client got it as it was.
+    fn store_ready(&mut self) {
+        let Phase::Ready {
+            fill: Fill { key, rule, .. },
+            headers,
+            body,
+            status,
+        } = std::mem::replace(&mut self.phase, Phase::Off)
+        else {
+            return;
+        };
+        let sent = self
+            .get_property(vec!["response", "code"])
+            .and_then(|raw| <[u8; 8]>::try_from(raw.as_slice()).ok())
+            .map(u64::from_le_bytes);
+        let refused = self.get_property(vec![state::BAD_UPSTREAM]).is_some();
+        if let Err(unfit) = answer::check_served(status, sent, refused) {
             self.not_stored(rule, "invalid", unfit.as_str());
             return;
         }
@@ -464,5 +506,9 @@ impl HttpContext for CacheHttp {
             self.finish_record();
         }
         Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        self.store_ready();
     }
 }

@@ -46,6 +46,10 @@ pub mod state {
     /// Anthropic client always gets a count). rate-limit settles from it; see
     /// [`BackendUsage`].
     pub const BACKEND_USAGE: &str = "portico_backend_usage";
+    /// Set by body-transform when a backend's answer could not be translated (the client got
+    /// a 502 `bad_upstream_response`, or an error in place of the body or at the end of the
+    /// stream): the cache must not store what it saw of that answer.
+    pub const BAD_UPSTREAM: &str = "portico_bad_upstream";
     /// Set by cache: HIT, MISS or BYPASS.
     pub const CACHE: &str = "portico_cache";
     /// Set by a filter that changes the path across APIs (translation, a rewrite): the API
