@@ -854,3 +854,79 @@ fn the_shipped_access_log_and_metrics_count_a_lying_backend_within_the_bound() {
     shipped.gw.assert_no_wasm_panic();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// rate-limit, header-routing and body-transform with an OpenAI-format backend (`gpt-test`)
+/// and an Anthropic-format one (`claude-test`); the quota reserves 100 output tokens when a
+/// request names none.
+fn two_backend_gateway() -> (Gateway, Upstream, Upstream) {
+    let openai = Upstream::start_named("127.0.0.1:0", "openai").unwrap();
+    let anthropic = Upstream::start_named("127.0.0.1:0", "anthropic").unwrap();
+    let aliases = json!({"claude-test": {"backend": "anthropic"}, "gpt-test": {"backend": "openai"}});
+    let routing = json!({
+        "backends": [
+            {"name": "openai", "cluster": "openai", "format": "openai", "credential": {"bearer": "k"}},
+            {"name": "anthropic", "cluster": "anthropic", "format": "anthropic", "credential": {"api_key": "k"}}
+        ],
+        "routes": [
+            {"name": "chat", "match": {"path": "/v1/chat/completions"}, "models": {"aliases": aliases}},
+            {"name": "messages", "match": {"path": "/v1/messages"}, "models": {"aliases": aliases}}
+        ]
+    });
+    let transform = json!({"routes": [{"match": {"path": "/v1/{*rest}"}, "translate": "auto"}]});
+    let limits = json!({"token_quotas": [{"name": "llm", "key": ["consumer"], "default_max_tokens": 100,
+        "budgets": [{"tokens": 1_000_000, "period_seconds": YEAR}]}]});
+    let envoy = EnvoyConfig::new(openai.addr)
+        .route_by_header("x-portico-cluster")
+        .cluster("openai", openai.addr)
+        .cluster("anthropic", anthropic.addr)
+        .native(json_to_metadata(&[
+            "model",
+            "max_tokens",
+            "max_completion_tokens",
+            "stream",
+        ]))
+        .wasm("rate-limit", &limits)
+        .wasm("header-routing", &routing)
+        .wasm("body-transform", &transform);
+    (Gateway::start(&envoy), openai, anthropic)
+}
+
+#[test]
+fn every_backend_is_asked_for_no_more_output_than_the_quota_reserved() {
+    let (gw, _openai, _anthropic) = two_backend_gateway();
+    // The mock uses every output token it was allowed (`max`): what it was asked for shows in
+    // the usage the client gets.
+    let send = |path: &str, body: Value| {
+        Request::new("POST", path)
+            .header("content-type", "application/json")
+            .header("anthropic-version", "2023-06-01")
+            .header("x-portico-consumer", "capped")
+            .header("x-mock-usage", "10,max")
+            .body(body.to_string())
+            .send(gw.addr)
+    };
+    let hi = json!([{"role": "user", "content": "hi"}]);
+    // An OpenAI client of an OpenAI backend, untranslated, without a max: capped at 100.
+    let r = send("/v1/chat/completions", json!({"model": "gpt-test", "messages": hi}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["usage"]["completion_tokens"], 100, "{}", r.text());
+    // An Anthropic client of an OpenAI backend without max_tokens: the same cap, translated.
+    let r = send("/v1/messages", json!({"model": "gpt-test", "messages": hi}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["usage"]["output_tokens"], 100, "{}", r.text());
+    // An OpenAI client of an Anthropic backend: as before, max_tokens is the reservation.
+    let r = send("/v1/chat/completions", json!({"model": "claude-test", "messages": hi}));
+    assert_eq!(r.json()["usage"]["completion_tokens"], 100, "{}", r.text());
+    // A client's own max is what the backend gets, either field.
+    for (field, path, usage) in [
+        ("max_tokens", "/v1/chat/completions", "completion_tokens"),
+        ("max_completion_tokens", "/v1/chat/completions", "completion_tokens"),
+        ("max_tokens", "/v1/messages", "output_tokens"),
+    ] {
+        let mut body = json!({"model": "gpt-test", "messages": hi});
+        body[field] = json!(42);
+        let r = send(path, body);
+        assert_eq!(r.json()["usage"][usage], 42, "{field} on {path}: {}", r.text());
+    }
+    gw.assert_no_wasm_panic();
+}

@@ -155,6 +155,8 @@ enum Phase {
         headers: Vec<(String, String)>,
         body: Vec<u8>,
         too_large: bool,
+        /// The upstream's status, read with its headers (the body callbacks cannot).
+        status: u64,
     },
     /// A complete answer fit to store, held until the request ends: a later filter may still
     /// refuse it (body-transform turns an answer it cannot translate into a 502), and only an
@@ -297,6 +299,7 @@ impl CacheHttp {
             headers,
             body,
             too_large,
+            status,
         } = std::mem::replace(&mut self.phase, Phase::Off)
         else {
             return;
@@ -311,10 +314,6 @@ impl CacheHttp {
             self.not_stored(fill.rule, "invalid", unfit.as_str());
             return;
         }
-        let status = self
-            .get_http_response_header_bytes(":status")
-            .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok())
-            .unwrap_or(0);
         self.phase = Phase::Ready {
             fill,
             headers,
@@ -457,11 +456,15 @@ impl HttpContext for CacheHttp {
                         (Err(reason), _) => self.not_stored(fill.rule, "not_storable", reason),
                         (Ok(_), Err(unfit)) => self.not_stored(fill.rule, "invalid", unfit.as_str()),
                         (Ok(kept), Ok(())) => {
+                            let status = header(":status")
+                                .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok())
+                                .unwrap_or(0);
                             self.phase = Phase::Record {
                                 fill,
                                 headers: kept,
                                 body: Vec::new(),
                                 too_large: false,
+                                status,
                             };
                         }
                     }
