@@ -930,3 +930,35 @@ fn every_backend_is_asked_for_no_more_output_than_the_quota_reserved() {
     }
     gw.assert_no_wasm_panic();
 }
+
+#[test]
+fn float_max_tokens_are_reserved_as_the_integers_they_mean_and_fractions_refused() {
+    let (gw, up) = quota_gateway(1_000_000, YEAR);
+    for (i, written) in ["1024.0", "5e4", "5.0e4"].into_iter().enumerate() {
+        let body = format!(r#"{{"model":"m","max_tokens":{written},"messages":[{{"role":"user","content":"hi"}}]}}"#);
+        let consumer = format!("float{i}");
+        let r = post(&consumer, &body).send(gw.addr);
+        assert_eq!(r.status, 200, "{written}: {}", r.text());
+        let want: f64 = written.parse().unwrap();
+        let reserved = 1_000_000 - remaining_tokens(&r);
+        assert_eq!(
+            reserved,
+            want as u64 + (body.len() as u64).div_ceil(4),
+            "{written}: reserved {reserved}, not the default 100"
+        );
+    }
+    let before = up.requests();
+    for (written, says) in [("2.5", "must be an integer"), ("-5", "must be a non-negative integer")] {
+        let body = format!(r#"{{"model":"m","max_tokens":{written},"messages":[{{"role":"user","content":"hi"}}]}}"#);
+        let r = post("fraction", &body).send(gw.addr);
+        assert_eq!(r.status, 400, "{written}: {}", r.text());
+        assert_eq!(r.error_code(), "invalid_field", "{written}");
+        let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(
+            message.starts_with("`max_tokens` ") && message.contains(says),
+            "{message}"
+        );
+    }
+    assert_eq!(up.requests(), before, "refused before the upstream");
+    gw.assert_no_wasm_panic();
+}

@@ -27,6 +27,7 @@ use std::rc::Rc;
 
 use portico_core::analytics::{state, BackendUsage, CACHE_HEADER};
 use portico_core::clock::unix_seconds;
+use portico_core::json;
 use portico_core::metrics::Family;
 use portico_core::refusal::Refusals;
 use portico_core::request::RequestView;
@@ -161,6 +162,8 @@ impl RootContext for TransformRoot {
             response: Response::Untouched,
             held: false,
             model_route: false,
+            reserved: None,
+            backend_anthropic: None,
         }))
     }
 
@@ -212,6 +215,11 @@ struct TransformHttp {
     held: bool,
     /// The client called a model API (`/chat/completions`, `/messages`).
     model_route: bool,
+    /// The output tokens a token quota reserved (rate-limit's filter state), if one did.
+    reserved: Option<u64>,
+    /// The backend's API on a model route: Anthropic Messages (`true`) or OpenAI Chat
+    /// Completions; `None` elsewhere.
+    backend_anthropic: Option<bool>,
 }
 
 impl Context for TransformHttp {}
@@ -340,7 +348,19 @@ impl HttpContext for TransformHttp {
                 }
             }
         }
-        self.rewrite_request = self.direction.is_some() || !rule.request.body.is_empty() || rule.require_json;
+        // What a token quota reserved for the answer, if one did: the backend is asked for no
+        // more when the client named no maximum (rate-limit settles at most 4x the
+        // reservation, so an uncapped answer would be undercharged).
+        self.reserved = self
+            .get_property(vec![state::MAX_OUTPUT_TOKENS])
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok());
+        self.backend_anthropic = match self.direction {
+            Some(Direction::OpenAiToAnthropic) => Some(true),
+            Some(Direction::AnthropicToOpenAi) => Some(false),
+            None => client_format(view.path()).map(|f| f == "anthropic"),
+        };
+        let cap = self.reserved.is_some() && self.backend_anthropic.is_some();
+        self.rewrite_request = self.direction.is_some() || !rule.request.body.is_empty() || rule.require_json || cap;
         if self.rewrite_request {
             self.set_http_request_header("content-length", None);
         }
@@ -362,12 +382,16 @@ impl HttpContext for TransformHttp {
         let mut value: Value = match serde_json::from_slice(&body) {
             Ok(v) => v,
             Err(_) if strict => {
+                // Valid JSON that no reader can hold (`1e400`) is named, not called malformed.
+                if let Some(response) = json::parse(&body).err().and_then(|i| i.duplicate_key_response()) {
+                    return self.reject(400, response.error_type, response.code, response.message);
+                }
                 return self.reject(
                     400,
                     ErrorType::InvalidRequest,
                     "invalid_json",
                     "the request body is not valid JSON".into(),
-                )
+                );
             }
             Err(_) => return Action::Continue,
         };
@@ -377,17 +401,13 @@ impl HttpContext for TransformHttp {
         });
         let translated = match self.direction {
             Some(Direction::OpenAiToAnthropic) => {
-                // What a token quota reserved for the answer, if one did: never ask for more.
-                let reserved = self
-                    .get_property(vec![state::MAX_OUTPUT_TOKENS])
-                    .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok());
-                let default_max_tokens = reserved.unwrap_or(self.config.default_max_tokens);
+                let default_max_tokens = self.reserved.unwrap_or(self.config.default_max_tokens);
                 translate::request::openai_to_anthropic(&value, default_max_tokens).map(Some)
             }
             Some(Direction::AnthropicToOpenAi) => translate::request::anthropic_to_openai(&value).map(Some),
             None => Ok(None),
         };
-        let value = match translated {
+        let mut value = match translated {
             Ok(Some((v, facts))) => {
                 self.facts = facts;
                 v
@@ -395,6 +415,9 @@ impl HttpContext for TransformHttp {
             Ok(None) => value,
             Err(e) => return self.reject(400, ErrorType::InvalidRequest, e.code(), e.to_string()),
         };
+        if let (Some(reserved), Some(anthropic)) = (self.reserved, self.backend_anthropic) {
+            translate::request::cap_output(&mut value, anthropic, reserved);
+        }
         match serde_json::to_vec(&value) {
             Ok(bytes) => {
                 self.set_http_request_body(0, body_size, &bytes);

@@ -71,7 +71,7 @@ impl Body {
             });
         }
         let value = json::parse(bytes).map_err(|e| match e {
-            json::Invalid::Malformed => Unkeyable::NotJson,
+            json::Invalid::Malformed | json::Invalid::NumberOutOfRange(_) => Unkeyable::NotJson,
             json::Invalid::DuplicateKey(_) => Unkeyable::DuplicateKey,
         })?;
         let field = |name: &str| value.as_object().and_then(|o| o.get(name));

@@ -118,6 +118,9 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, Errors> {
         Err(crate::json::Invalid::DuplicateKey(path)) => {
             errors.push(&path, "repeated key: each key of an object may appear once");
         }
+        Err(crate::json::Invalid::NumberOutOfRange(path)) => {
+            errors.push(&path, "number out of range: it is beyond what a 64-bit float holds");
+        }
         // The strict reader drops serde_json's position: read again for it.
         Err(crate::json::Invalid::Malformed) => match serde_json::from_slice::<Value>(bytes) {
             Err(e) => errors.push(

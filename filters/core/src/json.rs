@@ -20,6 +20,8 @@ use crate::response::{ErrorResponse, ErrorType};
 
 /// The stable code of the refusal of a body with a repeated key.
 pub const DUPLICATE_KEY: &str = "duplicate_json_key";
+/// The stable code of the refusal of a body with a number no reader can hold (`1e400`).
+pub const NUMBER_OUT_OF_RANGE: &str = "number_out_of_range";
 
 /// Longest key kept when a path is written out: keys come from clients.
 const MAX_KEY_CHARS: usize = 32;
@@ -31,21 +33,28 @@ pub enum Invalid {
     Malformed,
     /// An object repeats a key: its JSON path, such as `$.messages[0].role`.
     DuplicateKey(String),
+    /// A number beyond what a 64-bit float holds (`1e400`): its JSON path. Valid JSON
+    /// grammar, so "not JSON" would mislead the client.
+    NumberOutOfRange(String),
 }
 
 impl Invalid {
-    /// The 400 a filter answers with for a body with a repeated key; `None` for a malformed
-    /// one, which each filter refuses in its own words.
+    /// The 400 a filter answers with for a body refused for what it says rather than its
+    /// syntax (a repeated key, a number out of range), naming the place; `None` for a
+    /// malformed one, which each filter refuses in its own words.
     pub fn duplicate_key_response(&self) -> Option<ErrorResponse> {
-        let Invalid::DuplicateKey(path) = self else {
-            return None;
+        let (code, message) = match self {
+            Invalid::Malformed => return None,
+            Invalid::DuplicateKey(path) => (
+                DUPLICATE_KEY,
+                format!("the request body repeats the key {path}: send each key of an object once"),
+            ),
+            Invalid::NumberOutOfRange(path) => (
+                NUMBER_OUT_OF_RANGE,
+                format!("the number at {path} is out of range: it is beyond what a 64-bit float holds"),
+            ),
         };
-        Some(ErrorResponse::new(
-            400,
-            ErrorType::InvalidRequest,
-            DUPLICATE_KEY,
-            format!("the request body repeats the key {path}: send each key of an object once"),
-        ))
+        Some(ErrorResponse::new(400, ErrorType::InvalidRequest, code, message))
     }
 }
 
@@ -60,7 +69,7 @@ pub fn parse(bytes: &[u8]) -> Result<Value, Invalid> {
     .deserialize(&mut de)
     .and_then(|v| de.end().map(|()| v));
     match (value, found.take()) {
-        (_, Some(path)) => Err(Invalid::DuplicateKey(path)),
+        (_, Some(invalid)) => Err(invalid),
         (Ok(value), None) => Ok(value),
         (Err(_), None) => Err(Invalid::Malformed),
     }
@@ -76,8 +85,11 @@ pub fn deserialize<'de, D: de::Deserializer<'de>>(deserializer: D) -> Result<Val
     }
     .deserialize(deserializer);
     match (value, found.take()) {
-        (Err(_), Some(path)) => Err(de::Error::custom(format!(
+        (Err(_), Some(Invalid::DuplicateKey(path))) => Err(de::Error::custom(format!(
             "the key {path} is repeated: each key of an object may appear once"
+        ))),
+        (Err(_), Some(Invalid::NumberOutOfRange(path))) => Err(de::Error::custom(format!(
+            "the number at {path} is out of range: it is beyond what a 64-bit float holds"
         ))),
         (value, _) => value,
     }
@@ -167,17 +179,28 @@ fn key_part(key: &str) -> String {
 
 // === impl Node ===
 
-/// Reads one value at `at`; on a repeated key it records the path in `found` and fails.
+/// Reads one value at `at`; on a repeated key or a number out of range it records why and
+/// where in `found` (the innermost place) and fails.
 struct Node<'a> {
     at: &'a Segment<'a>,
-    found: &'a Cell<Option<String>>,
+    found: &'a Cell<Option<Invalid>>,
 }
 
 impl<'de> DeserializeSeed<'de> for Node<'_> {
     type Value = Value;
 
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
-        deserializer.deserialize_any(self)
+        let (at, found) = (self.at, self.found);
+        deserializer.deserialize_any(self).inspect_err(|e| {
+            let earlier = found.take();
+            // serde_json's own words for a number past f64 (it has no error kind to match).
+            let out_of_range = earlier.is_none() && e.to_string().starts_with("number out of range");
+            found.set(if out_of_range {
+                Some(Invalid::NumberOutOfRange(at.path()))
+            } else {
+                earlier
+            });
+        })
     }
 }
 
@@ -236,7 +259,7 @@ impl<'de> Visitor<'de> for Node<'_> {
         while let Some(key) = map.next_key::<String>()? {
             let at = Segment::Key(&key, self.at);
             if object.contains_key(&key) {
-                self.found.set(Some(at.path()));
+                self.found.set(Some(Invalid::DuplicateKey(at.path())));
                 return Err(de::Error::custom("repeated key"));
             }
             let value = map.next_value_seed(Node {
@@ -274,6 +297,25 @@ mod tests {
         );
         assert!(pointer_tokens("/a~").unwrap_err().contains("~ at the end"));
         assert!(pointer_tokens("a").unwrap_err().contains("must start with '/'"));
+    }
+
+    #[test]
+    fn a_number_past_f64_is_out_of_range_at_its_path_not_malformed() {
+        for (body, path) in [
+            (r#"{"model":"m","max_tokens":1e400}"#, "$.max_tokens"),
+            (r#"{"a":[1,{"b":-1e999}]}"#, "$.a[1].b"),
+            ("1e400", "$"),
+        ] {
+            let invalid = parse(body.as_bytes()).unwrap_err();
+            assert_eq!(invalid, Invalid::NumberOutOfRange(path.to_owned()), "{body}");
+            let response = invalid.duplicate_key_response().unwrap();
+            assert_eq!((response.status, response.code), (400, NUMBER_OUT_OF_RANGE));
+            assert!(response.message.contains(path), "{}", response.message);
+        }
+        // A huge integer still fits a float (serde_json reads it as one): that is for the
+        // field's reader to judge.
+        assert!(parse(br#"{"max_tokens":99999999999999999999999}"#).is_ok());
+        assert_eq!(parse(br#"{"a":1e400"#), Err(Invalid::NumberOutOfRange("$.a".into())));
     }
 
     #[test]
@@ -338,7 +380,6 @@ mod tests {
             b"\xff\xfe",
             b"{\"\xff\":1}",
             b"[1,]",
-            b"1e400",
             deep.as_bytes(),
             deep_objects.as_bytes(),
         ] {

@@ -17,6 +17,7 @@ pub mod config;
 pub mod estimate;
 pub mod gcra;
 pub mod headers;
+pub mod lifted;
 pub mod plan;
 pub mod slots;
 pub mod usage;
@@ -30,7 +31,7 @@ use portico_core::identity::{CONSUMER_HEADER, TIER_HEADER};
 use portico_core::metrics::{bump, counter, Family};
 use portico_core::refusal::Refusals;
 use portico_core::request::RequestView;
-use portico_core::response::ClientApi;
+use portico_core::response::{ClientApi, ErrorResponse};
 use portico_core::shared::{update, Change, HostStore};
 use portico_core::sse::is_event_stream;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -234,29 +235,17 @@ impl LimitHttp {
         ])
     }
 
-    fn lifted_number(&self, key: &str) -> Option<u64> {
-        let raw = self.metadata(key)?;
-        // A string value comes back as its text, a number as an 8-byte little-endian double.
-        if let Some(n) = std::str::from_utf8(&raw)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-        {
-            return Some(n);
+    /// The output budget the request states, or the 400 for a number that is no count.
+    /// OpenAI's `max_completion_tokens` supersedes `max_tokens`; a request naming both is held
+    /// to the larger, which no backend exceeds.
+    fn stated_max_tokens(&self) -> Result<Option<u64>, ErrorResponse> {
+        let mut stated = None;
+        for field in ["max_tokens", "max_completion_tokens"] {
+            if let Some(raw) = self.metadata(field) {
+                stated = stated.max(lifted::max_tokens(field, &raw)?);
+            }
         }
-        let bytes: [u8; 8] = raw.as_slice().try_into().ok()?;
-        let f = f64::from_le_bytes(bytes);
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        (f.is_finite() && f >= 0.0).then_some(f as u64)
-    }
-
-    /// The output budget the request states. OpenAI's `max_completion_tokens` supersedes
-    /// `max_tokens`; a request naming both is held to the larger, which no backend exceeds.
-    fn stated_max_tokens(&self) -> Option<u64> {
-        let given = [
-            self.lifted_number("max_tokens"),
-            self.lifted_number("max_completion_tokens"),
-        ];
-        given.into_iter().flatten().max()
+        Ok(stated)
     }
 
     /// The request body's size as far as Envoy knows it at header time: all of it when a
@@ -368,7 +357,18 @@ impl HttpContext for LimitHttp {
         let (body_bytes, max_tokens) = if self.config.quotas.is_empty() {
             (None, None)
         } else {
-            (self.body_size(&view), self.stated_max_tokens())
+            match self.stated_max_tokens() {
+                Ok(max_tokens) => (self.body_size(&view), max_tokens),
+                Err(response) => {
+                    self.refusals.refuse(
+                        &response,
+                        self.api,
+                        self.get_current_time(),
+                        format_args!("{} {}", view.method(), view.path()),
+                    );
+                    return Action::Pause;
+                }
+            }
         };
         let request = plan::Request {
             view: &view,

@@ -91,13 +91,27 @@ impl<'a> Obj<'a> {
         }
     }
 
+    /// A positive integer. JSON has one number type: `1024.0` and `5e4` are the integers
+    /// they write, sent on as integers; a fraction, zero or less, or a number past 2^64 is
+    /// refused by name (the last as out of range, not as a malformed body).
     fn positive(&self, key: &str) -> Result<Option<u64>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => match v.as_u64() {
-                Some(n) if n > 0 => Ok(Some(n)),
-                _ => invalid(self.field(key), "must be a positive integer"),
-            },
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        if let Some(n) = v.as_u64().filter(|n| *n > 0) {
+            return Ok(Some(n));
+        }
+        match v.as_f64() {
+            Some(f) if f >= 18_446_744_073_709_551_616.0 => invalid(
+                self.field(key),
+                "is out of range: it must be a positive integer below 2^64",
+            ),
+            Some(f) if f >= 1.0 && f.fract() == 0.0 => {
+                // Whole, at least 1 and below 2^64: the conversion is exact.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                Ok(Some(f as u64))
+            }
+            _ => invalid(self.field(key), "must be a positive integer"),
         }
     }
 
@@ -804,4 +818,30 @@ fn anthropic_tool(tool: &Obj<'_>) -> Result<Value> {
         f.insert("strict".into(), json!(strict));
     }
     Ok(json!({"type": "function", "function": f}))
+}
+
+// === Output cap ===
+
+/// Asks the backend for at most `reserved` output tokens when the request (in the backend's
+/// API) names no maximum: Anthropic `max_tokens`, OpenAI `max_completion_tokens` (unless
+/// `max_tokens` is there). A request that names one keeps it: the quota reserved exactly
+/// that. Returns whether the body changed.
+pub fn cap_output(body: &mut Value, anthropic_backend: bool, reserved: u64) -> bool {
+    let Some(map) = body.as_object_mut() else {
+        return false;
+    };
+    let named = |key: &str| map.get(key).is_some_and(|v| !v.is_null());
+    let key = if anthropic_backend {
+        if named("max_tokens") {
+            return false;
+        }
+        "max_tokens"
+    } else {
+        if named("max_tokens") || named("max_completion_tokens") {
+            return false;
+        }
+        "max_completion_tokens"
+    };
+    map.insert(key.to_owned(), json!(reserved));
+    true
 }

@@ -3,7 +3,7 @@
 use portico_core::analytics::BackendUsage;
 use serde_json::{json, Value};
 
-use super::request::{anthropic_to_openai, openai_to_anthropic, RequestFacts};
+use super::request::{anthropic_to_openai, cap_output, openai_to_anthropic, RequestFacts};
 use super::stream::{AnthropicToOpenAi, OpenAiToAnthropic};
 use super::{response, BadUpstream, Refusal, RequestError};
 
@@ -1447,4 +1447,48 @@ fn only_a_final_count_is_the_backends_usage() {
             "{missing}"
         );
     }
+}
+
+#[test]
+fn integral_float_max_tokens_are_integers_and_huge_ones_out_of_range() {
+    for (given, want) in [(json!(1024.0), 1024), (json!(5e4), 50_000), (json!(5.0e4), 50_000)] {
+        let (out, _) = openai_to_anthropic(&openai_with(json!({"max_tokens": given})), 10).unwrap();
+        assert_eq!(out["max_tokens"], json!(want), "{given}");
+        assert!(out["max_tokens"].is_u64(), "sent as an integer");
+        let (out, _) = anthropic_to_openai(&anthropic_with(json!({"max_tokens": given}))).unwrap();
+        assert_eq!(out["max_completion_tokens"], json!(want), "{given}");
+    }
+    // 99999999999999999999999 reads as a double past 2^64.
+    let huge: Value = serde_json::from_str("99999999999999999999999").unwrap();
+    let err = openai_to_anthropic(&openai_with(json!({"max_completion_tokens": huge})), 10).unwrap_err();
+    assert_eq!(err.field, "max_completion_tokens");
+    assert!(err.reason.contains("out of range"), "{err}");
+    for bad in [json!(2.5), json!(0.0), json!(-3.0)] {
+        let err = anthropic_to_openai(&anthropic_with(json!({"max_tokens": bad}))).unwrap_err();
+        assert_eq!(
+            (err.field.as_str(), err.reason.as_str()),
+            ("max_tokens", "must be a positive integer")
+        );
+    }
+}
+
+#[test]
+fn a_request_without_a_maximum_is_capped_at_the_reservation_in_the_backends_api() {
+    let mut openai = json!({"model": "m", "messages": [], "max_completion_tokens": null});
+    assert!(cap_output(&mut openai, false, 100));
+    assert_eq!(openai["max_completion_tokens"], 100);
+    let mut anthropic = json!({"model": "m", "messages": []});
+    assert!(cap_output(&mut anthropic, true, 100));
+    assert_eq!(anthropic["max_tokens"], 100);
+    // A maximum the client named stays, in either OpenAI field.
+    for (mut body, anthropic) in [
+        (json!({"max_tokens": 7}), false),
+        (json!({"max_completion_tokens": 7}), false),
+        (json!({"max_tokens": 7}), true),
+    ] {
+        let before = body.clone();
+        assert!(!cap_output(&mut body, anthropic, 100));
+        assert_eq!(body, before);
+    }
+    assert!(!cap_output(&mut json!([1]), false, 100));
 }
