@@ -442,12 +442,13 @@ fn request_fields_without_an_equivalent_are_refused_by_name() {
             "`tools[0].type` \"web_search_20250305\" is an Anthropic server tool",
         ),
         (
-            "system cache_control",
+            // An ephemeral breakpoint passes (OpenAI caches on its own); no other kind does.
+            "system cache_control of another kind",
             anthropic_post(&to_gpt(
-                json!({"system": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}]}),
+                json!({"system": [{"type": "text", "text": "s", "cache_control": {"type": "persistent"}}]}),
             )),
             untranslatable,
-            "`system[0].cache_control`",
+            "`system[0].cache_control.type`",
         ),
         (
             "a tool result marked as an error",
@@ -532,6 +533,22 @@ fn request_fields_without_an_equivalent_are_refused_by_name() {
         let text = r.json()["error"]["message"].as_str().unwrap().to_owned();
         assert!(text.starts_with(message), "{name}: {text}");
     }
+    // Ephemeral cache breakpoints reach an OpenAI backend as nothing at all (the strict mock
+    // refuses any field it does not know).
+    let r = anthropic_post(&to_gpt(json!({
+        "system": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]}]
+    })))
+    .send(s.gw.addr);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Neutral OpenAI settings reach an Anthropic backend as nothing at all.
+    let r = post(
+        TO_CLAUDE,
+        &to_claude(json!({"frequency_penalty": 0, "presence_penalty": 0, "logprobs": false,
+                          "store": false, "response_format": {"type": "text"}})),
+    )
+    .send(s.gw.addr);
+    assert_eq!(r.status, 200, "{}", r.text());
     // Fields with a true equivalent pass the strict backends: strict tools, a user id.
     let r = post(
         TO_CLAUDE,

@@ -962,3 +962,20 @@ fn float_max_tokens_are_reserved_as_the_integers_they_mean_and_fractions_refused
     assert_eq!(up.requests(), before, "refused before the upstream");
     gw.assert_no_wasm_panic();
 }
+
+#[test]
+fn a_compressed_body_on_a_quota_route_is_a_415() {
+    let (gw, up) = quota_gateway(100_000, YEAR);
+    // The bytes do not matter: a compressed body's size says nothing about its tokens.
+    let r = Request::new("POST", "/v1/chat/completions")
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .header("x-portico-consumer", "zipped")
+        .body("\u{1f}\u{8b} not really gzip")
+        .send(gw.addr);
+    assert_eq!(r.status, 415, "{}", r.text());
+    assert_eq!(r.error_code(), "unsupported_content_encoding");
+    assert_eq!(r.header("accept-encoding"), Some("identity"));
+    assert_eq!(up.requests(), 0);
+    gw.assert_no_wasm_panic();
+}

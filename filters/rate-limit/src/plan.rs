@@ -282,6 +282,9 @@ enum Refusal {
     Tokens,
     /// The request alone needs more than a budget's whole limit: no wait would admit it.
     Oversized,
+    /// The body is compressed (`content-encoding` other than `identity`): its size says
+    /// nothing about its tokens.
+    Encoded,
 }
 
 /// A reservation larger than a whole budget, and the budget it cannot fit.
@@ -303,6 +306,8 @@ struct Ledger {
     store_failed: bool,
     /// The first enforcing budget the request can never fit.
     oversized: Option<Oversized>,
+    /// An enforcing quota applies to a compressed body.
+    encoded: bool,
 }
 
 impl Ledger {
@@ -415,7 +420,9 @@ impl Ledger {
 
     /// Why the request must be refused so far, if it must.
     fn refusal(&self, config: &Config, over: Refusal) -> Option<Refusal> {
-        if self.store_failed && !config.fail_open {
+        if self.encoded {
+            Some(Refusal::Encoded)
+        } else if self.store_failed && !config.fail_open {
             Some(Refusal::Unavailable)
         } else if self.oversized.is_some() {
             Some(Refusal::Oversized)
@@ -457,6 +464,13 @@ impl Ledger {
                 "the token budget for this period is used up; retry after the time in Retry-After",
             ),
             Refusal::Oversized => (400, ErrorType::InvalidRequest, "exceeds_token_budget", ""),
+            Refusal::Encoded => (
+                415,
+                ErrorType::InvalidRequest,
+                "unsupported_content_encoding",
+                "a token quota applies here and counts the request body's tokens, which a compressed \
+                 body hides: send it without content-encoding",
+            ),
         };
         let message = match (&self.oversized, refusal) {
             (Some(o), Refusal::Oversized) => format!(
@@ -470,9 +484,13 @@ impl Ledger {
         for (name, value) in headers::render(&self.policies, config.x_ratelimit_headers) {
             response = response.with_header(name, value);
         }
+        if refusal == Refusal::Encoded {
+            // RFC 7694: the codings the server accepts for request bodies.
+            response = response.with_header("accept-encoding", "identity");
+        }
         match self
             .retry_after
-            .filter(|_| !matches!(refusal, Refusal::Unavailable | Refusal::Oversized))
+            .filter(|_| !matches!(refusal, Refusal::Unavailable | Refusal::Oversized | Refusal::Encoded))
         {
             Some(seconds) => response.with_header("retry-after", seconds.to_string()),
             None => response,
@@ -503,10 +521,18 @@ pub fn admit<S: Store + ?Sized>(config: &Config, store: &S, salt: &[u8; 32], req
     }
 
     let prompt = estimate::from_size(req.body_bytes.unwrap_or(0));
+    let encoded = req
+        .view
+        .header_str("content-encoding")
+        .is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
     let mut reservations = Vec::new();
     for (qi, quota) in config.quotas.iter().enumerate() {
         let s = &quota.select;
         if !selected(s) {
+            continue;
+        }
+        if encoded && !s.dry_run {
+            ledger.encoded = true;
             continue;
         }
         let output = req.max_tokens.unwrap_or(quota.default_max_tokens);

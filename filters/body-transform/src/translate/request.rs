@@ -202,6 +202,11 @@ const OPENAI_FIELDS: &[&str] = &[
     "safety_identifier",
     "n",
     "metadata",
+    "frequency_penalty",
+    "presence_penalty",
+    "logprobs",
+    "store",
+    "response_format",
 ];
 
 /// Translates an OpenAI Chat Completions request into an Anthropic Messages request.
@@ -216,6 +221,7 @@ pub fn openai_to_anthropic(body: &Value, default_max_tokens: u64) -> Result<(Val
         None | Some(1) => {}
         Some(_) => return untranslatable("n", "Anthropic returns one choice per request"),
     }
+    neutral_openai_settings(&req)?;
     let max_tokens = match (req.positive("max_completion_tokens")?, req.positive("max_tokens")?) {
         (Some(a), Some(b)) if a != b => return invalid("max_tokens", "conflicts with `max_completion_tokens`"),
         (Some(n), _) | (None, Some(n)) => n,
@@ -347,6 +353,37 @@ pub fn openai_to_anthropic(body: &Value, default_max_tokens: u64) -> Result<(Val
     }
     out.insert("messages".into(), Value::Array(converted));
     Ok((Value::Object(out), RequestFacts { stream, include_usage }))
+}
+
+/// OpenAI settings that Anthropic has no place for pass only at the value that changes
+/// nothing (what SDKs and UIs send by default); any other value is refused by name.
+fn neutral_openai_settings(req: &Obj<'_>) -> Result<()> {
+    for key in ["frequency_penalty", "presence_penalty"] {
+        if let Some(p) = req.number(key, -2.0, 2.0)? {
+            if p != 0.0 {
+                return untranslatable(key, format!("{TO_ANTHROPIC} (only 0 passes)"));
+            }
+        }
+    }
+    // `store: true` asks OpenAI to keep the completion; `logprobs: true` asks for token
+    // probabilities: Anthropic does neither.
+    for key in ["logprobs", "store"] {
+        if req.bool(key)? == Some(true) {
+            return untranslatable(key, format!("{TO_ANTHROPIC} (only false passes)"));
+        }
+    }
+    if let Some(format) = req.object("response_format")? {
+        match format.required_str("type")? {
+            "text" => format.only(&["type"], TO_ANTHROPIC)?,
+            other => {
+                return untranslatable(
+                    format.field("type"),
+                    format!("{other:?} {TO_ANTHROPIC} (only \"text\" passes)"),
+                )
+            }
+        }
+    }
+    Ok(())
 }
 
 /// An OpenAI function tool as an Anthropic custom tool.

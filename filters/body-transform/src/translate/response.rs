@@ -130,13 +130,27 @@ pub(crate) fn tool_input(arguments: &str, field: impl Into<String>) -> Result<Va
 /// An OpenAI chat completion as an Anthropic message. A refusal becomes the message's text with
 /// `stop_reason: "refusal"`.
 pub fn openai_to_anthropic(completion: &Value) -> Result<Value, BadUpstream> {
-    let Some(choice) = completion.get("choices").and_then(|c| c.get(0)) else {
-        return Err(BadUpstream::new("choices", "must hold a choice"));
+    let choice = match completion.get("choices").and_then(Value::as_array).map(Vec::as_slice) {
+        Some([choice]) => choice,
+        // An Anthropic message is one answer: merging several, or keeping one, loses the rest.
+        Some([_, _, ..]) => {
+            return Err(BadUpstream::new(
+                "choices",
+                "holds several choices, and an Anthropic message holds one",
+            ))
+        }
+        _ => return Err(BadUpstream::new("choices", "must hold a choice")),
     };
     let path = "choices[0].message";
     let Some(message @ Value::Object(_)) = choice.get("message") else {
         return Err(BadUpstream::new(path, "must be an object"));
     };
+    // Legacy function calls carry no id for a tool_use block; audio has no Anthropic block.
+    for key in ["function_call", "audio"] {
+        if message.get(key).is_some_and(|v| !v.is_null()) {
+            return Err(BadUpstream::new(format!("{path}.{key}"), "has no Anthropic equivalent"));
+        }
+    }
     let mut content = Vec::new();
     let mut refused = false;
     for key in ["content", "refusal"] {

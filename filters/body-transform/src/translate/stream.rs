@@ -444,13 +444,28 @@ impl OpenAiToAnthropic {
         }
         let choice = match v.get("choices") {
             None | Some(Value::Null) => return Ok(()),
-            Some(Value::Array(choices)) => match choices.first() {
-                Some(choice) => choice,
-                None => return Ok(()),
+            Some(Value::Array(choices)) => match choices.as_slice() {
+                [] => return Ok(()),
+                [choice] if choice.get("index").and_then(Value::as_u64).unwrap_or(0) == 0 => choice,
+                // An Anthropic stream is one answer: another choice's deltas have no place.
+                _ => {
+                    return Err(BadUpstream::new(
+                        "choices",
+                        "holds a choice other than the first, and an Anthropic message holds one",
+                    ))
+                }
             },
             Some(_) => return Err(BadUpstream::new("choices", "must be an array")),
         };
         let delta = choice.get("delta").unwrap_or(&Value::Null);
+        for key in ["function_call", "audio"] {
+            if delta.get(key).is_some_and(|v| !v.is_null()) {
+                return Err(BadUpstream::new(
+                    format!("choices[0].delta.{key}"),
+                    "has no Anthropic equivalent",
+                ));
+            }
+        }
         for key in ["content", "refusal"] {
             match delta.get(key) {
                 None | Some(Value::Null) => {}

@@ -98,7 +98,7 @@ fn what_anthropic_cannot_express_is_refused_by_name() {
         (json!({"messages": user, "logprobs": true}), "logprobs"),
         (
             json!({"messages": user, "response_format": {"type": "json_object"}}),
-            "response_format",
+            "response_format.type",
         ),
         (
             json!({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "late"}]}),
@@ -1491,4 +1491,73 @@ fn a_request_without_a_maximum_is_capped_at_the_reservation_in_the_backends_api(
         assert_eq!(body, before);
     }
     assert!(!cap_output(&mut json!([1]), false, 100));
+}
+
+#[test]
+fn neutral_openai_settings_pass_to_anthropic_and_others_are_refused_by_name() {
+    let neutral = json!({"frequency_penalty": 0, "presence_penalty": 0.0, "logprobs": false,
+                         "store": false, "response_format": {"type": "text"}});
+    let (out, _) = openai_to_anthropic(&openai_with(neutral), 10).unwrap();
+    for key in [
+        "frequency_penalty",
+        "presence_penalty",
+        "logprobs",
+        "store",
+        "response_format",
+    ] {
+        assert!(out.get(key).is_none(), "{key} dropped: {out}");
+    }
+    for (extra, field) in [
+        (json!({"frequency_penalty": 0.5}), "frequency_penalty"),
+        (json!({"presence_penalty": -1}), "presence_penalty"),
+        (json!({"logprobs": true}), "logprobs"),
+        (json!({"store": true}), "store"),
+        (
+            json!({"response_format": {"type": "json_object"}}),
+            "response_format.type",
+        ),
+        (
+            json!({"response_format": {"type": "text", "json_schema": {}}}),
+            "response_format.json_schema",
+        ),
+    ] {
+        let err = openai_to_anthropic(&openai_with(extra.clone()), 10).unwrap_err();
+        assert_eq!(
+            (err.refusal, err.field.as_str()),
+            (Refusal::Untranslatable, field),
+            "{extra}"
+        );
+    }
+    // Out of OpenAI's own range, or the wrong type: invalid.
+    for extra in [json!({"frequency_penalty": 3}), json!({"logprobs": "yes"})] {
+        let err = openai_to_anthropic(&openai_with(extra.clone()), 10).unwrap_err();
+        assert_eq!(err.refusal, Refusal::Invalid, "{extra}");
+    }
+}
+
+#[test]
+fn openai_answers_an_anthropic_message_cannot_hold_are_bad_upstream() {
+    let choice =
+        |i: u64| json!({"index": i, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"});
+    let two = json!({"choices": [choice(0), choice(1)]});
+    assert_eq!(response::openai_to_anthropic(&two).unwrap_err().field, "choices");
+    for (key, value) in [
+        ("function_call", json!({"name": "f", "arguments": "{}"})),
+        ("audio", json!({"id": "a", "data": "UklGRg=="})),
+    ] {
+        let mut one = json!({"choices": [choice(0)]});
+        one["choices"][0]["message"][key] = value;
+        let err = response::openai_to_anthropic(&one).unwrap_err();
+        assert_eq!(err.field, format!("choices[0].message.{key}"));
+    }
+    // Streams: a second choice's delta, a legacy function call delta.
+    for chunk in [
+        json!({"id": "c", "choices": [{"index": 1, "delta": {"content": "x"}}]}),
+        json!({"id": "c", "choices": [{"index": 0, "delta": {"function_call": {"name": "f"}}}]}),
+    ] {
+        let mut t = OpenAiToAnthropic::default();
+        let out = String::from_utf8(t.push(format!("data: {chunk}\n\n").as_bytes())).unwrap();
+        assert!(out.contains("bad_upstream_response"), "{out}");
+        assert!(t.failure().is_some());
+    }
 }

@@ -447,3 +447,44 @@ fn a_request_larger_than_a_whole_budget_is_a_400_naming_it_not_a_429() {
         200
     );
 }
+
+#[test]
+fn a_compressed_body_on_a_quota_route_is_refused_with_415_and_takes_nothing() {
+    let c = config(json!({
+        "rules": [{"name": "r", "key": ["consumer"], "limit": {"requests": 100, "period_seconds": 60}}],
+        "token_quotas": [{"name": "llm", "match": {"path": "/v1/{*rest}"}, "key": ["consumer"],
+            "budgets": [{"tokens": 100000, "period_seconds": 3600}]}]
+    }));
+    let s = MemoryStore::default();
+    for encoding in ["gzip", "deflate", "br", "gzip, identity"] {
+        let v = view(
+            "/v1/chat/completions",
+            &[("x-portico-consumer", "z"), ("content-encoding", encoding)],
+        );
+        let a = admit_at(&c, &s, &v, T0);
+        let refusal = a.rejection.as_ref().unwrap();
+        assert_eq!(
+            (refusal.status, refusal.code),
+            (415, "unsupported_content_encoding"),
+            "{encoding}"
+        );
+        assert_eq!(header(&a, "accept-encoding"), Some("identity"));
+        assert_eq!(header(&a, "retry-after"), None);
+    }
+    // Nothing was taken: the request rule still has all 100.
+    let plain = admit_at(
+        &c,
+        &s,
+        &view("/v1/chat/completions", &[("x-portico-consumer", "z")]),
+        T0,
+    );
+    assert_eq!(header(&plain, "x-ratelimit-remaining"), Some("99"));
+    // `identity`, and routes without a token quota, pass.
+    let identity = view(
+        "/v1/chat/completions",
+        &[("x-portico-consumer", "z"), ("content-encoding", "Identity")],
+    );
+    assert_eq!(status(&admit_at(&c, &s, &identity, T0)), 200);
+    let elsewhere = view("/upload", &[("x-portico-consumer", "z"), ("content-encoding", "gzip")]);
+    assert_eq!(status(&admit_at(&c, &s, &elsewhere, T0)), 200);
+}
