@@ -645,7 +645,7 @@ fn a_model_stream_longer_than_envoys_default_route_timeout_completes_on_the_ship
     let shipped = Shipped::start(None);
     let started = Instant::now();
     let r = Request::new("POST", "/v1/chat/completions")
-        .header("x-api-key", &demo_env("PORTICO_DEMO_KEY"))
+        .header("x-api-key", demo_env("PORTICO_DEMO_KEY"))
         .header("content-type", "application/json")
         .header("x-mock-stream", "1")
         .header("x-mock-events", "18")
