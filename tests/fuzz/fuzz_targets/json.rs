@@ -1,5 +1,6 @@
 //! `portico_core::json::parse`, the strict reader of model-route bodies: it must read every
-//! body without a repeated key exactly as serde_json does, and refuse the rest.
+//! body without a repeated key exactly as serde_json does, and refuse the rest (a number out of
+//! range only where serde_json refuses it too).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -17,6 +18,14 @@ fuzz_target!(|data: &[u8]| {
             assert!(path.starts_with('$'), "{path:?}");
             let response = Invalid::DuplicateKey(path).duplicate_key_response();
             assert!(response.is_some_and(|r| r.status == 400 && r.code == "duplicate_json_key"));
+        }
+        (Err(Invalid::NumberOutOfRange(path)), Ok(loose)) => {
+            panic!("refused a number at {path} as out of range, serde_json read {loose}")
+        }
+        (Err(Invalid::NumberOutOfRange(path)), Err(_)) => {
+            assert!(path.starts_with('$'), "{path:?}");
+            let response = Invalid::NumberOutOfRange(path).duplicate_key_response();
+            assert!(response.is_some_and(|r| r.status == 400 && r.code == "number_out_of_range"));
         }
     }
 });

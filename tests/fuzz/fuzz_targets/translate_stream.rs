@@ -8,6 +8,7 @@
 use libfuzzer_sys::fuzz_target;
 use portico_body_transform::translate::stream::{AnthropicToOpenAi, OpenAiToAnthropic};
 use portico_body_transform::translate::BadUpstream;
+use portico_core::analytics::BackendUsage;
 use portico_core::sse::SseReader;
 use portico_fuzz::{control, cuts, integer_sum, sse_json};
 
@@ -55,7 +56,7 @@ fuzz_target!(|data: &[u8]| {
             "an OpenAI stream ends with [DONE]"
         );
         reports_failure(&out, t.failure());
-        if let Some((prompt, completion)) = t.usage() {
+        if let BackendUsage::Reported { prompt, completion } = t.usage() {
             assert!(u128::from(prompt) + u128::from(completion) <= reported);
         }
         match &first {
