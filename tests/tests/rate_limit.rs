@@ -979,3 +979,27 @@ fn a_compressed_body_on_a_quota_route_is_a_415() {
     assert_eq!(up.requests(), 0);
     gw.assert_no_wasm_panic();
 }
+
+#[test]
+fn usage_warnings_cannot_flood_the_log() {
+    let (gw, _up) = quota_gateway(10_000_000, YEAR);
+    let started = std::time::Instant::now();
+    let mut conn = Connection::open(gw.addr).unwrap();
+    let sent = 300;
+    for _ in 0..sent {
+        // Each answer claims 2^64-1 completion tokens: charged at the bound, warned about.
+        let request = chat("/v1/chat/completions", "liar", Some((3, u64::MAX)), false);
+        let r = conn.send(&request).unwrap_or_else(|_| {
+            conn = Connection::open(gw.addr).unwrap();
+            conn.send(&request).unwrap()
+        });
+        assert_eq!(r.status, 200);
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    let log = gw.log();
+    let lines = log.lines().filter(|l| l.contains("beyond belief")).count() as u64;
+    // Ten lines per second per worker (two workers), plus the window the run ended in.
+    assert!(lines <= 2 * 10 * (seconds + 1), "{lines} lines in {seconds} s");
+    assert!(lines >= 1, "still logged");
+    gw.assert_no_wasm_panic();
+}
