@@ -57,8 +57,7 @@ impl EnvoyConfig {
         Self {
             filters: Vec::new(),
             clusters: vec![cluster("upstream", upstream)],
-            // As envoy/gateway.yaml's model routes: no route timeout, a 300 s idle timeout.
-            route: json!({"cluster": "upstream", "timeout": "0s", "idle_timeout": "300s"}),
+            route: route_action(json!({"cluster": "upstream"})),
             prefix: "/".to_owned(),
             body_limit: None,
             access_log: None,
@@ -97,7 +96,7 @@ impl EnvoyConfig {
     /// Routes by the cluster named in `header` (what header-routing sets), and removes the
     /// internal backend-format header before the request leaves, as `envoy/gateway.yaml` does.
     pub fn route_by_header(mut self, header: &str) -> Self {
-        self.route = json!({"cluster_header": header});
+        self.route = route_action(json!({"cluster_header": header}));
         self
     }
 
@@ -186,6 +185,16 @@ impl EnvoyConfig {
             }
         })
     }
+}
+
+/// A route action with the timeouts of `envoy/gateway.yaml`'s model routes: none for the
+/// whole exchange (a stream lasts as long as the model writes), 300 s of silence at most.
+fn route_action(mut action: Value) -> Value {
+    if let Some(a) = action.as_object_mut() {
+        a.insert("timeout".to_owned(), json!("0s"));
+        a.insert("idle_timeout".to_owned(), json!("300s"));
+    }
+    action
 }
 
 /// The sum of the series of `name` in Prometheus text whose labels include all of `labels`.
