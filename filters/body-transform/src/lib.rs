@@ -378,6 +378,7 @@ impl HttpContext for TransformHttp {
             return Action::Continue;
         };
         let strict = rule.require_json || self.direction.is_some();
+        let body_ops = !rule.request.body.is_empty();
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
         let mut value: Value = match serde_json::from_slice(&body) {
             Ok(v) => v,
@@ -415,8 +416,13 @@ impl HttpContext for TransformHttp {
             Ok(None) => value,
             Err(e) => return self.reject(400, ErrorType::InvalidRequest, e.code(), e.to_string()),
         };
-        if let (Some(reserved), Some(anthropic)) = (self.reserved, self.backend_anthropic) {
-            translate::request::cap_output(&mut value, anthropic, reserved);
+        let capped = match (self.reserved, self.backend_anthropic) {
+            (Some(reserved), Some(anthropic)) => translate::request::cap_output(&mut value, anthropic, reserved),
+            _ => false,
+        };
+        if self.direction.is_none() && !body_ops && !capped {
+            // Read only to cap it, and it names its maximum: sent as it came.
+            return Action::Continue;
         }
         match serde_json::to_vec(&value) {
             Ok(bytes) => {
