@@ -12,8 +12,8 @@
 //! answer (none without it; COMPLETION `max` is the request's own `max_tokens`), `x-mock-delay-ms: N` waits before answering, `x-mock-stream: 1` streams with `x-mock-events: N` text deltas and `x-mock-gap-ms: N` between writes (default 15) (and `x-mock-cut: 1` drops the connection halfway, `x-mock-cut: clean` ends the body there), SSE in several flushed chunks with the
 //! usage event split across two of them, `x-mock-status: N` answers an error without usage,
 //! `x-mock-pad: N` lengthens the answer text by N bytes, `x-mock-cache-control: V` sends that
-//! `cache-control`, `x-mock-header: NAME=VALUE` sends that header, `x-mock-answer: KIND` spoils a
-//! 200 answer (echo included) the way broken backends do: `garbage`, `truncated` (cut halfway,
+//! `cache-control`, `x-mock-header: NAME=VALUE` sends that header, `x-mock-answer: KIND` spoils an
+//! answer (echo and `x-mock-status` errors included) the way broken backends do: `garbage`, `truncated` (cut halfway,
 //! with a matching content-length), `empty`, `wrong_shape` (a JSON object that is no answer),
 //! `wrong_types` (an answer's fields with the wrong JSON types),
 //! `text` (the answer as `text/plain`). Every non-streamed answer carries `x-upstream-request: N`, its number.
@@ -170,7 +170,7 @@ fn serve_connection(
         }
         let (status, content_type, body) = respond(&request, jwks, identity);
         let (content_type, body) = match request_header(&request, "x-mock-answer") {
-            Some(kind) if status == 200 => spoil(kind, content_type, body),
+            Some(kind) => spoil(kind, content_type, body),
             _ => (content_type, body),
         };
         // Which request this answers (a replayed answer shows an earlier number), and a

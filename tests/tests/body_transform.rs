@@ -731,3 +731,32 @@ fn backend_errors_and_cut_streams_reach_every_client_with_a_code() {
     );
     s.gw.assert_no_wasm_panic();
 }
+
+#[test]
+fn a_backend_error_that_is_not_json_reaches_every_client_as_a_json_error_with_a_code() {
+    let s = setup();
+    for (path, body) in [
+        (TO_CLAUDE, to_claude(json!({}))),
+        (TO_CLAUDE, to_claude(json!({"model": "gpt-test"}))),
+        ("/v1/messages", to_gpt(json!({}))),
+        ("/v1/messages", to_gpt(json!({"model": "claude-test"}))),
+    ] {
+        // A proxy in front of the backend answering with its own page.
+        let mut request = post(path, &body)
+            .header("x-mock-status", "502")
+            .header("x-mock-answer", "garbage");
+        if path == "/v1/messages" {
+            request = request.header("anthropic-version", "2023-06-01");
+        }
+        let r = request.send(s.gw.addr);
+        assert_eq!(r.status, 502, "{path} {}: {}", body["model"], r.text());
+        let v = r.json();
+        assert_eq!(v["error"]["code"], "api_error", "{path} {}: {v}", body["model"]);
+        assert_eq!(
+            v.get("type").is_some(),
+            path == "/v1/messages",
+            "the client's shape: {v}"
+        );
+    }
+    s.gw.assert_no_wasm_panic();
+}

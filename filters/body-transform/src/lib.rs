@@ -476,6 +476,9 @@ impl HttpContext for TransformHttp {
         if end_of_stream {
             // No body will follow, and the headers have not left yet.
             if let Response::Whole { status } = self.response {
+                if self.unreadable_error(&[], status) {
+                    return Action::Pause;
+                }
                 if let Err(bad) = self.whole_response(&[], status) {
                     return self.fail_bad_upstream(&bad);
                 }
@@ -539,6 +542,9 @@ impl HttpContext for TransformHttp {
                 }
                 let status = *status;
                 let body = self.get_http_response_body(0, body_size).unwrap_or_default();
+                if self.held && self.unreadable_error(&body, status) {
+                    return Action::Pause;
+                }
                 match self.whole_response(&body, status) {
                     Ok(Some(out)) => self.set_http_response_body(0, body_size, &out),
                     Ok(None) => {}
@@ -556,6 +562,23 @@ impl HttpContext for TransformHttp {
 }
 
 impl TransformHttp {
+    /// Answers, in the client's format, a backend's error on a model route whose body is not
+    /// JSON (a proxy's HTML page, an empty body): every error there carries a code. Only while
+    /// the headers have not left; `true` when it answered.
+    fn unreadable_error(&self, body: &[u8], status: u32) -> bool {
+        let model_call = self.direction.is_some() || self.model_route;
+        if status < 400 || !model_call || serde_json::from_slice::<Value>(body).is_ok() {
+            return false;
+        }
+        let response = translate::response::unreadable_error(status);
+        self.refusals.warn(
+            self.get_current_time(),
+            format_args!("{}: {}", response.code, response.message),
+        );
+        self.refusals.answer(&response, self.api);
+        true
+    }
+
     /// The rewritten complete response body; `Ok(None)` leaves it as the backend sent it, and
     /// a success that cannot be translated is an error.
     fn whole_response(&self, body: &[u8], status: u32) -> Result<Option<Vec<u8>>, BadUpstream> {

@@ -5,6 +5,8 @@
 
 use serde_json::{json, Map, Value};
 
+use portico_core::response::{ErrorResponse, ErrorType};
+
 use super::usage::Tokens;
 use super::{put, BadUpstream};
 
@@ -245,6 +247,26 @@ pub fn upstream_error_code(body: &Value, status: u32) -> String {
         .or_else(|| named("type"))
         .unwrap_or_else(|| anthropic_error_type(status))
         .to_owned()
+}
+
+/// The error a client gets in place of a backend's error answer that is not JSON (a proxy's
+/// HTML page, an empty body): the backend's status, and the type and code that status has in
+/// both APIs, so every error on a model route carries a code.
+pub fn unreadable_error(status: u32) -> ErrorResponse {
+    let error_type = match status {
+        400 | 413 | 422 => ErrorType::InvalidRequest,
+        401 => ErrorType::Authentication,
+        403 => ErrorType::Permission,
+        404 => ErrorType::NotFound,
+        429 => ErrorType::RateLimit,
+        _ => ErrorType::Api,
+    };
+    ErrorResponse::new(
+        status,
+        error_type,
+        anthropic_error_type(status),
+        format!("the model backend answered {status} with a body that is not a JSON error"),
+    )
 }
 
 /// An OpenAI error body as Anthropic's error shape, with the backend's code kept.

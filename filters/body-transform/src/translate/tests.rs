@@ -1561,3 +1561,20 @@ fn openai_answers_an_anthropic_message_cannot_hold_are_bad_upstream() {
         assert!(t.failure().is_some());
     }
 }
+
+#[test]
+fn a_backend_error_that_is_not_json_gets_the_type_and_code_of_its_status() {
+    for (status, kind) in [
+        (502, "api_error"),
+        (503, "overloaded_error"),
+        (429, "rate_limit_error"),
+        (400, "invalid_request_error"),
+    ] {
+        let r = response::unreadable_error(status);
+        assert_eq!(
+            (r.status, r.code, r.error_type.as_str()),
+            (status, kind, if status == 503 { "api_error" } else { kind })
+        );
+        assert!(r.message.contains(&status.to_string()));
+    }
+}
