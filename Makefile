@@ -13,7 +13,7 @@ run: build
 lint: setup
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
-	cargo clippy --workspace --exclude portico-tests --exclude portico-check --target wasm32-wasip1 --all-targets --quiet -- -D warnings
+	cargo clippy --workspace --exclude portico-tests --exclude portico-check --exclude portico-state --target wasm32-wasip1 --all-targets --quiet -- -D warnings
 	cargo fmt --manifest-path tests/fuzz/Cargo.toml -- --check
 	cargo clippy --manifest-path tests/fuzz/Cargo.toml --all-targets --quiet -- -D warnings
 

@@ -1,0 +1,115 @@
+//! Redis key names. Every key of one consumer carries the hash tag `{<namespace>:<name>}`, so
+//! all the keys one call touches sit on one Redis Cluster slot and one Lua script can update
+//! them atomically.
+//!
+//! Names come from requests, so every part is escaped (`%`, `{`, `}`, `:` and bytes outside
+//! printable ASCII become `%XX`): the tag then always ends where it should, and two different
+//! (consumer, budget) pairs can never produce the same key.
+
+use std::fmt::Write;
+
+use portico_core::identity::valid_namespace;
+
+/// Every key starts with this, so an operator can tell Portico's keys apart in a shared Redis.
+const PREFIX: &str = "portico";
+
+/// The hash tag of one consumer, `{<namespace>:<escaped name>}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tag(String);
+
+impl Tag {
+    /// The tag of a consumer id `<namespace>:<name>`, or why it is not one.
+    pub fn of_consumer(id: &str) -> Result<Tag, String> {
+        let Some((namespace, name)) = id.split_once(':') else {
+            return Err("consumer must be `<namespace>:<name>`".to_owned());
+        };
+        if !valid_namespace(namespace) {
+            return Err(format!(
+                "consumer namespace {namespace:?} is not `[a-z0-9][a-z0-9_.-]*` of at most 64 bytes"
+            ));
+        }
+        if name.is_empty() {
+            return Err("consumer name is empty".to_owned());
+        }
+        Ok(Tag(format!("{{{namespace}:{}}}", escape(name))))
+    }
+
+    /// The tag of a rate limit service descriptor: its domain and first entry, so that every
+    /// counter under one first entry (often the client or the consumer) shares a slot.
+    pub fn of_descriptor(domain: &str, key: &str, value: &str) -> Tag {
+        Tag(format!("{{rls:{}:{}={}}}", escape(domain), escape(key), escape(value)))
+    }
+
+    /// The counter (a hash: window start `w`, window length `n`, usage `u`, held reservations
+    /// `r:<id>`) and the sorted set of reservation expiries of the budget or limit `name`.
+    pub fn counter_keys(&self, name: &str) -> [String; 2] {
+        let counter = format!("{PREFIX}:{}:c:{}", self.0, escape(name));
+        let expiries = format!("{counter}:x");
+        [counter, expiries]
+    }
+}
+
+/// `s` with `%`, `{`, `}`, `:`, `=` and every byte outside printable ASCII as `%XX`.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_graphic() && !matches!(b, b'%' | b'{' | b'}' | b':' | b'=') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_consumer_key_carries_its_hash_tag() {
+        let tag = Tag::of_consumer("acme:alice").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            tag.counter_keys("tokens/day"),
+            ["portico:{acme:alice}:c:tokens/day", "portico:{acme:alice}:c:tokens/day:x"]
+        );
+    }
+
+    #[test]
+    fn braces_in_a_name_cannot_end_or_move_the_tag() {
+        let tag = Tag::of_consumer("acme:}x{y").unwrap_or_else(|e| panic!("{e}"));
+        let [counter, _] = tag.counter_keys("b{c}");
+        assert_eq!(counter, "portico:{acme:%7Dx%7By}:c:b%7Bc%7D");
+        assert_eq!(counter.matches('{').count(), 1);
+    }
+
+    #[test]
+    fn different_consumers_and_budgets_never_share_a_key() {
+        let pairs = [("a:b", "c"), ("a:b:c", ""), ("a:b%3Ac", "x"), ("a:b", "c:x"), ("a:b:c", "x")];
+        let mut keys: Vec<String> = pairs
+            .iter()
+            .filter_map(|(c, b)| Tag::of_consumer(c).ok().map(|t| t.counter_keys(b)[0].clone()))
+            .collect();
+        let n = keys.len();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), n);
+    }
+
+    #[test]
+    fn two_issuers_of_the_same_subject_get_different_slots() {
+        assert_ne!(Tag::of_consumer("issuer-a:alice").ok(), Tag::of_consumer("issuer-b:alice").ok());
+    }
+
+    #[test]
+    fn a_consumer_id_without_a_valid_namespace_is_refused() {
+        for bad in ["alice", "Acme:alice", ":alice", "acme:", "a{b:c"] {
+            assert!(Tag::of_consumer(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_descriptor_tag_escapes_its_parts() {
+        assert_eq!(Tag::of_descriptor("d", "k=1", "v:}").0, "{rls:d:k%3D1=v%3A%7D}");
+    }
+}
