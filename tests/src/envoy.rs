@@ -123,6 +123,28 @@ impl EnvoyConfig {
         self
     }
 
+    /// Adds a cluster that speaks HTTP/2 to `addr`, as a gRPC service (portico-state, an
+    /// external authorization or rate limit service) needs.
+    pub fn grpc_cluster(mut self, name: &str, addr: SocketAddr) -> Self {
+        let mut c = cluster(name, addr);
+        c["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}
+            }
+        });
+        self.clusters.push(c);
+        self
+    }
+
+    /// The route's `rate_limits` (the descriptors Envoy's native `ratelimit` filter sends).
+    pub fn route_rate_limits(mut self, rate_limits: Value) -> Self {
+        if let Some(route) = self.route.as_object_mut() {
+            route.insert("rate_limits".to_owned(), rate_limits);
+        }
+        self
+    }
+
     pub fn render(&self) -> Value {
         let mut filters = self.filters.clone();
         filters.push(json!({

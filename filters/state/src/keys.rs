@@ -71,7 +71,10 @@ mod tests {
         let tag = Tag::of_consumer("acme:alice").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             tag.counter_keys("tokens/day"),
-            ["portico:{acme:alice}:c:tokens/day", "portico:{acme:alice}:c:tokens/day:x"]
+            [
+                "portico:{acme:alice}:c:tokens/day",
+                "portico:{acme:alice}:c:tokens/day:x"
+            ]
         );
     }
 
@@ -85,7 +88,13 @@ mod tests {
 
     #[test]
     fn different_consumers_and_budgets_never_share_a_key() {
-        let pairs = [("a:b", "c"), ("a:b:c", ""), ("a:b%3Ac", "x"), ("a:b", "c:x"), ("a:b:c", "x")];
+        let pairs = [
+            ("a:b", "c"),
+            ("a:b:c", ""),
+            ("a:b%3Ac", "x"),
+            ("a:b", "c:x"),
+            ("a:b:c", "x"),
+        ];
         let mut keys: Vec<String> = pairs
             .iter()
             .filter_map(|(c, b)| Tag::of_consumer(c).ok().map(|t| t.counter_keys(b)[0].clone()))
@@ -98,7 +107,10 @@ mod tests {
 
     #[test]
     fn two_issuers_of_the_same_subject_get_different_slots() {
-        assert_ne!(Tag::of_consumer("issuer-a:alice").ok(), Tag::of_consumer("issuer-b:alice").ok());
+        assert_ne!(
+            Tag::of_consumer("issuer-a:alice").ok(),
+            Tag::of_consumer("issuer-b:alice").ok()
+        );
     }
 
     #[test]

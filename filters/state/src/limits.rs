@@ -77,7 +77,9 @@ impl Limits {
         let limits = parse_root(&value, &mut errors).map(|mut root| {
             let mut domains = HashMap::new();
             for node in root.array("domains", &mut errors) {
-                let Some(mut domain) = node.object(&mut errors) else { continue };
+                let Some(mut domain) = node.object(&mut errors) else {
+                    continue;
+                };
                 let name = domain.req_str("domain", &mut errors).map(str::to_owned);
                 let tree = read_descriptors(domain.array("descriptors", &mut errors), &mut errors);
                 if let Some(name) = name {
@@ -110,7 +112,9 @@ impl Limits {
 fn read_descriptors(nodes: Vec<Node<'_>>, errors: &mut Errors) -> Vec<Descriptor> {
     let mut out: Vec<Descriptor> = Vec::new();
     for node in nodes {
-        let Some(mut object) = node.object(errors) else { continue };
+        let Some(mut object) = node.object(errors) else {
+            continue;
+        };
         let key = object.req_str("key", errors).map(str::to_owned);
         let value = object.opt_str("value", errors).map(str::to_owned);
         let rate = object.opt("rate_limit").and_then(|n| read_rate(&n, errors));
@@ -134,10 +138,14 @@ fn read_descriptors(nodes: Vec<Node<'_>>, errors: &mut Errors) -> Vec<Descriptor
 fn read_rate(node: &Node<'_>, errors: &mut Errors) -> Option<Rate> {
     let mut object = node.object(errors)?;
     let unit = object.req("unit", errors).and_then(|n| n.one_of(&UNITS, errors));
-    let requests = object.req("requests_per_unit", errors).and_then(|n| n.u64_in(0..=u64::from(u32::MAX), errors));
+    let requests = object
+        .req("requests_per_unit", errors)
+        .and_then(|n| n.u64_in(0..=u64::from(u32::MAX), errors));
     let name = object.opt_str("name", errors).map(str::to_owned);
     object.finish(errors);
-    let unit = [Unit::Second, Unit::Minute, Unit::Hour, Unit::Day, Unit::Week].get(unit?).copied()?;
+    let unit = [Unit::Second, Unit::Minute, Unit::Hour, Unit::Day, Unit::Week]
+        .get(unit?)
+        .copied()?;
     Some(Rate {
         requests_per_unit: u32::try_from(requests?).ok()?,
         unit,
@@ -183,7 +191,9 @@ domains:
 
     #[test]
     fn nested_descriptors_match_entry_by_entry() {
-        let rate = limits().find("d", [("k", "v"), ("user", "alice")]).map(|r| (r.requests_per_unit, r.unit));
+        let rate = limits()
+            .find("d", [("k", "v"), ("user", "alice")])
+            .map(|r| (r.requests_per_unit, r.unit));
         assert_eq!(rate, Some((1, Unit::Second)));
     }
 

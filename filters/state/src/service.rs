@@ -67,7 +67,10 @@ fn check_limit(limit: Option<&Limit>) -> Result<Checked<'_>, Status> {
     let limit = limit.ok_or_else(|| invalid("bad_limit", "a budget or limit is missing"))?;
     check_name(&limit.name)?;
     if limit.limit > MAX_AMOUNT {
-        return Err(invalid("bad_limit", format!("limit of {:?} is 2^53 or more", limit.name)));
+        return Err(invalid(
+            "bad_limit",
+            format!("limit of {:?} is 2^53 or more", limit.name),
+        ));
     }
     if !(1..=MAX_SECONDS).contains(&limit.window_seconds) {
         return Err(invalid(
@@ -91,7 +94,10 @@ fn check_name(name: &str) -> Result<(), Status> {
 
 fn check_count(n: usize) -> Result<(), Status> {
     if !(1..=MAX_LIMITS).contains(&n) {
-        return Err(invalid("bad_request", format!("name 1..={MAX_LIMITS} budgets or limits")));
+        return Err(invalid(
+            "bad_request",
+            format!("name 1..={MAX_LIMITS} budgets or limits"),
+        ));
     }
     Ok(())
 }
@@ -260,7 +266,15 @@ impl State for Service {
         }
         check_unique(r.budgets.iter().map(String::as_str))?;
         let names: Vec<&str> = r.budgets.iter().map(String::as_str).collect();
-        end_reservation(&self.store, &tag, &r.reservation_id, "release", &names, std::iter::empty()).await
+        end_reservation(
+            &self.store,
+            &tag,
+            &r.reservation_id,
+            "release",
+            &names,
+            std::iter::empty(),
+        )
+        .await
     }
 
     async fn lease(&self, request: Request<LeaseRequest>) -> Result<Response<LeaseResponse>, Status> {
@@ -312,7 +326,9 @@ async fn end_reservation(
     args.extend(differences);
     let values = store.run(Which::Settle, &keys, &args).await?;
     if values.len() != names.len() {
-        return Err(Status::internal("state_error: unexpected answer from the settle script"));
+        return Err(Status::internal(
+            "state_error: unexpected answer from the settle script",
+        ));
     }
     Ok(Response::new(SettleResponse {
         found: values.iter().map(|v| *v == 1).collect(),
@@ -355,8 +371,12 @@ impl RateLimitService for Service {
         let mut groups: Vec<(Tag, Vec<(usize, String, u64, u64, u64)>)> = Vec::new();
         for (i, descriptor) in r.descriptors.iter().enumerate() {
             let entries = || descriptor.entries.iter().map(|e| (e.key.as_str(), e.value.as_str()));
-            let Some(rate) = self.limits.find(&r.domain, entries()) else { continue };
-            let Some(first) = descriptor.entries.first() else { continue };
+            let Some(rate) = self.limits.find(&r.domain, entries()) else {
+                continue;
+            };
+            let Some(first) = descriptor.entries.first() else {
+                continue;
+            };
             let hits = check_amount(descriptor.hits_addend.as_ref().map_or(request_hits, |h| h.value))?;
             let name: Vec<String> = entries()
                 .map(|(k, v)| format!("{}={}", crate::keys::escape(k), crate::keys::escape(v)))

@@ -127,7 +127,9 @@ mod tests {
 
     #[test]
     fn defaults_need_nothing() {
-        let Ok(Command::Run(s)) = parse(&[], |_| None) else { panic!("defaults refused") };
+        let Ok(Command::Run(s)) = parse(&[], |_| None) else {
+            panic!("defaults refused")
+        };
         assert_eq!(s.listen, SocketAddr::from(([0, 0, 0, 0], 8081)));
         assert_eq!(s.redis.urls, ["redis://127.0.0.1:6379"]);
         assert!(!s.redis.cluster);
@@ -138,7 +140,9 @@ mod tests {
     #[test]
     fn a_flag_wins_over_the_environment() {
         let env = |k: &str| (k == "PORTICO_STATE_REDIS_TIMEOUT_MS").then(|| "80".to_owned());
-        let Ok(Command::Run(s)) = parse(&args(&["--redis-timeout-ms", "20"]), env) else { panic!() };
+        let Ok(Command::Run(s)) = parse(&args(&["--redis-timeout-ms", "20"]), env) else {
+            panic!()
+        };
         assert_eq!(s.redis.timeout, Duration::from_millis(20));
         let Ok(Command::Run(s)) = parse(&[], env) else { panic!() };
         assert_eq!(s.redis.timeout, Duration::from_millis(80));
@@ -147,14 +151,24 @@ mod tests {
     #[test]
     fn a_cluster_takes_several_seed_nodes() {
         let a = args(&["--cluster", "--redis", "redis://a:1,redis://b:2"]);
-        let Ok(Command::Run(s)) = parse(&a, |_| None) else { panic!() };
+        let Ok(Command::Run(s)) = parse(&a, |_| None) else {
+            panic!()
+        };
         assert!(s.redis.cluster);
         assert_eq!(s.redis.urls, ["redis://a:1", "redis://b:2"]);
     }
 
     #[test]
     fn every_bad_setting_is_reported_at_once() {
-        let a = args(&["--listen", "nowhere", "--redis", "http://x,redis://y", "--redis-timeout-ms", "0", "--what"]);
+        let a = args(&[
+            "--listen",
+            "nowhere",
+            "--redis",
+            "http://x,redis://y",
+            "--redis-timeout-ms",
+            "0",
+            "--what",
+        ]);
         assert_eq!(
             parse(&a, |_| None),
             Err(vec![

@@ -114,14 +114,17 @@ impl Store {
         };
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(values)) => Ok(values),
-            Ok(Err(e)) => {
+            // redis-rs's own response timeout (set to ours) usually fires first.
+            Ok(Err(e)) if !e.is_timeout() => {
                 self.errors.log(&format!("redis call failed: {e}"));
                 Err(Status::unavailable(format!("redis_unavailable: {e}")))
             }
-            Err(_) => {
+            Ok(Err(_)) | Err(_) => {
                 let ms = self.timeout.as_millis();
                 self.errors.log(&format!("redis did not answer within {ms} ms"));
-                Err(Status::unavailable(format!("redis_timeout: redis did not answer within {ms} ms")))
+                Err(Status::unavailable(format!(
+                    "redis_timeout: redis did not answer within {ms} ms"
+                )))
             }
         }
     }
@@ -137,9 +140,7 @@ struct LogLimiter {
 
 impl LogLimiter {
     fn log(&self, message: &str) {
-        let second = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let second = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let last = self.last_second.load(Ordering::Relaxed);
         if last != second
             && self
