@@ -17,6 +17,11 @@
 //! A request's descriptor (its list of entries) matches by walking the tree entry by entry,
 //! preferring a node with the entry's exact value over one without a value; the limit is the
 //! one on the node the last entry reaches. A descriptor that matches nothing is not limited.
+//!
+//! A limit is counted as Portico's rate-limit filter counts: GCRA with a burst of
+//! `requests_per_unit`, refilled one request every `unit / requests_per_unit` (no window
+//! boundary where twice the limit passes). Units are those of fixed length: `second`,
+//! `minute`, `hour`, `day`, `week`.
 
 use std::collections::HashMap;
 
@@ -137,18 +142,27 @@ fn read_descriptors(nodes: Vec<Node<'_>>, errors: &mut Errors) -> Vec<Descriptor
 
 fn read_rate(node: &Node<'_>, errors: &mut Errors) -> Option<Rate> {
     let mut object = node.object(errors)?;
-    let unit = object.req("unit", errors).and_then(|n| n.one_of(&UNITS, errors));
+    let unit = object
+        .req("unit", errors)
+        .and_then(|n| n.one_of(&UNITS, errors))
+        .and_then(|i| {
+            [Unit::Second, Unit::Minute, Unit::Hour, Unit::Day, Unit::Week]
+                .get(i)
+                .copied()
+        });
+    // As every Portico limit: at most a million per second, one per microsecond (GCRA's tick
+    // in the scripts), and what Envoy's API can carry.
+    let max = unit.map_or(u64::from(u32::MAX), |u| {
+        (u.seconds() * 1_000_000).min(u64::from(u32::MAX))
+    });
     let requests = object
         .req("requests_per_unit", errors)
-        .and_then(|n| n.u64_in(0..=u64::from(u32::MAX), errors));
+        .and_then(|n| n.u64_in(1..=max, errors));
     let name = object.opt_str("name", errors).map(str::to_owned);
     object.finish(errors);
-    let unit = [Unit::Second, Unit::Minute, Unit::Hour, Unit::Day, Unit::Week]
-        .get(unit?)
-        .copied()?;
     Some(Rate {
         requests_per_unit: u32::try_from(requests?).ok()?,
-        unit,
+        unit: unit?,
         name,
     })
 }
@@ -214,6 +228,8 @@ domains:
         rate_limit: {unit: month, requests_per_unit: -1}
       - value: v
         extra: 1
+      - key: fast
+        rate_limit: {unit: second, requests_per_unit: 1000001}
 ";
         assert_eq!(
             Limits::parse(bad).err().as_deref(),
@@ -221,7 +237,8 @@ domains:
                 "$.domains[0].descriptors[0].rate_limit.unit: unknown value \"month\", expected one of: second, minute, hour, day, week; \
                  $.domains[0].descriptors[0].rate_limit.requests_per_unit: expected a non-negative integer; \
                  $.domains[0].descriptors[1].key: required field is missing; \
-                 $.domains[0].descriptors[1].extra: unknown field"
+                 $.domains[0].descriptors[1].extra: unknown field; \
+                 $.domains[0].descriptors[2].rate_limit.requests_per_unit: must be between 1 and 1000000"
             )
         );
     }

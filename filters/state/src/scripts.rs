@@ -6,77 +6,92 @@
 //! touches is passed in `KEYS` and shares one consumer's hash tag ([`crate::keys`]), so Redis
 //! Cluster runs each script on the one node that owns the slot.
 //!
-//! A counter is a hash per budget or limit: `w` the start of its window (ms since the epoch),
-//! `n` the window's length (ms), `u` the usage in that window, including held reservations, and
-//! `r:<id>` the amount each held reservation took. A sorted set beside it holds each held
-//! reservation's expiry. Before deciding anything, a script returns the expired reservations'
-//! amounts to the counter (so an unsettled reservation is reclaimed by the next call on that
-//! budget after its TTL), and drops a counter whose window has ended. Counters expire in Redis
-//! at the end of their window.
+//! The limiter is GCRA, as in the rate-limit filter (`filters/rate-limit/src/gcra.rs`), so a
+//! limit means the same whether it is counted in one Envoy or in Redis: `amount` per `period`
+//! refills one unit every `interval = period / amount` and holds at most `burst` units
+//! (`capacity = interval * burst`); a charge of `c` units moves the theoretical arrival time
+//! (TAT) `c * interval` later and is admitted while `TAT - now <= capacity`. No window
+//! boundary lets twice the limit through. Times are microseconds since the epoch (Lua numbers
+//! are doubles, exact to 2^53: microseconds fit until the year 2255, nanoseconds do not).
 //!
-//! Amounts are Lua numbers (doubles): the service refuses amounts of 2^53 and more.
+//! A counter is a hash per budget or limit: `t` the TAT, `i` the interval it was charged with,
+//! and `r:<id>` the units each held reservation took. A sorted set beside it holds each held
+//! reservation's expiry. Before deciding anything, a script gives back the units of expired
+//! reservations (so an unsettled reservation is reclaimed by the next call on that budget after
+//! its TTL). Both keys expire once the bucket is full again and no reservation is held.
 
-/// The part every script begins with: `now` and `load`.
+/// The part every script begins with: `now`, `load` and `keep`.
 macro_rules! prelude {
     () => {
         r"
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
--- The usage of counter h (expiries x) in its window of win ms that holds now, once the
--- reservations past their TTL are returned; a counter of an earlier window is dropped.
-local function load(h, x, win)
-  local start = now - (now % win)
-  if tonumber(redis.call('HGET', h, 'w')) ~= start or tonumber(redis.call('HGET', h, 'n')) ~= win then
-    redis.call('DEL', h, x)
-    return 0, start
-  end
-  local used = tonumber(redis.call('HGET', h, 'u')) or 0
+-- The TAT of counter h (expiries x), never before now, once the reservations past their TTL
+-- have given their units back.
+local function load(h, x)
+  local tat = math.max(now, tonumber(redis.call('HGET', h, 't')) or 0)
   local expired = redis.call('ZRANGEBYSCORE', x, '-inf', now)
   if #expired > 0 then
+    local interval = tonumber(redis.call('HGET', h, 'i')) or 0
     for _, id in ipairs(expired) do
       local held = tonumber(redis.call('HGET', h, 'r:' .. id))
       if held then
-        used = used - held
+        tat = math.max(now, tat - held * interval)
         redis.call('HDEL', h, 'r:' .. id)
       end
     end
     redis.call('ZREMRANGEBYSCORE', x, '-inf', now)
-    redis.call('HSET', h, 'u', used)
+    redis.call('HSET', h, 't', tat)
   end
-  return used, start
+  return tat
+end
+
+-- Keeps h and x until the bucket is full again and the last reservation has expired.
+local function keep(h, x, tat)
+  local last = redis.call('ZRANGE', x, -1, -1, 'WITHSCORES')
+  local horizon = tat
+  if last[2] then
+    horizon = math.max(horizon, tonumber(last[2]))
+  end
+  local at = math.ceil(horizon / 1000) + 1000
+  redis.call('PEXPIREAT', h, at)
+  if last[2] then
+    redis.call('PEXPIREAT', x, at)
+  end
 end
 "
     };
 }
 
-/// Charges an amount to several counters at once, or to none.
+/// Charges units to several counters at once, or to none.
 ///
 /// KEYS: per counter, its hash then its expiry set. ARGV: mode (`hit`, `reserve` or `lease`),
-/// reservation id, TTL in ms, then per counter: limit, window in ms, amount.
-/// `lease` (one counter) first cuts the amount to what the lease rule grants.
+/// reservation id, TTL in ms, then per counter: interval (µs), capacity (µs), units. `lease`
+/// (one counter) first cuts the units to what the lease rule grants.
 ///
-/// Returns `admitted`, then per counter: remaining after the call, ms until its window resets,
-/// 1 if it refused, and the amount charged.
+/// Returns `admitted`, then per counter: units remaining, ms until the bucket is full, 1 if it
+/// refused, units charged, ms until the refused charge would fit.
 pub const CHARGE: &str = concat!(
     prelude!(),
     r"
 local mode, id, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local n = #KEYS / 2
-local used, start, limit, win, amount, over = {}, {}, {}, {}, {}, {}
+local tat, interval, capacity, amount, after, over = {}, {}, {}, {}, {}, {}
 local admitted = 1
 for i = 1, n do
-  limit[i] = tonumber(ARGV[3 * i + 1])
-  win[i] = tonumber(ARGV[3 * i + 2])
+  interval[i] = tonumber(ARGV[3 * i + 1])
+  capacity[i] = tonumber(ARGV[3 * i + 2])
   amount[i] = tonumber(ARGV[3 * i + 3])
-  used[i], start[i] = load(KEYS[2 * i - 1], KEYS[2 * i], win[i])
+  tat[i] = load(KEYS[2 * i - 1], KEYS[2 * i])
   if mode == 'lease' then
     -- A quarter of what is left, at least 1 while anything is: leases shrink to nothing as
     -- the budget runs out, and never hand out more than remains.
-    local left = limit[i] - used[i]
+    local left = math.floor((capacity[i] - (tat[i] - now)) / interval[i])
     amount[i] = math.max(0, math.min(amount[i], left, math.max(1, math.floor(left / 4))))
   end
-  over[i] = used[i] + amount[i] > limit[i]
+  after[i] = tat[i] + amount[i] * interval[i]
+  over[i] = after[i] - now > capacity[i]
   if over[i] then
     admitted = 0
   end
@@ -84,23 +99,25 @@ end
 local out = {admitted}
 for i = 1, n do
   local h, x = KEYS[2 * i - 1], KEYS[2 * i]
-  local charged = 0
+  local charged, retry = 0, 0
   if admitted == 1 and amount[i] > 0 then
     charged = amount[i]
-    used[i] = used[i] + charged
-    local finish = start[i] + win[i]
-    redis.call('HSET', h, 'w', start[i], 'n', win[i], 'u', used[i])
-    redis.call('PEXPIREAT', h, finish)
+    tat[i] = after[i]
+    redis.call('HSET', h, 't', tat[i], 'i', interval[i])
     if mode == 'reserve' then
       redis.call('HSET', h, 'r:' .. id, charged)
-      redis.call('ZADD', x, now + ttl, id)
-      redis.call('PEXPIREAT', x, finish)
+      redis.call('ZADD', x, now + ttl * 1000, id)
     end
+    keep(h, x, tat[i])
   end
-  table.insert(out, math.max(0, limit[i] - used[i]))
-  table.insert(out, start[i] + win[i] - now)
+  if over[i] then
+    retry = math.ceil((after[i] - capacity[i] - now) / 1000)
+  end
+  table.insert(out, math.max(0, math.floor((capacity[i] - (tat[i] - now)) / interval[i])))
+  table.insert(out, math.ceil((tat[i] - now) / 1000))
   table.insert(out, over[i] and 1 or 0)
   table.insert(out, charged)
+  table.insert(out, retry)
 end
 return out
 "
@@ -109,7 +126,7 @@ return out
 /// Ends a reservation on several counters.
 ///
 /// KEYS: per counter, its hash then its expiry set. ARGV: reservation id, `settle` or
-/// `release`, then per counter the signed difference to charge (settle).
+/// `release`, then per counter the signed difference in units to charge (settle).
 ///
 /// Returns per counter 1 if the reservation was still held there, else 0.
 pub const SETTLE: &str = concat!(
@@ -120,18 +137,22 @@ local out = {}
 for i = 1, #KEYS / 2 do
   local h, x = KEYS[2 * i - 1], KEYS[2 * i]
   local found = 0
-  local win = tonumber(redis.call('HGET', h, 'n'))
-  if win then
-    local used = load(h, x, win)
+  local interval = tonumber(redis.call('HGET', h, 'i'))
+  if interval then
+    local tat = load(h, x)
     local held = tonumber(redis.call('HGET', h, 'r:' .. id))
     if held then
       local diff = -held
       if not release then
         diff = math.max(tonumber(ARGV[2 + i]), -held)
       end
-      redis.call('HSET', h, 'u', used + diff)
+      -- As the filter's adjust: a charge starts from now at the earliest, a refund never
+      -- moves the TAT before now.
+      tat = math.max(now, tat + diff * interval)
+      redis.call('HSET', h, 't', tat)
       redis.call('HDEL', h, 'r:' .. id)
       redis.call('ZREM', x, id)
+      keep(h, x, tat)
       found = 1
     end
   end

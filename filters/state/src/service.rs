@@ -29,8 +29,11 @@ pub const MAX_AMOUNT: u64 = (1 << 53) - 1;
 pub const MAX_LIMITS: usize = 16;
 /// The longest budget name.
 pub const MAX_NAME: usize = 256;
-/// The longest window or reservation TTL: 365 days.
+/// The longest period, burst horizon or reservation TTL: 365 days.
 const MAX_SECONDS: u64 = portico_core::config::MAX_PERIOD_SECONDS;
+/// The fastest rate: one unit per microsecond, the scripts' clock tick (the rate-limit
+/// filter's bound too).
+const MAX_PER_SECOND: u64 = 1_000_000;
 
 /// Both services share the store (and the limits file, which only the rate limit service reads).
 #[derive(Clone)]
@@ -56,33 +59,47 @@ fn consumer_tag(consumer: &str) -> Result<Tag, Status> {
     Tag::of_consumer(consumer).map_err(|e| invalid("bad_consumer", e))
 }
 
-/// A budget or limit checked: its name, size and window in ms.
+/// A budget or limit checked: its name, amount, and GCRA interval and capacity in µs.
 struct Checked<'a> {
     name: &'a str,
-    limit: u64,
-    window_ms: u64,
+    amount: u64,
+    interval_us: u64,
+    capacity_us: u64,
+}
+
+impl<'a> Checked<'a> {
+    /// `amount` per `period_seconds` holding `burst` (0: `amount`), or why not.
+    fn new(name: &'a str, amount: u64, period_seconds: u64, burst: u64) -> Result<Checked<'a>, String> {
+        if !(1..=MAX_SECONDS).contains(&period_seconds) {
+            return Err(format!("period of {name:?} must be 1..={MAX_SECONDS} seconds"));
+        }
+        let max_amount = period_seconds.saturating_mul(MAX_PER_SECOND);
+        if !(1..=max_amount).contains(&amount) {
+            return Err(format!(
+                "amount of {name:?} must be 1..={max_amount}: at most {MAX_PER_SECOND} per second of the period"
+            ));
+        }
+        let interval_us = (period_seconds.saturating_mul(1_000_000) / amount).max(1);
+        let burst = if burst == 0 { amount } else { burst };
+        let max_burst = MAX_SECONDS.saturating_mul(1_000_000) / interval_us;
+        if burst > max_burst {
+            return Err(format!(
+                "burst of {name:?} must be at most {max_burst}: what refills in 365 days"
+            ));
+        }
+        Ok(Checked {
+            name,
+            amount,
+            interval_us,
+            capacity_us: interval_us.saturating_mul(burst),
+        })
+    }
 }
 
 fn check_limit(limit: Option<&Limit>) -> Result<Checked<'_>, Status> {
     let limit = limit.ok_or_else(|| invalid("bad_limit", "a budget or limit is missing"))?;
     check_name(&limit.name)?;
-    if limit.limit > MAX_AMOUNT {
-        return Err(invalid(
-            "bad_limit",
-            format!("limit of {:?} is 2^53 or more", limit.name),
-        ));
-    }
-    if !(1..=MAX_SECONDS).contains(&limit.window_seconds) {
-        return Err(invalid(
-            "bad_limit",
-            format!("window of {:?} must be 1..={MAX_SECONDS} seconds", limit.name),
-        ));
-    }
-    Ok(Checked {
-        name: &limit.name,
-        limit: limit.limit,
-        window_ms: limit.window_seconds * 1000,
-    })
+    Checked::new(&limit.name, limit.amount, limit.period_seconds, limit.burst).map_err(|e| invalid("bad_limit", e))
 }
 
 fn check_name(name: &str) -> Result<(), Status> {
@@ -125,6 +142,7 @@ struct Outcome {
     reset_after_ms: u64,
     exceeded: bool,
     charged: u64,
+    retry_after_ms: u64,
 }
 
 /// Charges `amount`s to counters of one tag (one script call): admitted, and per counter what
@@ -141,13 +159,17 @@ async fn charge(
     let mut args = vec![mode.to_owned(), id.to_owned(), ttl_ms.to_string()];
     for (limit, amount) in items {
         keys.extend(tag.counter_keys(limit.name));
-        args.extend([limit.limit.to_string(), limit.window_ms.to_string(), amount.to_string()]);
+        args.extend([
+            limit.interval_us.to_string(),
+            limit.capacity_us.to_string(),
+            amount.to_string(),
+        ]);
     }
     let values = store.run(Which::Charge, &keys, &args).await?;
     let bad = || Status::internal("state_error: unexpected answer from the charge script");
     let (admitted, rest) = values.split_first().ok_or_else(bad)?;
     let outcomes: Vec<Outcome> = rest
-        .chunks_exact(4)
+        .chunks_exact(5)
         .map(|c| {
             let at = |i: usize| c.get(i).map_or(0, |v| u64::try_from(*v).unwrap_or(0));
             Outcome {
@@ -155,6 +177,7 @@ async fn charge(
                 reset_after_ms: at(1),
                 exceeded: at(2) == 1,
                 charged: at(3),
+                retry_after_ms: at(4),
             }
         })
         .collect();
@@ -170,15 +193,14 @@ fn statuses(items: &[(&Checked<'_>, u64)], outcomes: &[Outcome]) -> (Vec<LimitSt
         .iter()
         .zip(outcomes)
         .map(|((limit, _), o)| {
-            if o.exceeded {
-                retry_after_ms = retry_after_ms.max(o.reset_after_ms);
-            }
+            retry_after_ms = retry_after_ms.max(o.retry_after_ms);
             LimitStatus {
                 name: limit.name.to_owned(),
-                limit: limit.limit,
+                amount: limit.amount,
                 remaining: o.remaining,
                 reset_after_ms: o.reset_after_ms,
                 exceeded: o.exceeded,
+                retry_after_ms: o.retry_after_ms,
             }
         })
         .collect();
@@ -367,7 +389,7 @@ impl RateLimitService for Service {
                 ..DescriptorStatus::default()
             })
             .collect();
-        // Per tag: (descriptor index, counter name, limit, window in ms, hits).
+        // Per tag: (descriptor index, counter name, requests per unit, unit in seconds, hits).
         let mut groups: Vec<(Tag, Vec<(usize, String, u64, u64, u64)>)> = Vec::new();
         for (i, descriptor) in r.descriptors.iter().enumerate() {
             let entries = || descriptor.entries.iter().map(|e| (e.key.as_str(), e.value.as_str()));
@@ -389,8 +411,13 @@ impl RateLimitService for Service {
                     unit: rls_unit(rate.unit).into(),
                 });
             }
-            let window_ms = rate.unit.seconds() * 1000;
-            let item = (i, name.join(":"), u64::from(rate.requests_per_unit), window_ms, hits);
+            let item = (
+                i,
+                name.join(":"),
+                u64::from(rate.requests_per_unit),
+                rate.unit.seconds(),
+                hits,
+            );
             match groups.iter_mut().find(|(t, _)| *t == tag) {
                 Some((_, items)) => items.push(item),
                 None => groups.push((tag, vec![item])),
@@ -398,14 +425,12 @@ impl RateLimitService for Service {
         }
         let mut over = false;
         for (tag, items) in &groups {
+            // The limits file was checked at load, so each rate is valid.
             let named: Vec<Checked<'_>> = items
                 .iter()
-                .map(|(_, name, limit, window_ms, _)| Checked {
-                    name,
-                    limit: *limit,
-                    window_ms: *window_ms,
-                })
-                .collect();
+                .map(|(_, name, amount, seconds, _)| Checked::new(name, *amount, *seconds, 0))
+                .collect::<Result<_, String>>()
+                .map_err(|e| Status::internal(format!("state_error: {e}")))?;
             let with_hits: Vec<(&Checked<'_>, u64)> = named.iter().zip(items).map(|(c, item)| (c, item.4)).collect();
             let (_, outcomes) = charge(&self.store, tag, "hit", "", 0, &with_hits).await?;
             for ((i, ..), o) in items.iter().zip(&outcomes) {
@@ -424,5 +449,42 @@ impl RateLimitService for Service {
             overall_code: if over { Code::OverLimit } else { Code::Ok }.into(),
             statuses,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_becomes_the_filters_gcra_interval_and_capacity() {
+        let c = Checked::new("b", 5, 60, 0).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.interval_us, c.capacity_us), (12_000_000, 60_000_000));
+        let c = Checked::new("b", 100, 1, 10).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.interval_us, c.capacity_us), (10_000, 100_000));
+    }
+
+    #[test]
+    fn rates_outside_the_bounds_are_refused() {
+        let refused = |amount, period, burst| Checked::new("b", amount, period, burst).err();
+        assert_eq!(
+            refused(0, 60, 0).as_deref(),
+            Some("amount of \"b\" must be 1..=60000000: at most 1000000 per second of the period")
+        );
+        assert!(refused(1_000_001, 1, 0).is_some());
+        assert!(refused(1, 0, 0).is_some());
+        assert!(refused(1, MAX_SECONDS + 1, 0).is_some());
+        assert_eq!(
+            refused(1, MAX_SECONDS, 2).as_deref(),
+            Some("burst of \"b\" must be at most 1: what refills in 365 days")
+        );
+        assert!(refused(1_000_000, 1, 0).is_none());
+    }
+
+    #[test]
+    fn reservation_ids_are_distinct_and_plain() {
+        let ids: HashSet<String> = (0..1000).map(|_| reservation_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(ids.iter().all(|id| check_reservation_id(id).is_ok()));
     }
 }
