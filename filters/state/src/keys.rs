@@ -2,9 +2,10 @@
 //! all the keys one call touches sit on one Redis Cluster slot and one Lua script can update
 //! them atomically.
 //!
-//! Names come from requests, so every part is escaped (`%`, `{`, `}`, `:` and bytes outside
-//! printable ASCII become `%XX`): the tag then always ends where it should, and two different
-//! (consumer, budget) pairs can never produce the same key.
+//! Names come from requests, so every part is escaped (`%`, `#`, `{`, `}`, `:`, `=` and bytes
+//! outside printable ASCII become `%XX`): the tag then always ends where it should, and two
+//! different (consumer, budget) pairs can never produce the same key. A part longer than 512
+//! bytes once escaped is replaced by its SHA-256, so no request can make Redis keep huge keys.
 
 use std::fmt::Write;
 
@@ -12,6 +13,11 @@ use portico_core::identity::valid_namespace;
 
 /// Every key starts with this, so an operator can tell Portico's keys apart in a shared Redis.
 const PREFIX: &str = "portico";
+/// The longest consumer id accepted.
+pub const MAX_CONSUMER: usize = 512;
+/// Names longer than this once escaped (rate limit descriptors built from request headers)
+/// are keyed by their SHA-256, so a client cannot make Redis store huge keys.
+const MAX_KEY_PART: usize = 512;
 
 /// The hash tag of one consumer, `{<namespace>:<escaped name>}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,29 +37,48 @@ impl Tag {
         if name.is_empty() {
             return Err("consumer name is empty".to_owned());
         }
+        if id.len() > MAX_CONSUMER {
+            return Err(format!("consumer id is longer than {MAX_CONSUMER} bytes"));
+        }
         Ok(Tag(format!("{{{namespace}:{}}}", escape(name))))
     }
 
     /// The tag of a rate limit service descriptor: its domain and first entry, so that every
     /// counter under one first entry (often the client or the consumer) shares a slot.
     pub fn of_descriptor(domain: &str, key: &str, value: &str) -> Tag {
-        Tag(format!("{{rls:{}:{}={}}}", escape(domain), escape(key), escape(value)))
+        let entry = bounded(format!("{}={}", escape(key), escape(value)));
+        Tag(format!("{{rls:{}:{entry}}}", bounded(escape(domain))))
     }
 
     /// The counter (a hash: window start `w`, window length `n`, usage `u`, held reservations
     /// `r:<id>`) and the sorted set of reservation expiries of the budget or limit `name`.
     pub fn counter_keys(&self, name: &str) -> [String; 2] {
-        let counter = format!("{PREFIX}:{}:c:{}", self.0, escape(name));
+        let counter = format!("{PREFIX}:{}:c:{}", self.0, bounded(escape(name)));
         let expiries = format!("{counter}:x");
         [counter, expiries]
     }
 }
 
-/// `s` with `%`, `{`, `}`, `:`, `=` and every byte outside printable ASCII as `%XX`.
+/// An escaped part as it is, or `#` and its SHA-256 in hex when it is too long: [`escape`]
+/// never leaves a `#`, so the two forms cannot meet.
+fn bounded(escaped: String) -> String {
+    if escaped.len() <= MAX_KEY_PART {
+        return escaped;
+    }
+    let digest = hmac_sha256::Hash::hash(escaped.as_bytes());
+    let mut out = String::with_capacity(65);
+    out.push('#');
+    for b in digest {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// `s` with `%`, `#`, `{`, `}`, `:`, `=` and every byte outside printable ASCII as `%XX`.
 pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        if b.is_ascii_graphic() && !matches!(b, b'%' | b'{' | b'}' | b':' | b'=') {
+        if b.is_ascii_graphic() && !matches!(b, b'%' | b'#' | b'{' | b'}' | b':' | b'=') {
             out.push(char::from(b));
         } else {
             let _ = write!(out, "%{b:02X}");
@@ -118,6 +143,16 @@ mod tests {
         for bad in ["alice", "Acme:alice", ":alice", "acme:", "a{b:c"] {
             assert!(Tag::of_consumer(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn long_names_are_keyed_by_their_digest() {
+        let tag = Tag::of_descriptor("d", "k", &"v".repeat(10_000));
+        assert!(tag.0.len() < 100, "{}", tag.0);
+        assert_ne!(tag, Tag::of_descriptor("d", "k", &"v".repeat(10_001)));
+        let [counter, _] = tag.counter_keys(&"b".repeat(600));
+        assert!(counter.len() < 200, "{counter}");
+        assert!(Tag::of_consumer(&format!("acme:{}", "a".repeat(600))).is_err());
     }
 
     #[test]

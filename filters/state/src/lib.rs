@@ -80,6 +80,7 @@ pub async fn serve(
             shutdown.await;
             log::info!("portico-state shutting down: finishing the calls in flight");
             health.set_not_serving::<StateServer<Service>>().await;
+            health.set_not_serving::<RateLimitServiceServer<Service>>().await;
         })
         .await;
     result.map_err(|e| format!("gRPC server: {e}"))
