@@ -581,3 +581,32 @@ fn a_stopped_or_hung_redis_fails_calls_within_the_timeout_and_counting_resumes()
         .is_ok()));
     assert_eq!(usage(&redis, "acme:alice", "requests", 100), 1);
 }
+
+#[test]
+fn expired_reservations_are_reclaimed_at_most_256_per_call_and_all_in_the_end() {
+    let redis = RedisServer::start();
+    let state = service(&redis);
+    let mut client = state.client();
+    let budget = limit("tokens", 300);
+    for _ in 0..300 {
+        assert!(reserve(&state, &mut client, &budget, 1, 1000).admitted);
+    }
+    // Wait, without calling the service (its calls sweep), until Redis's clock has passed the
+    // last reservation's expiry.
+    let [_, expiries] = Tag::of_consumer("acme:alice").unwrap().counter_keys("tokens");
+    let all_expired = || {
+        let last = redis.cli(&["ZRANGE", &expiries, "-1", "-1", "WITHSCORES"]);
+        let last: f64 = last.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let time = redis.cli(&["TIME"]);
+        let mut parts = time.split_whitespace().map(|p| p.parse::<f64>().unwrap());
+        parts.next().unwrap() * 1e6 + parts.next().unwrap() > last
+    };
+    assert!(eventually(Duration::from_secs(10), all_expired));
+    assert_eq!(usage(&redis, "acme:alice", "tokens", 300), 300);
+    // One call gives back 256 of them (one script never runs long): not yet room for 300.
+    assert!(!reserve(&state, &mut client, &budget, 300, 60_000).admitted);
+    assert_eq!(usage(&redis, "acme:alice", "tokens", 300), 300 - 256);
+    // The next call returns the rest.
+    assert!(reserve(&state, &mut client, &budget, 300, 60_000).admitted);
+    assert_eq!(usage(&redis, "acme:alice", "tokens", 300), 300);
+}

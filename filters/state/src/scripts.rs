@@ -28,10 +28,11 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 
 -- The TAT of counter h (expiries x), never before now, once the reservations past their TTL
--- have given their units back.
+-- have given their units back: at most 256 per call, so one script never blocks Redis for
+-- long; any left are returned by the next calls, and until then the budget only looks fuller.
 local function load(h, x)
   local tat = math.max(now, tonumber(redis.call('HGET', h, 't')) or 0)
-  local expired = redis.call('ZRANGEBYSCORE', x, '-inf', now)
+  local expired = redis.call('ZRANGEBYSCORE', x, '-inf', now, 'LIMIT', 0, 256)
   if #expired > 0 then
     local interval = tonumber(redis.call('HGET', h, 'i')) or 0
     for _, id in ipairs(expired) do
@@ -40,8 +41,8 @@ local function load(h, x)
         tat = math.max(now, tat - held * interval)
         redis.call('HDEL', h, 'r:' .. id)
       end
+      redis.call('ZREM', x, id)
     end
-    redis.call('ZREMRANGEBYSCORE', x, '-inf', now)
     redis.call('HSET', h, 't', tat)
   end
   return tat
