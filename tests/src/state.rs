@@ -43,8 +43,10 @@ fn free_port() -> u16 {
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    /// A cluster node's bus port, chosen like `port`: Redis's default (port + 10000) fails for
+    /// the kernel's ports above 55535.
+    bus_port: Option<u16>,
     dir: PathBuf,
-    cluster: bool,
 }
 
 impl RedisServer {
@@ -59,26 +61,39 @@ impl RedisServer {
     }
 
     fn start_with(cluster: bool) -> RedisServer {
-        let dir = scratch_dir("redis");
         let mut server = RedisServer {
             child: None,
-            port: free_port(),
-            dir,
-            cluster,
+            port: 0,
+            bus_port: None,
+            dir: scratch_dir("redis"),
         };
-        server.spawn();
-        server
+        // A port found free can be taken by a parallel test before redis-server binds it:
+        // try other ports then.
+        for _ in 0..5 {
+            server.port = free_port();
+            server.bus_port = cluster.then(free_port);
+            if server.try_spawn() {
+                return server;
+            }
+        }
+        panic!("redis-server did not start:\n{}", server.log());
     }
 
     fn spawn(&mut self) {
+        assert!(self.try_spawn(), "redis-server did not start:\n{}", self.log());
+    }
+
+    /// Starts redis-server on `port`; false (and nothing left running) if it did not answer.
+    fn try_spawn(&mut self) -> bool {
         let mut command = Command::new("redis-server");
         command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
             .arg(&self.dir);
-        if self.cluster {
+        if let Some(bus) = self.bus_port {
             command.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]);
+            command.args(["--cluster-port", &bus.to_string()]);
         }
         let log = fs::File::create(self.dir.join("redis.log")).expect("redis log");
         let child = command
@@ -90,9 +105,15 @@ impl RedisServer {
         self.child = Some(child);
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let ready = crate::envoy::eventually(Duration::from_secs(10), || {
-            TcpStream::connect(addr).is_ok() && self.cli(&["PING"]).trim() == "PONG"
+            let exited = self.child.as_mut().is_none_or(|c| !matches!(c.try_wait(), Ok(None)));
+            exited || (TcpStream::connect(addr).is_ok() && self.cli(&["PING"]).trim() == "PONG")
         });
-        assert!(ready, "redis-server did not start:\n{}", self.log());
+        let running = self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        if !(ready && running) {
+            self.stop();
+            return false;
+        }
+        true
     }
 
     pub fn url(&self) -> String {
