@@ -79,6 +79,10 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
             shutdown.await;
             log::info!("portico-state shutting down: finishing the calls in flight");
+            // "" is the whole server's status in the gRPC health protocol.
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
             health.set_not_serving::<StateServer<Service>>().await;
             health.set_not_serving::<RateLimitServiceServer<Service>>().await;
         })
