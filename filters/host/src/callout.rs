@@ -59,6 +59,12 @@ impl<'a> CallResponse<'a> {
         std::str::from_utf8(&value).ok()?.parse().ok()
     }
 
+    /// The size of the body the host holds, known before it is read: a filter can refuse an
+    /// answer too large for it without copying it into the VM.
+    pub fn body_size(&self) -> usize {
+        self.body_size
+    }
+
     pub fn header(&self, name: &str) -> Option<Vec<u8>> {
         self.host.header(Map::HttpCallResponseHeaders, name).ok().flatten()
     }

@@ -48,6 +48,9 @@ pub struct LocalReply {
     pub details: Name,
     /// The error code, for the refusal log line; `None` for replies that are not refusals.
     pub code: Option<&'static str>,
+    /// What the refusal log line says after the status and code, such as the method and path
+    /// (never a credential).
+    pub context: Option<String>,
 }
 
 impl LocalReply {
@@ -65,6 +68,7 @@ impl LocalReply {
             body: error.body_for(api),
             details: Name::Borrowed(error.code),
             code: Some(error.code),
+            context: None,
         }
     }
 }
@@ -154,6 +158,14 @@ impl Effects {
     /// Refuses the request with the shared JSON error shape (the host logs the refusal).
     pub fn refuse(&mut self, error: &ErrorResponse, api: ClientApi) {
         self.respond(LocalReply::error(error, api));
+    }
+
+    /// [`Effects::refuse`], with `context` at the end of the refusal log line (written only
+    /// within the filter's `refusal_log` budget).
+    pub fn refuse_with(&mut self, error: &ErrorResponse, api: ClientApi, context: String) {
+        let mut reply = LocalReply::error(error, api);
+        reply.context = Some(context);
+        self.respond(reply);
     }
 
     pub fn list(&self) -> &[Effect] {

@@ -6,6 +6,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use portico_core::config::Errors;
+use portico_core::refusal::RefusalLog;
 use serde_json::Value;
 
 use crate::abi::HostError;
@@ -56,6 +57,12 @@ pub trait Filter: Sized + 'static {
 
     /// The per-request part; called for every request, so it should be cheap (`Rc` clones).
     fn http(&self) -> Self::Http;
+
+    /// How this filter's refusals are logged: the `refusal_log` field of its configuration
+    /// when it has one, otherwise the default policy.
+    fn refusal_log(&self) -> RefusalLog {
+        RefusalLog::default()
+    }
 
     /// Called every tick period, once set with [`RootHost::set_tick_period`].
     fn on_tick(&mut self, _root: &mut RootHost<'_>) {}

@@ -18,6 +18,7 @@
 use std::rc::Rc;
 
 use portico_core::config::{parse_json, Errors, Node};
+use portico_core::refusal::RefusalLog as RefusalPolicy;
 use portico_core::response::{ClientApi, ErrorResponse, ErrorType};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
@@ -129,6 +130,7 @@ fn start<F: Filter>(value: &Value, root: &mut RootHost<'_>) -> Result<Box<dyn Pl
 /// A started filter, as the root drives it.
 trait Plugin {
     fn stream(&self, host: Rc<dyn Host>, allow_hold: bool, refusals: Rc<RefusalLog>) -> Box<dyn Callbacks>;
+    fn refusal_log(&self) -> RefusalPolicy;
     fn tick(&mut self, root: &mut RootHost<'_>);
     fn http_call_response(&mut self, root: &mut RootHost<'_>, token: u32, response: &CallResponse<'_>);
 }
@@ -136,6 +138,10 @@ trait Plugin {
 impl<F: Filter> Plugin for F {
     fn stream(&self, host: Rc<dyn Host>, allow_hold: bool, refusals: Rc<RefusalLog>) -> Box<dyn Callbacks> {
         Box::new(Stream::new(self.http(), host, F::ROOT_ID, allow_hold, refusals))
+    }
+
+    fn refusal_log(&self) -> RefusalPolicy {
+        Filter::refusal_log(self)
     }
 
     fn tick(&mut self, root: &mut RootHost<'_>) {
@@ -181,6 +187,7 @@ impl Root {
     /// the lines to log (each configuration error with its JSON path).
     pub(crate) fn configure(&mut self, size: usize) -> Result<(), Vec<String>> {
         self.state = State::Stopped;
+        self.refusals = Rc::default();
         let root_id = match self.host.property(&["plugin_root_id"]) {
             Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
             Ok(None) => String::new(),
@@ -226,6 +233,7 @@ impl Root {
         let mut root = RootHost::new(&*self.host, name);
         match (entry.start)(&value, &mut root) {
             Ok(plugin) => {
+                self.refusals = Rc::new(RefusalLog::new(name, plugin.refusal_log()));
                 self.state = State::Running {
                     root_id: name,
                     plugin,

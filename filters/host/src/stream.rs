@@ -13,9 +13,11 @@
 //!   or its body phase while the headers are held); others are dropped and logged as the
 //!   filter bug they are, instead of being sent to a host that would refuse them.
 
-use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
+
+use portico_core::clock::unix_millis;
+use portico_core::refusal::{Level, RefusalLog as RefusalPolicy, Refusals};
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -83,32 +85,44 @@ impl std::fmt::Display for CallCounts {
 
 // === impl RefusalLog ===
 
-/// Refusal log lines, at most [`RefusalLog::PER_SECOND`] a second per filter: a client that
-/// sends bad requests in a loop must not flood Envoy's log. Lines held back are counted and
-/// reported on the next line written.
-#[derive(Debug, Default)]
+/// The refusal log lines of one plugin entry, by its filter's `refusal_log` policy
+/// ([`portico_core::refusal`]): at most `per_second` lines a second per worker at the chosen
+/// level, then one line with the number left out, so a client that sends bad requests in a
+/// loop cannot flood Envoy's log. A line reads `<root id>: <status> <code> <context>`.
+#[derive(Debug)]
 pub(crate) struct RefusalLog {
-    window: RefCell<(u64, u32, u64)>,
+    refusals: Refusals,
+    level: Option<log::Level>,
+}
+
+impl Default for RefusalLog {
+    fn default() -> Self {
+        Self::new("portico", RefusalPolicy::default())
+    }
 }
 
 impl RefusalLog {
-    pub(crate) const PER_SECOND: u32 = 20;
+    pub(crate) fn new(root_id: &'static str, policy: RefusalPolicy) -> Self {
+        let level = match policy.level {
+            Level::Info => Some(log::Level::Info),
+            Level::Debug => Some(log::Level::Debug),
+            Level::Off => None,
+        };
+        Self {
+            refusals: Refusals::new(root_id, policy),
+            level,
+        }
+    }
 
-    /// Whether to write a line now, and how many were held back before it.
-    pub(crate) fn admit(&self, now: SystemTime) -> Option<u64> {
-        let second = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
-        let mut window = self.window.try_borrow_mut().ok()?;
-        let (start, written, held_back) = &mut *window;
-        if *start != second {
-            *start = second;
-            *written = 0;
-        }
-        if *written >= Self::PER_SECOND {
-            *held_back = held_back.saturating_add(1);
-            return None;
-        }
-        *written += 1;
-        Some(std::mem::take(held_back))
+    /// The lines to write for refusing with `reply` at `now`, each with its level.
+    pub(crate) fn lines(&self, now: SystemTime, reply: &LocalReply, code: &str) -> Vec<(log::Level, String)> {
+        let Some(level) = self.level else {
+            return Vec::new();
+        };
+        self.refusals.lines(unix_millis(now), level, || match &reply.context {
+            Some(context) => format!("{} {code} {context}", reply.status),
+            None => format!("{} {code}", reply.status),
+        })
     }
 }
 
@@ -282,16 +296,8 @@ impl<H: HttpFilter> Stream<H> {
 
     fn respond(&mut self, reply: &LocalReply) {
         if let Some(code) = reply.code {
-            if let Some(held_back) = self.refusals.admit(Env::new(&*self.host).now()) {
-                if held_back > 0 {
-                    log::info!(
-                        "{}: refused {} {code} ({held_back} earlier refusal lines held back)",
-                        self.root_id,
-                        reply.status
-                    );
-                } else {
-                    log::info!("{}: refused {} {code}", self.root_id, reply.status);
-                }
+            for (level, line) in self.refusals.lines(Env::new(&*self.host).now(), reply, code) {
+                log::log!(level, "{line}");
             }
         }
         let details = match reply.code {
@@ -754,6 +760,7 @@ mod tests {
                         body: Vec::new(),
                         details: "bad request".into(),
                         code: None,
+                        context: None,
                     });
                     HeadersFlow::Continue
                 },
@@ -766,18 +773,52 @@ mod tests {
     }
 
     #[test]
-    fn refusal_lines_are_limited_per_second() {
-        let log = RefusalLog::default();
+    fn refusal_lines_follow_the_filters_policy_and_carry_the_context() {
+        use portico_core::refusal::RefusalLog as Policy;
+        use std::time::{Duration, UNIX_EPOCH};
+
+        let error = ErrorResponse::new(401, ErrorType::Authentication, "missing_credentials", "no");
+        let mut reply = LocalReply::error(&error, ClientApi::OpenAi);
+        reply.context = Some("GET /flood".to_owned());
+        let log = RefusalLog::new(
+            "portico-x",
+            Policy {
+                level: Level::Debug,
+                per_second: 2,
+            },
+        );
         let t = UNIX_EPOCH + Duration::from_secs(100);
-        for _ in 0..RefusalLog::PER_SECOND {
-            assert_eq!(log.admit(t), Some(0));
-        }
-        assert_eq!(log.admit(t), None);
-        assert_eq!(log.admit(t), None);
+        let code = "missing_credentials";
+        let line = (
+            log::Level::Debug,
+            "portico-x: 401 missing_credentials GET /flood".to_owned(),
+        );
+        assert_eq!(log.lines(t, &reply, code), vec![line.clone()]);
+        assert_eq!(log.lines(t, &reply, code), vec![line.clone()]);
+        assert_eq!(log.lines(t, &reply, code), vec![]);
         assert_eq!(
-            log.admit(t + Duration::from_secs(1)),
-            Some(2),
-            "the next line says how many were held back"
+            log.lines(t + Duration::from_secs(1), &reply, code),
+            vec![
+                (
+                    log::Level::Debug,
+                    "portico-x: 1 more refusals were not logged (refusal_log.per_second is 2 per worker)".to_owned()
+                ),
+                line
+            ],
+            "the next window says how many were left out"
+        );
+        let off = RefusalLog::new(
+            "portico-x",
+            Policy {
+                level: Level::Off,
+                per_second: 2,
+            },
+        );
+        assert!(off.lines(t, &reply, code).is_empty());
+        reply.context = None;
+        assert_eq!(
+            RefusalLog::default().lines(t, &reply, code),
+            vec![(log::Level::Info, "portico: 401 missing_credentials".to_owned())]
         );
     }
 }
