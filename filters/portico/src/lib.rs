@@ -6,12 +6,20 @@
 //! [`FILTERS`] is the one list of the filters in the module; scripts, tests and `portico
 //! check` derive theirs from it.
 
+#[cfg(feature = "echo")]
 pub mod echo;
 
 use portico_host::{entry, Entry};
 
-/// Every filter of the module, by `root_id`.
-pub static FILTERS: &[Entry] = &[entry::<echo::Echo<echo::One>>(), entry::<echo::Echo<echo::Twin>>()];
+/// Every filter of the module, by `root_id` (those whose cargo feature is on).
+pub static FILTERS: &[Entry] = &[
+    #[cfg(feature = "auth")]
+    entry::<portico_auth::Auth>(),
+    #[cfg(feature = "echo")]
+    entry::<echo::Echo<echo::One>>(),
+    #[cfg(feature = "echo")]
+    entry::<echo::Echo<echo::Twin>>(),
+];
 
 // The entry point exists only in the .wasm: native builds link this crate into tests.
 #[cfg(target_arch = "wasm32")]
