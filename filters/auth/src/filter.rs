@@ -320,3 +320,311 @@ fn strip_credentials(locations: &[Location], request: &RequestView, fx: &mut Eff
         None => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use base64::Engine;
+    use jwt_simple::prelude::{Claims, HS256Key, MACLike};
+    use portico_host::host::Map;
+    use portico_host::mock::{Action, MockEnvoy, Mutation};
+    use portico_host::{entry, Entry};
+    use serde_json::json;
+    use std::time::UNIX_EPOCH;
+
+    static REGISTRY: &[Entry] = &[entry::<Auth>()];
+
+    const SECRET: &[u8; 32] = b"shell-test-secret-of-32-bytes-ok";
+    const NOW: u64 = 1_700_000_000;
+
+    fn hex(key: &str) -> String {
+        hmac_sha256::Hash::hash(key.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    fn token(sub: &str, kid: &str) -> String {
+        let custom = json!({"sub": sub, "tier": "gold", "exp": NOW + 600});
+        let custom = custom.as_object().cloned().unwrap_or_default();
+        let mut claims = Claims::with_custom_claims(custom, jwt_simple::prelude::Duration::from_secs(0));
+        claims.issued_at = None;
+        claims.expires_at = None;
+        claims.invalid_before = None;
+        HS256Key::from_bytes(SECRET)
+            .with_key_id(kid)
+            .authenticate(claims)
+            .unwrap_or_default()
+    }
+
+    fn start(config: serde_json::Value) -> MockEnvoy {
+        let envoy = MockEnvoy::start(REGISTRY, NAME, &config.to_string(), false).unwrap_or_else(|e| panic!("{e:?}"));
+        envoy.host().set_now(UNIX_EPOCH + Duration::from_secs(NOW));
+        envoy
+    }
+
+    fn local() -> MockEnvoy {
+        start(json!({
+            "jwt": {
+                "sources": [{"type": "bearer"}, {"type": "cookie", "name": "session"}],
+                "providers": [{
+                    "name": "p",
+                    "tier_claim": "tier",
+                    "keys": [{"alg": "HS256", "kid": "h", "secret": std::str::from_utf8(SECRET).unwrap_or_default()}]
+                }]
+            },
+            "api_keys": {
+                "sources": [{"type": "query", "name": "key"}],
+                "consumers": [{"name": "acme", "tier": "pro", "keys": [{"sha256": hex("k-acme")}]}]
+            },
+            "strip_credentials": {"jwt": true, "api_key": true},
+            "routes": [{"match": {"path": "/open"}, "auth": "none"}],
+            "default": {"auth": "any"},
+            "refusal_log": {"level": "debug", "per_second": 3}
+        }))
+    }
+
+    fn request_headers(envoy: &MockEnvoy) -> Vec<(String, String)> {
+        envoy.host().headers(Map::RequestHeaders)
+    }
+
+    #[test]
+    fn a_valid_token_sets_the_identity_and_spoofed_identity_headers_are_removed_first() {
+        let envoy = local();
+        let mut s = envoy.stream();
+        let bearer = format!("Bearer {}", token("alice", "h"));
+        let action = s.request_headers(
+            &[
+                (":method", "GET"),
+                (":path", "/v1/x"),
+                ("authorization", &bearer),
+                ("x-portico-consumer", "spoofed"),
+                ("x-portico-tier", "spoofed"),
+            ],
+            true,
+        );
+        assert_eq!(action, Action::Continue);
+        assert_eq!(
+            request_headers(&envoy),
+            vec![
+                (":method".to_owned(), "GET".to_owned()),
+                (":path".to_owned(), "/v1/x".to_owned()),
+                ("x-portico-consumer".to_owned(), "p:alice".to_owned()),
+                ("x-portico-tier".to_owned(), "gold".to_owned()),
+            ],
+            "spoofed headers gone, the identity set, the stripped token gone"
+        );
+        let mutations = envoy.host().mutations();
+        assert_eq!(
+            mutations.first(),
+            Some(&Mutation::RemoveHeader(
+                Map::RequestHeaders,
+                "x-portico-consumer".into()
+            ))
+        );
+        assert!(mutations.contains(&Mutation::SetProperty(
+            vec![state::CONSUMER.to_owned()],
+            b"p:alice".to_vec()
+        )));
+        assert!(mutations.contains(&Mutation::SetProperty(vec![state::TIER.to_owned()], b"gold".to_vec())));
+        assert_eq!(
+            envoy
+                .host()
+                .metric("portico_auth_requests_total;outcome=allowed;reason=none;tier=gold"),
+            Some(1)
+        );
+    }
+
+    /// Host calls of an allowed request with a bearer token (reported by the port of issue 14:
+    /// the SDK shell made the same calls, with the whole map read as one serialised buffer).
+    #[test]
+    fn host_calls_per_request_are_bounded() {
+        let envoy = local();
+        let bearer = format!("Bearer {}", token("alice", "h"));
+        let headers = [
+            (":method", "GET"),
+            (":path", "/v1/x"),
+            ("authorization", bearer.as_str()),
+        ];
+        let mut first = envoy.stream();
+        let _ = first.request_headers(&headers, true);
+        let mut s = envoy.stream();
+        assert_eq!(s.request_headers(&headers, true), Action::Continue);
+        // The map once, the clock, consumer and tier as headers and filter state, the token
+        // stripped, one metric (defined by the first request only).
+        assert_eq!(s.counts().request_headers, 1 + 1 + 4 + 1 + 1, "{}", s.counts());
+        assert_eq!(first.counts().request_headers, 8 + 1, "{}", first.counts());
+        let mut refused = envoy.stream();
+        let _ = refused.request_headers(&[(":method", "GET"), (":path", "/v1/x")], true);
+        // The map, the clock, the metric (a new series), the clock for the log limit, the reply.
+        assert_eq!(refused.counts().request_headers, 6, "{}", refused.counts());
+    }
+
+    #[test]
+    fn credentials_in_the_query_and_cookies_are_stripped() {
+        let envoy = local();
+        let mut s = envoy.stream();
+        let session = format!("a=1; session={}; b=2", token("bob", "h"));
+        // An API key in the query and the same JWT kind twice would be two credentials: a
+        // public route strips both without deciding on them.
+        let action = s.request_headers(
+            &[
+                (":method", "GET"),
+                (":path", "/open?x=1&key=k-acme&y=2"),
+                ("cookie", &session),
+            ],
+            true,
+        );
+        assert_eq!(action, Action::Continue);
+        assert_eq!(
+            request_headers(&envoy),
+            vec![
+                (":method".to_owned(), "GET".to_owned()),
+                (":path".to_owned(), "/open?x=1&y=2".to_owned()),
+                ("cookie".to_owned(), "a=1; b=2".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_refusal_is_a_local_reply_with_its_status_code_challenge_and_details() {
+        let envoy = local();
+        let mut s = envoy.stream();
+        let action = s.request_headers(&[(":method", "POST"), (":path", "/v1/messages?key=nope")], false);
+        assert_eq!(action, Action::Pause);
+        let Some(reply) = envoy.host().reply() else {
+            panic!("no reply: {:?}", envoy.host().mutations())
+        };
+        assert_eq!(reply.status, 401);
+        assert_eq!(reply.details, "portico-auth.invalid_api_key");
+        assert_eq!(reply.code, Some("invalid_api_key"));
+        assert_eq!(
+            reply.context.as_deref(),
+            Some("POST /v1/messages"),
+            "the log line never carries the query (a credential may be there)"
+        );
+        let challenge = reply
+            .headers
+            .iter()
+            .find(|(n, _)| n == "www-authenticate")
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+        assert_eq!(
+            challenge.as_deref(),
+            Some("Bearer realm=\"portico\", error=\"invalid_token\", error_description=\"the API key is not valid\"")
+        );
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
+        assert_eq!(
+            body["error"]["code"], "invalid_api_key",
+            "Anthropic's shape on /v1/messages: {body}"
+        );
+        assert_eq!(body["type"], "error");
+        assert_eq!(
+            envoy
+                .host()
+                .metric("portico_auth_requests_total;outcome=denied;reason=invalid_api_key;tier=none"),
+            Some(1)
+        );
+        // A missing credential: the bare challenge.
+        let mut s = envoy.stream();
+        envoy.host().take_mutations();
+        assert_eq!(
+            s.request_headers(&[(":method", "GET"), (":path", "/x")], true),
+            Action::Pause
+        );
+        let reply = envoy.host().reply();
+        assert_eq!(reply.as_ref().map(|r| r.status), Some(401));
+        assert_eq!(
+            reply.and_then(|r| r.headers.into_iter().find(|(n, _)| n == "www-authenticate")),
+            Some(("www-authenticate".into(), b"Bearer realm=\"portico\"".to_vec()))
+        );
+    }
+
+    fn jwks(kid: &str) -> Vec<u8> {
+        let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(SECRET);
+        json!({"keys": [{"kty": "oct", "kid": kid, "alg": "HS256", "k": k}]})
+            .to_string()
+            .into_bytes()
+    }
+
+    fn remote() -> MockEnvoy {
+        start(json!({
+            "jwt": {"providers": [{
+                "name": "r",
+                "remote_jwks": {"cluster": "idp", "authority": "idp.example", "path": "/jwks",
+                                "refresh_seconds": 60, "max_bytes": 1024, "accept_shared_secrets": true}
+            }]},
+            "default": {"auth": "jwt"}
+        }))
+    }
+
+    #[test]
+    fn remote_keys_are_fetched_on_the_tick_and_their_answer_loads_them() {
+        let mut envoy = remote();
+        assert!(envoy
+            .host()
+            .mutations()
+            .contains(&Mutation::TickPeriod(Duration::from_millis(500))));
+        let bearer = format!("Bearer {}", token("carol", "k1"));
+        let ask = |envoy: &MockEnvoy| {
+            envoy.host().take_mutations();
+            let mut s = envoy.stream();
+            let _ = s.request_headers(&[(":method", "GET"), (":path", "/x"), ("authorization", &bearer)], true);
+            envoy.host().reply().map(|r| r.status)
+        };
+        assert_eq!(ask(&envoy), Some(503), "no key yet: keys_unavailable");
+
+        envoy.host().take_mutations();
+        envoy.tick();
+        assert_eq!(
+            envoy.host().mutations(),
+            vec![Mutation::HttpCall {
+                cluster: "idp".into(),
+                headers: vec![
+                    (":method".into(), "GET".into()),
+                    (":path".into(), "/jwks".into()),
+                    (":authority".into(), "idp.example".into()),
+                    ("accept".into(), "application/json".into()),
+                ]
+            }]
+        );
+        envoy.http_call_response(1, Some((200, &jwks("k1"))));
+        assert_eq!(envoy.host().metric("portico_auth_jwks_updated"), Some(1));
+        assert_eq!(ask(&envoy), None, "the token verifies with the fetched key");
+        assert!(envoy
+            .host()
+            .headers(Map::RequestHeaders)
+            .contains(&("x-portico-consumer".to_owned(), "r:carol".to_owned())));
+
+        // An answer to a call it did not make is ignored; a later refresh that is too large
+        // fails without being read and keeps the keys.
+        envoy.http_call_response(99, Some((200, &jwks("other"))));
+        envoy.host().advance(Duration::from_secs(61));
+        envoy.tick();
+        envoy.http_call_response(2, Some((200, &[b' '; 1025])));
+        assert_eq!(envoy.host().metric("portico_auth_jwks_fetch_failed"), Some(1));
+        assert_eq!(envoy.host().metric("portico_auth_jwks_updated"), Some(1));
+        assert_eq!(ask(&envoy), None, "the keys loaded before are kept");
+    }
+
+    #[test]
+    fn a_failed_fetch_without_an_answer_is_counted() {
+        let mut envoy = remote();
+        envoy.tick();
+        envoy.http_call_response(1, None);
+        assert_eq!(envoy.host().metric("portico_auth_jwks_fetch_failed"), Some(1));
+    }
+
+    #[test]
+    fn bad_configuration_is_refused_with_its_path() {
+        let lines = MockEnvoy::start(REGISTRY, NAME, r#"{"default": {"auth": "maybe"}}"#, false)
+            .err()
+            .unwrap_or_default();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("portico-auth: invalid configuration: $.default.auth")),
+            "{lines:?}"
+        );
+    }
+}
