@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use portico_tests::demo::Shipped;
-use portico_tests::envoy::{eventually, root, sum_metric, EnvoyConfig, Gateway};
+use portico_tests::envoy::{eventually, root, sum_metric, EnvoyConfig, Gateway, Plugin};
 use portico_tests::http::{get, Request, Response};
 use portico_tests::tokens::{
     bare_claims, claims, hs256_with_secret, now, raw_token, signers, ALGORITHMS, AUDIENCE, ISSUER,
@@ -97,6 +97,51 @@ fn assert_allowed(r: &Response, consumer: &str, case: &str) {
         Some(consumer),
         "{case}"
     );
+}
+
+/// Auth as the `portico-auth` entry of `dist/portico.wasm`, in one VM with another entry of
+/// the module (the host layer's test filter, after auth): a valid token reaches the upstream
+/// with its identity through both, an invalid one is refused by auth with its code, challenge
+/// and log line.
+#[test]
+fn auth_from_the_one_module_shares_its_vm_with_another_entry() {
+    let upstream = Upstream::start("127.0.0.1:0").unwrap();
+    let auth = Plugin::portico("portico-auth", auth_config(json!({"jwks": signers().jwks()})));
+    let echo = Plugin::portico("portico-echo", json!({"tag": "after-auth"}));
+    let gw = Gateway::start(&EnvoyConfig::new(upstream.addr).plugin(&auth).plugin(&echo));
+
+    let token = signers().sign("ES256", &claims("shared-vm", json!({"tier": "pro"})));
+    let r = get("/jwt/hello")
+        .bearer(&token)
+        .header("x-portico-consumer", "spoofed")
+        .send(gw.addr);
+    assert_allowed(&r, "test:shared-vm", "valid token");
+    assert_eq!(r.upstream_header("x-portico-tier").as_deref(), Some("pro"));
+    assert_eq!(
+        r.upstream_header("x-portico-echo-after-auth").as_deref(),
+        Some("portico-echo"),
+        "the other entry of the VM ran after auth"
+    );
+
+    let forged = hs256_with_secret(b"a-different-secret-of-32-bytes!!", "hmac", &claims("a", json!({})));
+    let r = get("/jwt/hello?x=1").bearer(&forged).send(gw.addr);
+    assert_denied(&r, 401, "invalid_signature", "forged token");
+    assert!(r
+        .header("www-authenticate")
+        .is_some_and(|c| c.contains("error=\"invalid_token\"")));
+    assert_eq!(upstream.requests(), 1, "the refused request never reached the upstream");
+    assert!(
+        gw.log().contains("portico-auth: 401 invalid_signature GET /jwt/hello"),
+        "{}",
+        gw.log()
+    );
+    gw.assert_no_wasm_panic();
+    // The second entry adds no VM: as many as auth alone.
+    let alone = Gateway::start(&EnvoyConfig::new(upstream.addr).plugin(&auth));
+    assert_eq!(get("/public/x").send(alone.addr).status, 200);
+    let vms = gw.stat("wasm.wasm_vm_count");
+    assert!(vms.is_some_and(|n| n > 0));
+    assert_eq!(vms, alone.stat("wasm.wasm_vm_count"), "one VM shared by both entries");
 }
 
 #[test]

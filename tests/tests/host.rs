@@ -73,7 +73,7 @@ fn configuration_errors_refuse_startup_with_every_json_path() {
     assert_eq!(failure.status.and_then(|s| s.code()), Some(1), "{}", failure.log);
     assert!(
         failure.log.contains(
-            r#"root_id "portico-nope" names no filter of this module (known: portico-echo, portico-echo-twin)"#
+            r#"root_id "portico-nope" names no filter of this module (known: portico-auth, portico-echo, portico-echo-twin)"#
         ),
         "{}",
         failure.log
@@ -111,7 +111,7 @@ fn a_refusal_is_a_local_json_reply_that_never_reaches_the_upstream() {
     assert_eq!(r.json()["error"]["type"], "permission_error");
     assert_eq!(upstream.requests(), 0);
     assert!(
-        gateway.log().contains("portico-echo: refused 403 echo_refused"),
+        gateway.log().contains("portico-echo: 403 echo_refused"),
         "{}",
         gateway.log()
     );
