@@ -801,7 +801,7 @@ mod tests {
             vec![
                 (
                     log::Level::Debug,
-                    "portico-x: 1 more refusals were not logged (refusal_log.per_second is 2 per worker)".to_owned()
+                    "portico-x: 1 more lines were not logged (refusal_log.per_second is 2 per worker)".to_owned()
                 ),
                 line
             ],
