@@ -87,6 +87,7 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
         obj.finish(errors);
         if let Some(m) = m {
             rules.push((
+                node.path().to_owned(),
                 m,
                 Rule {
                     translate,
@@ -101,7 +102,7 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
     Config {
         allow_on_headers_stop_iteration,
         default_max_tokens,
-        routes: RouteTable::build(rules, |i| format!("$.routes[{i}]"), errors),
+        routes: RouteTable::build_at(rules, errors),
         refusal_log,
     }
 }
@@ -333,6 +334,22 @@ mod tests {
         assert_eq!(
             rule.response.headers.set,
             vec![("cache-control".into(), "no-store".into())]
+        );
+    }
+}
+
+#[cfg(test)]
+mod route_path_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_competing_route_after_a_bad_entry_is_named_by_its_own_index() {
+        let v = json!({"routes": [3, {"match": {"path": "/a"}}, {"match": {"path": "/a"}}]});
+        let errors = Config::from_value(&v).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            errors.contains("$.routes[2]: competes with $.routes[1]"),
+            "wrong paths in:\n{errors}"
         );
     }
 }

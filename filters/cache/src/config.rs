@@ -179,6 +179,7 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
         obj.finish(errors);
         if let Some(m) = m {
             rules.push((
+                node.path().to_owned(),
                 m,
                 Rule {
                     name,
@@ -200,7 +201,7 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
         },
         max_body_bytes,
         backend_header,
-        routes: RouteTable::build(rules, |i| format!("$.routes[{i}]"), errors),
+        routes: RouteTable::build_at(rules, errors),
     }
 }
 
@@ -327,5 +328,21 @@ mod tests {
         for (name, config, want) in cases {
             assert_eq!(errors_of(config).join("; "), want, "case: {name}");
         }
+    }
+}
+
+#[cfg(test)]
+mod route_path_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_competing_route_after_a_bad_entry_is_named_by_its_own_index() {
+        let v = json!({"routes": [3, {"match": {"path": "/a"}}, {"match": {"path": "/a"}}]});
+        let errors = Config::from_value(&v).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            errors.contains("$.routes[2]: competes with $.routes[1]"),
+            "wrong paths in:\n{errors}"
+        );
     }
 }
