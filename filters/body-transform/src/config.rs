@@ -164,11 +164,7 @@ fn read_headers(node: &Node<'_>, errors: &mut Errors) -> HeaderOps {
 fn pointer(node: Option<Node<'_>>, errors: &mut Errors) -> Option<Pointer> {
     let node = node?;
     let text = node.str(errors)?;
-    let p = Pointer::parse(text);
-    if p.is_none() {
-        node.error(errors, "not a JSON Pointer (RFC 6901): it must start with '/'");
-    }
-    p
+    Pointer::parse(text).map_err(|why| node.error(errors, why)).ok()
 }
 
 fn read_op(node: &Node<'_>, errors: &mut Errors) -> Option<BodyOp> {
@@ -181,7 +177,8 @@ fn read_op(node: &Node<'_>, errors: &mut Errors) -> Option<BodyOp> {
     let value = obj.opt("value").map(|n| n.value().clone());
     // Present (outer) and valid (inner) apart, so a bad name is reported once, by itself.
     let from_header = obj.opt("from_header").map(|n| n.header_name(errors));
-    let from = pointer(obj.opt("from"), errors);
+    // Present (outer) and valid (inner) apart, so a bad `from` is not also reported missing.
+    let from = obj.opt("from").map(|n| pointer(Some(n), errors));
     obj.finish(errors);
     match (op?, path?) {
         (0, path) => match (value, from_header) {
@@ -194,7 +191,7 @@ fn read_op(node: &Node<'_>, errors: &mut Errors) -> Option<BodyOp> {
         },
         (1, path) => Some(BodyOp::Remove(path)),
         (_, path) => match from {
-            Some(from) => Some(BodyOp::Rename(from, path)),
+            Some(from) => from.map(|from| BodyOp::Rename(from, path)),
             None => {
                 node.error(errors, "`rename` needs `from`");
                 None
@@ -219,6 +216,16 @@ mod tests {
     #[test]
     fn every_refused_configuration_names_its_path_and_reason() {
         let cases: Vec<(&str, Value, &str)> = vec![
+            (
+                "a body pointer with ~2, which is no escape",
+                json!({"routes": [{"request": {"body": [{"op": "remove", "path": "/a~2b"}]}}]}),
+                "$.routes[0].request.body[0].path: not a JSON Pointer (RFC 6901): ~2 in \"a~2b\" is no escape (write ~0 for '~' and ~1 for '/')",
+            ),
+            (
+                "a rename source ending in ~",
+                json!({"routes": [{"response": {"body": [{"op": "rename", "path": "/b", "from": "/a~"}]}}]}),
+                "$.routes[0].response.body[0].from: not a JSON Pointer (RFC 6901): ~ at the end in \"a~\" is no escape (write ~0 for '~' and ~1 for '/')",
+            ),
             (
                 "response header value with CR LF (response splitting)",
                 route("response", json!({"set": {"x-a": "a\r\nb"}})),

@@ -25,13 +25,10 @@ impl HeaderOps {
 pub struct Pointer(Vec<String>);
 
 impl Pointer {
-    pub fn parse(text: &str) -> Option<Pointer> {
-        let rest = text.strip_prefix('/')?;
-        Some(Pointer(
-            rest.split('/')
-                .map(|t| t.replace("~1", "/").replace("~0", "~"))
-                .collect(),
-        ))
+    /// The pointer `text` names, or why it names none (core's RFC 6901 reader: no `~2`, no
+    /// trailing `~`).
+    pub fn parse(text: &str) -> Result<Pointer, String> {
+        portico_core::json::pointer_tokens(text).map(Pointer)
     }
 
     fn parent_mut<'v>(&self, root: &'v mut Value, create: bool) -> Option<(&'v mut Value, &str)> {
@@ -139,13 +136,15 @@ mod tests {
     use serde_json::json;
 
     fn p(s: &str) -> Pointer {
-        Pointer::parse(s).unwrap()
+        Pointer::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
     }
 
     #[test]
     fn pointers_unescape_tokens() {
         assert_eq!(p("/a~1b/c~0d").0, vec!["a/b", "c~d"]);
-        assert!(Pointer::parse("a").is_none());
+        for bad in ["a", "/a~2b", "/a~"] {
+            assert!(Pointer::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
