@@ -1,7 +1,7 @@
 //! The body-transform filter's configuration, checked with JSON paths.
 
 use portico_core::config::{read_bytes, read_value, Errors, Node, Object, BODY_LIMIT_MOVED, MAX_TOKENS};
-use portico_core::header::{write_problem, Writer};
+use portico_core::header::{write_problem, Reserved, Writer};
 use portico_core::refusal::RefusalLog;
 use portico_core::route::{RouteMatch, RouteTable};
 use serde_json::Value;
@@ -121,21 +121,43 @@ fn read_side(node: &Node<'_>, errors: &mut Errors) -> Side {
     Side { headers, body }
 }
 
+/// Why a header operation must not write `name` (add, set, or rename into it), if it must not:
+/// what any header operation may not change, and, as in header-routing, a reserved header
+/// (identity, credential, forwarding, `x-envoy-`), on requests and responses alike. Removing a
+/// reserved header stays allowed (only [`write_problem`] applies): stripping a client's
+/// credential or forwarding headers before a backend is what an operator may need.
+fn written_problem(name: &str) -> Option<String> {
+    write_problem(name, Writer::Operation).or_else(|| {
+        Reserved::of(name).map(|r| match r {
+            Reserved::Credential => format!(
+                "{}: inject a backend's credential with header-routing's `credential`",
+                r.problem(name)
+            ),
+            _ => r.problem(name),
+        })
+    })
+}
+
 /// Header name to value (`add`, `set`), or old name to new name (`rename`: `renames`). Every
-/// name is one a header operation may write, every value one that cannot split the message.
+/// name written is one a header operation may write ([`written_problem`]), every value one that
+/// cannot split the message; a renamed header may be any a header operation may remove.
 fn pairs(node: Option<Node<'_>>, renames: bool, errors: &mut Errors) -> Vec<(String, String)> {
     let Some(mut obj) = node.and_then(|n| n.object(errors)) else {
         return Vec::new();
     };
     let mut out = Vec::new();
     for (k, v) in obj.entries() {
-        let name_ok = v.report(write_problem(k, Writer::Operation), errors);
         let value = if renames {
-            v.writable_header_name(Writer::Operation, errors)
+            let name_ok = v.report(write_problem(k, Writer::Operation), errors);
+            v.non_empty_str(errors)
+                .filter(|to| v.report(written_problem(to), errors))
+                .map(str::to_ascii_lowercase)
+                .filter(|_| name_ok)
         } else {
-            v.header_value(errors)
+            let name_ok = v.report(written_problem(k), errors);
+            v.header_value(errors).filter(|_| name_ok)
         };
-        if let Some(value) = value.filter(|_| name_ok) {
+        if let Some(value) = value {
             out.push((k.to_ascii_lowercase(), value));
         }
     }
@@ -216,6 +238,31 @@ mod tests {
     #[test]
     fn every_refused_configuration_names_its_path_and_reason() {
         let cases: Vec<(&str, Value, &str)> = vec![
+            (
+                "adding a forwarding header to a request",
+                route("request", json!({"add": {"X-Forwarded-For": "10.0.0.1"}})),
+                "$.routes[0].request.headers.add[\"X-Forwarded-For\"]: \"x-forwarded-for\" describes the client connection (forwarding headers)",
+            ),
+            (
+                "setting a credential on a request",
+                route("request", json!({"set": {"authorization": "Bearer x"}})),
+                "$.routes[0].request.headers.set.authorization: \"authorization\" carries a credential: inject a backend's credential with header-routing's `credential`",
+            ),
+            (
+                "setting an x-envoy- header on a response",
+                route("response", json!({"set": {"x-envoy-ratelimited": "true"}})),
+                "$.routes[0].response.headers.set[\"x-envoy-ratelimited\"]: \"x-envoy-ratelimited\" steers Envoy (x-envoy- headers)",
+            ),
+            (
+                "renaming a header into x-real-ip",
+                route("request", json!({"rename": {"x-client": "x-real-ip"}})),
+                "$.routes[0].request.headers.rename[\"x-client\"]: \"x-real-ip\" describes the client connection (forwarding headers)",
+            ),
+            (
+                "adding via to a response",
+                route("response", json!({"add": {"via": "1.1 portico"}})),
+                "$.routes[0].response.headers.add.via: \"via\" describes the client connection (forwarding headers)",
+            ),
             (
                 "a body pointer with ~2, which is no escape",
                 json!({"routes": [{"request": {"body": [{"op": "remove", "path": "/a~2b"}]}}]}),
@@ -349,6 +396,32 @@ mod tests {
 mod route_path_tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn removing_or_renaming_away_a_reserved_header_stays_allowed() {
+        let v = json!({"routes": [{"request": {"headers": {
+            "remove": ["authorization", "x-forwarded-for", "x-envoy-original-path"],
+            "rename": {"cookie": "x-client-cookie"}
+        }}}]});
+        let config = Config::from_value(&v).map_err(|e| e.to_string());
+        let headers = config
+            .as_ref()
+            .ok()
+            .and_then(|c| c.routes.get(0))
+            .map(|r| r.request.headers.clone());
+        assert_eq!(
+            headers.map(|h| (h.remove, h.rename)),
+            Some((
+                vec![
+                    "authorization".to_owned(),
+                    "x-forwarded-for".to_owned(),
+                    "x-envoy-original-path".to_owned()
+                ],
+                vec![("cookie".to_owned(), "x-client-cookie".to_owned())]
+            )),
+            "{config:?}"
+        );
+    }
 
     #[test]
     fn a_competing_route_after_a_bad_entry_is_named_by_its_own_index() {
