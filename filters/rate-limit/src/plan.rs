@@ -23,6 +23,7 @@
 use portico_core::identity::{CONSUMER_HEADER, TIER_HEADER};
 use portico_core::request::RequestView;
 use portico_core::response::{ErrorResponse, ErrorType};
+use portico_core::route::matching_path;
 use portico_core::shared::{Store, UpdateError};
 
 use crate::config::{Config, KeyPart, When};
@@ -254,7 +255,10 @@ fn applies(when: &When, view: &RequestView, tier: Option<&str>) -> bool {
 }
 
 /// The key of one rule for this request; missing parts count as empty.
+/// The path part is the path routes match on ([`matching_path`]), so `/x;a=1` or `/%78` cannot
+/// open a bucket of its own beside `/x`'s.
 fn key(parts: &[KeyPart], req: &Request<'_>, pattern: Option<&str>) -> String {
+    let path = matching_path(req.view.path());
     let mut key = String::new();
     for (i, part) in parts.iter().enumerate() {
         if i > 0 {
@@ -265,7 +269,7 @@ fn key(parts: &[KeyPart], req: &Request<'_>, pattern: Option<&str>) -> String {
             KeyPart::Tier => req.view.header_str(TIER_HEADER),
             KeyPart::ClientIp => req.client_ip,
             KeyPart::Route => pattern,
-            KeyPart::Path => Some(req.view.path()),
+            KeyPart::Path => Some(path.as_ref()),
             KeyPart::Header(name) => req.view.header_str(name),
         };
         key.push_str(value.unwrap_or(""));

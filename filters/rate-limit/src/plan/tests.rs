@@ -102,6 +102,22 @@ fn keys_separate_callers() {
 }
 
 #[test]
+fn a_path_key_counts_the_path_rules_match_on_not_its_spelling() {
+    let c =
+        config(json!({"rules": [{"name": "p", "key": ["path"], "limit": {"requests": 2, "period_seconds": 3600}}]}));
+    let s = MemoryStore::default();
+    // Three spellings of one path, as routes match it: parameters and unreserved escapes do not
+    // make a new bucket.
+    let statuses: Vec<u32> = ["/x;a=1", "/%78", "/x"]
+        .iter()
+        .map(|p| status(&admit_at(&c, &s, &view(p, &[]), T0)))
+        .collect();
+    assert_eq!(statuses, [200, 200, 429]);
+    // Another path still has its own.
+    assert_eq!(status(&admit_at(&c, &s, &view("/y", &[]), T0)), 200);
+}
+
+#[test]
 fn when_conditions_select_requests() {
     let c = config(
         json!({"rules": [{"name": "beta", "when": {"tiers": ["free"], "headers": [{"name": "x-beta", "value": "1"}]},
