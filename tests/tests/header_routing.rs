@@ -425,3 +425,58 @@ fn the_demo_model_route_refuses_repeated_keys_through_translation() {
     assert_eq!(shipped.model.requests(), 1);
     shipped.gw.assert_no_wasm_panic();
 }
+
+/// The shipped gateway: json_to_metadata cannot read a number past a 64-bit float and marks the
+/// body `json_error`. header-routing reads it strictly and says what is wrong, in the client's
+/// format: `number_out_of_range` naming the path, and `invalid_json` only for a body that is
+/// really not JSON.
+#[test]
+fn the_demo_model_route_names_a_number_out_of_range_and_keeps_invalid_json_for_malformed_bodies() {
+    let shipped = Shipped::start(None);
+    let token = demo_env("PORTICO_DEMO_TOKEN");
+    let cases = [
+        (
+            "/v1/chat/completions",
+            r#"{"model":"fast","max_tokens":1e400,"messages":[{"role":"user","content":"Hi"}]}"#,
+            "number_out_of_range",
+            Some("$.max_tokens"),
+        ),
+        (
+            "/v1/messages",
+            r#"{"model":"fast","max_tokens":16,"messages":[{"role":"user","content":"Hi"}],"temperature":-1e999}"#,
+            "number_out_of_range",
+            Some("$.temperature"),
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"fast","messages":[{"role":"user","content":"Hi"}"#,
+            "invalid_json",
+            None,
+        ),
+    ];
+    for (path, body, code, named) in cases {
+        let r = Request::new("POST", path)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .bearer(&token)
+            .send(shipped.gw.addr);
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        assert_eq!(r.error_code(), code, "{body}: {}", r.text());
+        let v = r.json();
+        if path == "/v1/messages" {
+            assert_eq!(v["type"], "error", "Anthropic's format: {v}");
+        }
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+        if let Some(named) = named {
+            let message = v["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains(named), "{body}: {message}");
+        }
+    }
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        shipped.model.requests(),
+        0,
+        "the model backend received no complete request"
+    );
+    shipped.gw.assert_no_wasm_panic();
+}
