@@ -35,10 +35,6 @@ pub struct Routed {
 pub enum Decision {
     Route(Routed),
     Reject(ErrorResponse),
-    /// A JSON body on a model route that json_to_metadata could not read: refused, but only
-    /// the body says why (a number out of range, or really malformed), so read it first
-    /// ([`crate::body_refusal`]).
-    RefuseBody,
 }
 
 fn reject(status: u32, error_type: ErrorType, code: &'static str, message: impl Into<String>) -> Decision {
@@ -165,10 +161,7 @@ pub fn decide(config: &Config, inputs: &Inputs<'_>) -> Decision {
                 None => continue,
             },
             Action::Models(models) => {
-                if inputs.json_error && is_json(view) {
-                    return Decision::RefuseBody;
-                }
-                if !is_json(view) {
+                if inputs.json_error || !is_json(view) {
                     return reject(
                         400,
                         ErrorType::InvalidRequest,

@@ -160,9 +160,6 @@ enum BodyPhase {
     /// A model route: read the whole body strictly and, with `Some`, write this upstream
     /// model into it.
     Check(Option<String>),
-    /// A model route whose body json_to_metadata could not read: read it to say why, then
-    /// refuse it.
-    Refuse,
 }
 
 impl Context for RoutingHttp {}
@@ -219,7 +216,7 @@ impl RoutingHttp {
 }
 
 impl HttpContext for RoutingHttp {
-    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         let view = RequestView::new(self.get_http_request_headers_bytes());
         self.api = ClientApi::of_path(view.path());
         // Headers this filter owns: a client never chooses a cluster or fakes a variant.
@@ -244,16 +241,6 @@ impl HttpContext for RoutingHttp {
             Decision::Route(r) => r,
             Decision::Reject(response) => {
                 self.respond(&response, format_args!("{} {}", view.method(), view.path()));
-                return Action::Pause;
-            }
-            Decision::RefuseBody if end_of_stream => {
-                let response = body_refusal(b"");
-                self.respond(&response, format_args!("{} {}", view.method(), view.path()));
-                return Action::Pause;
-            }
-            Decision::RefuseBody => {
-                // Headers stay here; the body callback answers once the body is complete.
-                self.body = BodyPhase::Refuse;
                 return Action::Pause;
             }
         };
@@ -342,10 +329,8 @@ impl HttpContext for RoutingHttp {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let model = match &self.body {
-            BodyPhase::Pass => return Action::Continue,
-            BodyPhase::Check(model) => Some(model),
-            BodyPhase::Refuse => None,
+        let BodyPhase::Check(model) = &self.body else {
+            return Action::Continue;
         };
         if !end_of_stream {
             // Hold the body until it is complete (json_to_metadata in front already buffered
@@ -353,11 +338,6 @@ impl HttpContext for RoutingHttp {
             return Action::Pause;
         }
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
-        let Some(model) = model else {
-            let response = body_refusal(&body);
-            self.refuse_body(&response);
-            return Action::Pause;
-        };
         match check_body(&body, model.as_deref()) {
             Ok(Some(new_body)) => {
                 self.set_http_request_body(0, body_size, &new_body);
@@ -442,25 +422,6 @@ impl HttpContext for RoutingHttp {
     }
 }
 
-/// Why a model route's body that json_to_metadata could not read is refused: a 400 naming
-/// what core's strict reader found (`number_out_of_range` or `duplicate_json_key` with the
-/// path), and `invalid_json` only when it is not JSON at all (or, read strictly after all, is
-/// still no object the gateway can route on).
-pub fn body_refusal(body: &[u8]) -> ErrorResponse {
-    let invalid = || {
-        ErrorResponse::new(
-            400,
-            ErrorType::InvalidRequest,
-            "invalid_json",
-            "the request body is not valid JSON",
-        )
-    };
-    match json::parse(body) {
-        Err(refusal) => refusal.content_refusal().unwrap_or_else(invalid),
-        Ok(_) => invalid(),
-    }
-}
-
 /// A model route's whole body, read strictly: refused with 400 `duplicate_json_key` when an
 /// object repeats a key (json_to_metadata lifted the last `model`, a backend may read the
 /// first) and 400 `invalid_json` when it is not a JSON object; otherwise `Some` new body with
@@ -476,7 +437,7 @@ pub fn check_body(body: &[u8], model: Option<&str>) -> Result<Option<Vec<u8>>, E
     };
     let mut value = match json::parse(body) {
         Ok(value) => value,
-        Err(refusal) => return Err(refusal.content_refusal().unwrap_or_else(invalid)),
+        Err(refusal) => return Err(refusal.duplicate_key_response().unwrap_or_else(invalid)),
     };
     let object = value.as_object_mut().ok_or_else(invalid)?;
     let Some(model) = model else {
@@ -493,21 +454,6 @@ mod tests {
     fn refusal(body: &[u8], model: Option<&str>) -> (u32, &'static str, String) {
         let e = check_body(body, model).unwrap_err();
         (e.status, e.code, e.message)
-    }
-
-    #[test]
-    fn a_body_json_to_metadata_could_not_read_is_refused_for_what_it_is() {
-        let of = |body: &str| {
-            let e = body_refusal(body.as_bytes());
-            (e.status, e.code, e.message)
-        };
-        let (status, code, message) = of(r#"{"model":"m","max_tokens":1e400}"#);
-        assert_eq!((status, code), (400, "number_out_of_range"));
-        assert!(message.contains("$.max_tokens"), "{message}");
-        assert_eq!(of(r#"{"model":"m","model":"n"}"#).1, "duplicate_json_key");
-        for malformed in [r#"{"model":"m""#, "", "[1,", "{\"a\":1}x"] {
-            assert_eq!(of(malformed).1, "invalid_json", "{malformed}");
-        }
     }
 
     #[test]

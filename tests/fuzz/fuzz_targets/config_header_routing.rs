@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use portico_fuzz::{check_config_errors, config_and_request};
-use portico_header_routing::{body_refusal, check_body};
+use portico_header_routing::check_body;
 use portico_header_routing::config::Config;
 use portico_header_routing::decide::{decide, Decision, Inputs};
 
@@ -37,10 +37,6 @@ fuzz_target!(|data: &[u8]| {
         }
         Decision::Reject(response) => {
             assert!((400..600).contains(&response.status) && !response.code.is_empty());
-        }
-        Decision::RefuseBody => {
-            let response = body_refusal(body);
-            assert!(response.status == 400 && !response.code.is_empty());
         }
     }
 });
