@@ -384,7 +384,7 @@ impl HttpContext for TransformHttp {
             Ok(v) => v,
             Err(_) if strict => {
                 // Valid JSON that no reader can hold (`1e400`) is named, not called malformed.
-                if let Some(response) = json::parse(&body).err().and_then(|i| i.duplicate_key_response()) {
+                if let Some(response) = json::parse(&body).err().and_then(|i| i.content_refusal()) {
                     return self.reject(400, response.error_type, response.code, response.message);
                 }
                 return self.reject(

@@ -42,7 +42,7 @@ impl Invalid {
     /// The 400 a filter answers with for a body refused for what it says rather than its
     /// syntax (a repeated key, a number out of range), naming the place; `None` for a
     /// malformed one, which each filter refuses in its own words.
-    pub fn duplicate_key_response(&self) -> Option<ErrorResponse> {
+    pub fn content_refusal(&self) -> Option<ErrorResponse> {
         let (code, message) = match self {
             Invalid::Malformed => return None,
             Invalid::DuplicateKey(path) => (
@@ -308,7 +308,7 @@ mod tests {
         ] {
             let invalid = parse(body.as_bytes()).unwrap_err();
             assert_eq!(invalid, Invalid::NumberOutOfRange(path.to_owned()), "{body}");
-            let response = invalid.duplicate_key_response().unwrap();
+            let response = invalid.content_refusal().unwrap();
             assert_eq!((response.status, response.code), (400, NUMBER_OUT_OF_RANGE));
             assert!(response.message.contains(path), "{}", response.message);
         }
@@ -345,10 +345,10 @@ mod tests {
         let path = duplicate(&body);
         assert!(!path.contains("secret"), "{path}");
         assert_eq!(path, format!("$[\"{}…\"]", "k".repeat(MAX_KEY_CHARS)));
-        let response = Invalid::DuplicateKey(path).duplicate_key_response().unwrap();
+        let response = Invalid::DuplicateKey(path).content_refusal().unwrap();
         assert_eq!((response.status, response.code), (400, DUPLICATE_KEY));
         assert!(response.message.contains("$[\"kkk"));
-        assert_eq!(Invalid::Malformed.duplicate_key_response(), None);
+        assert_eq!(Invalid::Malformed.content_refusal(), None);
     }
 
     #[test]

@@ -437,7 +437,7 @@ pub fn check_body(body: &[u8], model: Option<&str>) -> Result<Option<Vec<u8>>, E
     };
     let mut value = match json::parse(body) {
         Ok(value) => value,
-        Err(refusal) => return Err(refusal.duplicate_key_response().unwrap_or_else(invalid)),
+        Err(refusal) => return Err(refusal.content_refusal().unwrap_or_else(invalid)),
     };
     let object = value.as_object_mut().ok_or_else(invalid)?;
     let Some(model) = model else {

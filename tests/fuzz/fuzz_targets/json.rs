@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
         (Err(Invalid::Malformed), Err(_)) => {}
         (Err(Invalid::DuplicateKey(path)), _) => {
             assert!(path.starts_with('$'), "{path:?}");
-            let response = Invalid::DuplicateKey(path).duplicate_key_response();
+            let response = Invalid::DuplicateKey(path).content_refusal();
             assert!(response.is_some_and(|r| r.status == 400 && r.code == "duplicate_json_key"));
         }
         (Err(Invalid::NumberOutOfRange(path)), Ok(loose)) => {
@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         }
         (Err(Invalid::NumberOutOfRange(path)), Err(_)) => {
             assert!(path.starts_with('$'), "{path:?}");
-            let response = Invalid::NumberOutOfRange(path).duplicate_key_response();
+            let response = Invalid::NumberOutOfRange(path).content_refusal();
             assert!(response.is_some_and(|r| r.status == 400 && r.code == "number_out_of_range"));
         }
     }
