@@ -32,6 +32,7 @@ use portico_core::metrics::Family;
 use portico_core::refusal::Refusals;
 use portico_core::request::RequestView;
 use portico_core::response::{ClientApi, ErrorResponse, ErrorType};
+use portico_core::route::matching_path;
 use portico_core::sse::is_event_stream;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
@@ -63,8 +64,10 @@ pub enum Direction {
     AnthropicToOpenAi,
 }
 
-/// The client's API, from the request path.
+/// The client's API, from the request path as routes match it (`;` parameters removed,
+/// escaped letters decoded), so `/v1/chat/completions;x=1` is the model call it routes as.
 fn client_format(path: &str) -> Option<&'static str> {
+    let path = matching_path(path);
     if path.ends_with("/chat/completions") {
         Some("openai")
     } else if path.ends_with("/messages") {
@@ -93,13 +96,16 @@ pub fn translated_path(path_and_query: &str, direction: Direction) -> String {
     let (path, query) = path_and_query
         .split_once('?')
         .map_or((path_and_query, None), |(p, q)| (p, Some(q)));
+    // The endpoint is recognised on the path routes match on, so it is swapped there too: the
+    // backend gets its own API's path, without the client's `;` parameters.
+    let path = matching_path(path);
     let (from, to) = match direction {
         Direction::OpenAiToAnthropic => ("/chat/completions", "/messages"),
         Direction::AnthropicToOpenAi => ("/messages", "/chat/completions"),
     };
     let base = path
         .strip_suffix(from)
-        .map_or_else(|| path.to_owned(), |p| format!("{p}{to}"));
+        .map_or_else(|| path.clone().into_owned(), |p| format!("{p}{to}"));
     match query {
         Some(q) => format!("{base}?{q}"),
         None => base,
@@ -628,6 +634,36 @@ mod tests {
         assert_eq!(
             translated_path("/proxy/v1/messages?beta=true", Direction::AnthropicToOpenAi),
             "/proxy/v1/chat/completions?beta=true"
+        );
+    }
+
+    #[test]
+    fn path_parameters_and_escapes_do_not_hide_a_model_call() {
+        let rule = Rule {
+            translate: Translate::Auto,
+            require_json: false,
+            request: Default::default(),
+            response: Default::default(),
+        };
+        for path in [
+            "/v1/chat/completions;x=1",
+            "/v1/chat/%63ompletions",
+            "/v1/chat/completions%3Bx",
+        ] {
+            assert_eq!(
+                direction(&rule, path, Some("anthropic")),
+                Some(Direction::OpenAiToAnthropic),
+                "{path}"
+            );
+            assert_eq!(
+                translated_path(path, Direction::OpenAiToAnthropic),
+                "/v1/messages",
+                "{path}"
+            );
+        }
+        assert_eq!(
+            translated_path("/v1/messages;x=1?beta=true", Direction::AnthropicToOpenAi),
+            "/v1/chat/completions?beta=true"
         );
     }
 

@@ -23,8 +23,10 @@ pub enum Api {
 
 impl Api {
     /// The API of an upstream path (without its query).
+    /// Read on the path routes match on (`;` parameters removed, escaped letters decoded), so
+    /// `/v1/messages;x=1` is checked as the Messages answer it is.
     pub fn of_path(path: &str) -> Api {
-        match path {
+        match portico_core::route::matching_path(path).as_ref() {
             "/v1/chat/completions" => Api::ChatCompletions,
             "/v1/messages" => Api::Messages,
             "/v1/embeddings" => Api::Embeddings,
@@ -155,6 +157,8 @@ mod tests {
         assert_eq!(Api::of_path("/v1/chat/completions"), Api::ChatCompletions);
         assert_eq!(Api::of_path("/v1/messages"), Api::Messages);
         assert_eq!(Api::of_path("/v1/embeddings"), Api::Embeddings);
+        assert_eq!(Api::of_path("/v1/messages;x=1"), Api::Messages);
+        assert_eq!(Api::of_path("/v1/chat/%63ompletions"), Api::ChatCompletions);
         for other in [
             "/v1/chat/completions/x",
             "/v1/messages/count_tokens",

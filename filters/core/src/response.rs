@@ -26,9 +26,13 @@ impl ClientApi {
     /// The API of a request path (query ignored): Anthropic when a `v1/messages` segment pair
     /// ends the path or is followed by more segments (`/v1/messages/count_tokens`), after any
     /// prefix (`/anthropic/v1/messages`). The `local_reply_config` regex
-    /// `^(.*/)?v1/messages(/.*)?$` says the same.
+    /// `^(.*/)?v1/messages(/.*)?$` says the same. The path is read as routes match it
+    /// ([`crate::route::matching_path`]), so `;` parameters and escaped letters cannot hide the
+    /// API from the filters that answer in its format.
     pub fn of_path(path: &str) -> ClientApi {
         let path = path.split_once('?').map_or(path, |(p, _)| p);
+        let path = crate::route::matching_path(path);
+        let path = path.as_ref();
         let anthropic = path.match_indices("v1/messages").any(|(at, m)| {
             let before_ok = at == 0 || path.get(..at).is_some_and(|b| b.ends_with('/'));
             let after = path.get(at + m.len()..).unwrap_or_default();
@@ -179,6 +183,9 @@ mod tests {
             ("/v1/messages", ClientApi::Anthropic),
             ("/v1/messages?beta=true", ClientApi::Anthropic),
             ("/v1/messages/count_tokens", ClientApi::Anthropic),
+            ("/v1/messages;x=1", ClientApi::Anthropic),
+            ("/v1/%6Dessages", ClientApi::Anthropic),
+            ("/v1;a=b/messages%3Bx", ClientApi::Anthropic),
             ("/anthropic/v1/messages", ClientApi::Anthropic),
             ("v1/messages", ClientApi::Anthropic),
             ("/v1/chat/completions", ClientApi::OpenAi),
