@@ -490,7 +490,9 @@ impl Gateway {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Generous: V8 compiles every module on the main thread and each worker before Envoy is
+        // ready, which took over 30 s on a 2-core machine also compiling Rust (CI shares cores).
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Ok(Some(status)) = gateway.child.try_wait() {
                 return Err(StartFailure {
