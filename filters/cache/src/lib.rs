@@ -18,6 +18,7 @@
 pub mod answer;
 pub mod config;
 pub mod entry;
+pub mod flow;
 pub mod key;
 pub mod policy;
 pub mod store;
