@@ -153,6 +153,28 @@ impl<F: Filter> Plugin for F {
     }
 }
 
+/// The entry a plugin's `root_id` names. A module built with one filter alone (`auth.wasm`)
+/// also runs it for an empty `root_id`, so it stays a drop-in for a config or an Istio
+/// `WasmPlugin` that names no `pluginName`; a module of several filters needs the name.
+fn pick<'r>(registry: &'r [Entry], root_id: &str) -> Result<&'r Entry, String> {
+    if let Some(entry) = registry.iter().find(|e| e.root_id == root_id) {
+        return Ok(entry);
+    }
+    let known: Vec<&str> = registry.iter().map(|e| e.root_id).collect();
+    match (root_id, registry) {
+        ("", [only]) => Ok(only),
+        ("", _) => Err(format!(
+            "no root_id: this module holds several filters, so each plugin entry names one with \
+             root_id (an Istio WasmPlugin with pluginName): {}",
+            known.join(", ")
+        )),
+        _ => Err(format!(
+            "root_id {root_id:?} names no filter of this module (known: {})",
+            known.join(", ")
+        )),
+    }
+}
+
 // === impl Root ===
 
 enum State {
@@ -193,13 +215,7 @@ impl Root {
             Ok(None) => String::new(),
             Err(e) => return Err(vec![format!("cannot read plugin_root_id: host status {}", e.0)]),
         };
-        let Some(entry) = self.registry.iter().find(|e| e.root_id == root_id) else {
-            let known: Vec<&str> = self.registry.iter().map(|e| e.root_id).collect();
-            return Err(vec![format!(
-                "root_id {root_id:?} names no filter of this module (known: {})",
-                known.join(", ")
-            )]);
-        };
+        let entry = pick(self.registry, &root_id).map_err(|line| vec![line])?;
         let name = entry.root_id;
         let bytes = match self.host.buffer(Buffer::PluginConfiguration, 0, size) {
             Ok(bytes) => bytes.unwrap_or_default(),
@@ -422,6 +438,17 @@ mod tests {
                 r#"root_id "portico-nope" names no filter of this module (known: portico-probe)"#.to_owned()
             ])
         );
+        // One filter alone runs without a root_id; several need it named.
+        assert_eq!(refused("", r#"{"n": 1}"#), None);
+        let two: &[Entry] = &[entry::<Probe>(), entry::<Probe>()];
+        assert_eq!(
+            pick(two, "").err().as_deref(),
+            Some(
+                "no root_id: this module holds several filters, so each plugin entry names one with \
+                 root_id (an Istio WasmPlugin with pluginName): portico-probe, portico-probe"
+            )
+        );
+        assert_eq!(pick(two, "portico-probe").map(Entry::root_id), Ok("portico-probe"));
         let syntax = refused("portico-probe", "{").unwrap_or_default();
         assert!(
             syntax
