@@ -24,3 +24,4 @@ pub mod route;
 pub mod secret;
 pub mod shared;
 pub mod sse;
+pub mod state_api;
