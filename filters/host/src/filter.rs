@@ -13,7 +13,7 @@ use crate::abi::HostError;
 use crate::callout::CallResponse;
 use crate::effects::Effects;
 use crate::env::Env;
-use crate::headers::{Body, RequestHeaders, ResponseHeaders};
+use crate::headers::{Body, Exchange, RequestHeaders, ResponseHeaders};
 use crate::host::{Host, HttpCall};
 
 /// What a headers callback wants done with the stream after its effects.
@@ -94,6 +94,13 @@ pub trait HttpFilter {
 
     /// After the response has been sent (or the client went away): the place for accounting.
     fn log(&mut self, _env: &Env<'_>) {}
+
+    /// [`HttpFilter::log`] for a filter that also reads the request or response headers
+    /// there (a response status, or the request of a stream refused before this filter ran).
+    /// The host calls this one; by default it calls [`HttpFilter::log`].
+    fn log_exchange(&mut self, exchange: &Exchange<'_>) {
+        self.log(&exchange.env());
+    }
 }
 
 // === impl RootHost ===

@@ -278,6 +278,38 @@ impl<'a> std::ops::Deref for ResponseHeaders<'a> {
     }
 }
 
+// === impl Exchange ===
+
+/// What the log callback may read besides the host services: the request and response
+/// headers, which Envoy still holds after the response (its access log reads them too). A map
+/// the stream never had (a client that went away before the response) reads as empty. Reads
+/// go through the caches of the earlier callbacks, so a name this filter already read costs
+/// no host call.
+#[derive(Clone, Copy)]
+pub struct Exchange<'a> {
+    request: RequestHeaders<'a>,
+    response: ResponseHeaders<'a>,
+}
+
+impl<'a> Exchange<'a> {
+    pub(crate) fn new(request: RequestHeaders<'a>, response: ResponseHeaders<'a>) -> Self {
+        Self { request, response }
+    }
+
+    pub fn request(&self) -> &RequestHeaders<'a> {
+        &self.request
+    }
+
+    pub fn response(&self) -> &ResponseHeaders<'a> {
+        &self.response
+    }
+
+    /// Clock, properties, shared data and metrics.
+    pub fn env(&self) -> Env<'a> {
+        self.request.env()
+    }
+}
+
 // === impl Body ===
 
 /// The body as the host holds it in a body callback: the latest chunk when the filter let the

@@ -32,7 +32,7 @@ pub use callout::CallResponse;
 pub use effects::{Direction, Effect, Effects, LocalReply};
 pub use env::{Env, Shared};
 pub use filter::{BodyFlow, Filter, HeadersFlow, HttpFilter, RootHost};
-pub use headers::{Body, HeaderView, RequestHeaders, ResponseHeaders};
+pub use headers::{Body, Exchange, HeaderView, RequestHeaders, ResponseHeaders};
 pub use host::HttpCall;
 pub use root::{entry, Entry};
 

@@ -506,7 +506,12 @@ impl MockStream {
         action
     }
 
+    /// The log callback, where Envoy lets a filter read the request and response headers.
     pub fn log(&mut self) {
+        self.host.open(Map::RequestHeaders);
+        self.host.open(Map::ResponseHeaders);
         self.context.log();
+        self.host.close(Map::RequestHeaders);
+        self.host.close(Map::ResponseHeaders);
     }
 }

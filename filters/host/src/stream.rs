@@ -25,7 +25,7 @@ use proxy_wasm::types::Action;
 use crate::effects::{clean_details, Direction, Effect, Effects, LocalReply};
 use crate::env::Env;
 use crate::filter::{BodyFlow, HeadersFlow, HttpFilter};
-use crate::headers::{Body, HeaderCache, HeaderView, RequestHeaders, ResponseHeaders};
+use crate::headers::{Body, Exchange, HeaderCache, HeaderView, RequestHeaders, ResponseHeaders};
 use crate::host::{Buffer, Host, Map};
 
 /// The callback running, for the phase rules and the per-callback host-call counts.
@@ -390,8 +390,12 @@ impl<H: HttpFilter> Stream<H> {
     }
 
     fn on_log(&mut self) {
-        self.callback(Phase::Log, |filter, host, _, _, _| {
-            filter.log(&Env::new(host));
+        self.callback(Phase::Log, |filter, host, request, response, _| {
+            let exchange = Exchange::new(
+                RequestHeaders::new(HeaderView::new(host, Map::RequestHeaders, &request.cache, true)),
+                ResponseHeaders::new(HeaderView::new(host, Map::ResponseHeaders, &response.cache, true)),
+            );
+            filter.log_exchange(&exchange);
             Next::Continue
         });
         #[cfg(feature = "count-host-calls")]
@@ -747,6 +751,66 @@ mod tests {
                 Mutation::SetBuffer(Buffer::RequestBody, b"new body".to_vec()),
             ]
         );
+    }
+
+    /// Reads in the log callback what a request analytics series needs.
+    #[derive(Default)]
+    struct Accountant {
+        seen: Rc<std::cell::RefCell<Vec<String>>>,
+    }
+
+    impl HttpFilter for Accountant {
+        fn request_headers(&mut self, request: &RequestHeaders<'_>, _: &mut Effects) -> HeadersFlow {
+            let _ = request.get("x-a");
+            HeadersFlow::Continue
+        }
+
+        fn log_exchange(&mut self, exchange: &Exchange<'_>) {
+            let status = exchange
+                .response()
+                .status()
+                .map_or("none".to_owned(), |s| s.to_string());
+            let a = exchange.request().get_str("x-a").unwrap_or("none").to_owned();
+            let path = exchange.request().path().to_owned();
+            self.seen.borrow_mut().extend([status, a, path]);
+        }
+    }
+
+    #[test]
+    fn the_log_callback_reads_both_header_maps_and_reuses_what_was_read_before() {
+        let seen = Rc::default();
+        let host = MockHost::new();
+        let filter = Accountant { seen: Rc::clone(&seen) };
+        let stream = Stream::new(filter, Rc::new(host.clone()), "test", false, Rc::default());
+        let mut s = MockStream::new(host, Box::new(stream), false);
+        let _ = s.request_headers(POST, true);
+        let _ = s.response_headers(&[(":status", "503")], true);
+        s.log();
+        assert_eq!(*seen.borrow(), vec!["503", "1", "/p"]);
+        // `:status` and `:path` read from the host; `x-a` came from the request callback's read.
+        assert_eq!(s.counts().log, 2, "{}", s.counts());
+    }
+
+    #[test]
+    fn a_filter_that_only_logs_is_still_called() {
+        struct Logs(Rc<std::cell::Cell<bool>>);
+        impl HttpFilter for Logs {
+            fn log(&mut self, _: &Env<'_>) {
+                self.0.set(true);
+            }
+        }
+        let called = Rc::new(std::cell::Cell::new(false));
+        let host = MockHost::new();
+        let stream = Stream::new(
+            Logs(Rc::clone(&called)),
+            Rc::new(host.clone()),
+            "test",
+            false,
+            Rc::default(),
+        );
+        let mut s = MockStream::new(host, Box::new(stream), false);
+        s.log();
+        assert!(called.get());
     }
 
     #[test]
