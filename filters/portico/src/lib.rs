@@ -21,6 +21,8 @@ pub static FILTERS: &[Entry] = &[
     entry::<echo::Echo<echo::One>>(),
     #[cfg(feature = "echo")]
     entry::<echo::Echo<echo::Twin>>(),
+    #[cfg(feature = "header-routing")]
+    entry::<portico_header_routing::HeaderRouting>(),
 ];
 
 // The entry point exists only in the .wasm: native builds link this crate into tests.
