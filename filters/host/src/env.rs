@@ -37,6 +37,13 @@ impl<'a> Env<'a> {
         self.host.property(path)
     }
 
+    /// Sets filter state `key` (`%FILTER_STATE(wasm.<key>:PLAIN)%` in the access log) now.
+    /// For the log callback, which records no effects: the other callbacks use
+    /// [`crate::Effects::set_state`].
+    pub fn set_state(&self, key: &str, value: &[u8]) -> Result<(), HostError> {
+        self.host.set_property(&[key], value)
+    }
+
     /// Envoy's shared data, for `portico_core::shared::update`.
     pub fn shared(&self) -> Shared<'a> {
         Shared { host: self.host }
@@ -56,5 +63,23 @@ impl Store for Shared<'_> {
 
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<SetOutcome, HostError> {
         self.host.shared_set(key, value, cas)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mock::{MockHost, Mutation};
+
+    #[test]
+    fn filter_state_set_through_the_env_reaches_the_host() {
+        let host = MockHost::new();
+        let env = Env::new(&host);
+        assert_eq!(env.set_state("portico_x", b"7"), Ok(()));
+        assert_eq!(env.property(&["portico_x"]), Ok(Some(b"7".to_vec())));
+        assert_eq!(
+            host.mutations(),
+            vec![Mutation::SetProperty(vec!["portico_x".to_owned()], b"7".to_vec())]
+        );
     }
 }
