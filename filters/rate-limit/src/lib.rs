@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod estimate;
+pub mod follow;
 pub mod gcra;
 pub mod headers;
 pub mod lifted;
