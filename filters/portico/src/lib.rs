@@ -15,6 +15,8 @@ use portico_host::{entry, Entry};
 pub static FILTERS: &[Entry] = &[
     #[cfg(feature = "auth")]
     entry::<portico_auth::Auth>(),
+    #[cfg(feature = "rate-limit")]
+    entry::<portico_rate_limit::RateLimit>(),
     #[cfg(feature = "cache")]
     entry::<portico_cache::Cache>(),
     #[cfg(feature = "echo")]
