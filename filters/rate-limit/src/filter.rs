@@ -795,13 +795,13 @@ mod tests {
         assert_eq!(refused.request_headers(API, true), Action::Pause);
         let _ = refused.response_headers(&[(":status", "429")], true);
         refused.log();
-        let limited = refused.counts();
+        let refusal = refused.counts();
         // The map, the stated budgets and body size, the clock, shared data get (no set: the
         // bucket is full), the metric (a new series: defined, then counted), the clock of the
         // refusal log, the reply.
-        assert_eq!(limited.request_headers, 10, "{limited}");
-        assert_eq!(limited.total(), 10, "{limited}");
-        eprintln!("rate-limit host calls: admitted {admitted}; limited {limited}");
+        assert_eq!(refusal.request_headers, 10, "{refusal}");
+        assert_eq!(refusal.total(), 10, "{refusal}");
+        eprintln!("rate-limit host calls: admitted {admitted}; limited {refusal}");
 
         // Without token quotas the budgets and size are never asked for.
         let rules_only = start(json!({"rules": [{"name": "r", "key": ["consumer"],
@@ -813,5 +813,30 @@ mod tests {
         s.log();
         assert_eq!(s.counts().request_headers, 6, "{}", s.counts());
         eprintln!("rate-limit host calls, rules only: admitted {}", s.counts());
+
+        // A model call with a token quota, its JSON answer settled at its end.
+        let envoy = limited();
+        model_call(&envoy, "100").log();
+        let mut s = model_call(&envoy, "100");
+        let _ = s.response_headers(&[(":status", "200"), ("content-type", "application/json")], false);
+        let _ = s.response_body(br#"{"usage": {"prompt_tokens": 3, "completion_tokens": 4}}"#, true);
+        s.log();
+        let settled = s.counts();
+        eprintln!("rate-limit host calls, model call: {settled}");
+        // Request: the map, the budgets and size, the clock, shared get and set, the quota's
+        // metric, the output budget as filter state, the lifted model. Response headers: the
+        // five limit headers, the cache header, the model state, status and content type.
+        // Body: the chunk, the backend's report, the clock, shared get and set, two token series
+        // (new here: defined, then counted), the two states. Log: nothing left to do.
+        assert_eq!(
+            (
+                settled.request_headers,
+                settled.response_headers,
+                settled.response_body,
+                settled.log
+            ),
+            (10, 9, 11, 0),
+            "{settled}"
+        );
     }
 }
