@@ -19,6 +19,8 @@ pub static FILTERS: &[Entry] = &[
     entry::<portico_rate_limit::RateLimit>(),
     #[cfg(feature = "cache")]
     entry::<portico_cache::Cache>(),
+    #[cfg(feature = "body-transform")]
+    entry::<portico_body_transform::BodyTransform>(),
     #[cfg(feature = "echo")]
     entry::<echo::Echo<echo::One>>(),
     #[cfg(feature = "echo")]
