@@ -100,8 +100,21 @@ impl EnvoyConfig {
         self
     }
 
-    /// Adds the Portico filter `name` (from `dist/`) with its plugin configuration.
+    /// Adds the Portico filter `name` with its plugin configuration, as the shipped gateway
+    /// runs it: an entry of `dist/portico.wasm` in the VM `portico` shared by every Portico
+    /// entry of the chain, its filter chosen by root_id `portico-<name>`.
     pub fn wasm(mut self, name: &str, configuration: &Value) -> Self {
+        let plugin = Plugin {
+            allow_on_headers_stop_iteration: configuration["allow_on_headers_stop_iteration"] == json!(true),
+            ..Plugin::portico(&format!("portico-{name}"), configuration.clone())
+        };
+        self.filters.push(plugin_filter(&plugin));
+        self
+    }
+
+    /// Adds the Portico filter `name` from its own module (`dist/<name>.wasm`, the build option
+    /// of one filter alone) in a VM of its own.
+    pub fn wasm_alone(mut self, name: &str, configuration: &Value) -> Self {
         self.filters.push(wasm_filter(name, &wasm_path(name), configuration));
         self
     }

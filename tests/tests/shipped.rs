@@ -101,6 +101,41 @@ fn the_embedded_default_gateway_serves_the_readme_demo() {
 }
 
 #[test]
+fn the_embedded_gateway_runs_its_five_filters_in_one_vm_per_worker() {
+    let shipped = Shipped::start(None);
+    let r = get("/hello").send(shipped.gw.addr);
+    assert_eq!(r.status, 401, "{}", r.text());
+    let one = shipped.gw.stat("wasm.wasm_vm_count").expect("Envoy counts its wasm VMs");
+    drop(shipped);
+    // The same gateway with each filter from its own module, in a VM of its own.
+    let apart = Shipped::start_edited(None, |config| {
+        // Each entry's vm_id line comes before its module's file name.
+        let mut filters = ["auth", "rate-limit", "header-routing", "body-transform", "cache"].iter();
+        let mut current = None;
+        let mut out = String::new();
+        for line in config.split_inclusive('\n') {
+            if line.trim_start().starts_with("vm_id: portico") {
+                current = filters.next();
+                let f = current.expect("five Portico entries");
+                out.push_str(&line.replace("vm_id: portico", &format!("vm_id: portico-{f}")));
+            } else if line.contains("/dist/portico.wasm") {
+                let f = current.take().expect("a vm_id before each module");
+                out.push_str(&line.replace("/dist/portico.wasm", &format!("/dist/{f}.wasm")));
+            } else {
+                out.push_str(line);
+            }
+        }
+        assert_eq!(filters.next(), None, "every Portico entry rewritten");
+        out
+    });
+    check_demo(apart.gw.addr);
+    apart.gw.assert_no_wasm_panic();
+    let five = apart.gw.stat("wasm.wasm_vm_count").expect("Envoy counts its wasm VMs");
+    assert!(one > 0);
+    assert_eq!(one * 5, five, "one module and one vm_id: a fifth of the VMs");
+}
+
+#[test]
 fn the_readme_shows_the_demo_credentials_that_work() {
     let readme = fs::read_to_string(root().join("README.md")).unwrap();
     for key in ["PORTICO_DEMO_KEY", "PORTICO_DEMO_TOKEN"] {
