@@ -19,7 +19,6 @@ use std::time::SystemTime;
 
 use crate::clock::unix_millis;
 use crate::config::{Errors, Object};
-use crate::response::{ClientApi, ErrorResponse};
 
 /// The most lines per second a filter may be configured to write per worker.
 pub const MAX_PER_SECOND: u64 = 10_000;
@@ -176,48 +175,6 @@ impl Refusals {
         out
     }
 
-    /// The level refusal lines are written at, or `None` when they are off.
-    fn refusal_level(&self) -> Option<log::Level> {
-        match self.policy.level {
-            Level::Info => Some(log::Level::Info),
-            Level::Debug => Some(log::Level::Debug),
-            Level::Off => None,
-        }
-    }
-
-    /// Answers the request with `response` in `api`'s shape and logs the refusal as
-    /// `<filter>: <status> <code> <context>`, within the configured rate.
-    pub fn refuse(&self, response: &ErrorResponse, api: ClientApi, now: SystemTime, context: fmt::Arguments<'_>) {
-        if let Some(level) = self.refusal_level() {
-            let lines = self.lines(unix_millis(now), level, || {
-                format!("{} {} {context}", response.status, response.code)
-            });
-            for (level, line) in lines {
-                log::log!(level, "{line}");
-            }
-        }
-        self.answer(response, api);
-    }
-
-    /// Answers the request with `response` in `api`'s shape, without a log line (for replies
-    /// the caller has logged otherwise, such as a backend's bad answer).
-    pub fn answer(&self, response: &ErrorResponse, api: ClientApi) {
-        let details = format!("{}.{}", self.filter, response.code);
-        let status = host::send_local_response(
-            response.status,
-            &details,
-            &response.header_pairs(),
-            &response.body_for(api),
-        );
-        if let Err(status) = status {
-            log::error!(
-                "{}: could not send the {} reply: host status {status}",
-                self.filter,
-                response.code
-            );
-        }
-    }
-
     /// Logs a warning about something other than the client (a backend's bad answer) through
     /// the same per-worker budget, whatever the refusal level: a broken backend must not flood
     /// the log either.
@@ -255,63 +212,6 @@ pub fn serialize_headers(pairs: &[(&str, &str)]) -> Vec<u8> {
         out.push(0);
     }
     out
-}
-
-#[cfg(target_arch = "wasm32")]
-#[allow(unsafe_code)]
-mod host {
-    #[link(wasm_import_module = "env")]
-    #[allow(clashing_extern_declarations)]
-    extern "C" {
-        fn proxy_send_local_response(
-            status_code: u32,
-            status_code_details_data: *const u8,
-            status_code_details_size: usize,
-            body_data: *const u8,
-            body_size: usize,
-            headers_data: *const u8,
-            headers_size: usize,
-            grpc_status: i32,
-        ) -> u32;
-    }
-
-    /// Sends a local reply; `Err` carries the host's status.
-    pub(super) fn send_local_response(
-        status: u32,
-        details: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> Result<(), u32> {
-        let headers = super::serialize_headers(headers);
-        // SAFETY: every pointer is to a live slice for the duration of the call, and the host
-        // copies what it needs; -1 means "not a gRPC reply".
-        let status = unsafe {
-            proxy_send_local_response(
-                status,
-                details.as_ptr(),
-                details.len(),
-                body.as_ptr(),
-                body.len(),
-                headers.as_ptr(),
-                headers.len(),
-                -1,
-            )
-        };
-        if status == 0 {
-            Ok(())
-        } else {
-            Err(status)
-        }
-    }
-}
-
-/// Off wasm there is no host to answer: native builds compile the filters' shells but never
-/// run them.
-#[cfg(not(target_arch = "wasm32"))]
-mod host {
-    pub(super) fn send_local_response(_: u32, _: &str, _: &[(&str, &str)], _: &[u8]) -> Result<(), u32> {
-        Err(u32::MAX)
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Metrics through the host, shown at Envoy's `/stats/prometheus`: the host side of
-//! `portico_core::metrics`, taking the host as an [`Env`] so shells can be tested on the mock.
+//! Metrics through the host, shown at Envoy's `/stats/prometheus`, taking the host as an
+//! [`Env`] so shells can be tested on the mock (series names come from
+//! `portico_core::analytics::series`).
 //!
 //! A metric that cannot be defined or updated only loses a count; it never affects a request.
 //! A labelled [`Family`] defines series on first use and caps how many one VM creates: label
