@@ -105,7 +105,10 @@ fn the_embedded_gateway_runs_its_five_filters_in_one_vm_per_worker() {
     let shipped = Shipped::start(None);
     let r = get("/hello").send(shipped.gw.addr);
     assert_eq!(r.status, 401, "{}", r.text());
-    let one = shipped.gw.stat("wasm.wasm_vm_count").expect("Envoy counts its wasm VMs");
+    let one = shipped
+        .gw
+        .stat("wasm.wasm_vm_count")
+        .expect("Envoy counts its wasm VMs");
     drop(shipped);
     // The same gateway with each filter from its own module, in a VM of its own.
     let apart = Shipped::start_edited(None, |config| {
