@@ -4,7 +4,7 @@
 
 use std::rc::Rc;
 
-use portico_core::request::{cookie_values, query_values, RequestView};
+use portico_core::request::{cookie_values, query_values, RequestSource};
 use portico_core::secret::constant_time_eq;
 
 use crate::cache::TokenCache;
@@ -213,7 +213,7 @@ impl Authenticator {
     // === The decision ===
 
     /// Decides a request at `now` (Unix seconds).
-    pub fn decide(&mut self, request: &RequestView, now: u64) -> Decision {
+    pub fn decide(&mut self, request: &dyn RequestSource, now: u64) -> Decision {
         let config = Rc::clone(&self.config);
         let rule = config.routes.find(request).map_or(&config.default_rule, |m| m.rule);
         // Every credential of every kind, when stripping or the route needs them all; read once.
@@ -390,7 +390,7 @@ fn strip_locations(config: &Config, everything: &[Found]) -> Vec<Location> {
 }
 
 /// Every credential the request carries in a place the route's accepted kinds look at.
-fn collect(config: &Config, accept: Accept, request: &RequestView) -> Vec<Found> {
+fn collect(config: &Config, accept: Accept, request: &dyn RequestSource) -> Vec<Found> {
     let jwt_sources = config
         .jwt
         .as_ref()
@@ -412,6 +412,7 @@ fn collect(config: &Config, accept: Accept, request: &RequestView) -> Vec<Found>
         // contains one: each comma-separated part is a credential of its own.
         let parts = request
             .headers_named("authorization")
+            .into_iter()
             .flat_map(|value| value.split(|b| *b == b','));
         for part in parts {
             let Some(token) = bearer_token(part.trim_ascii()) else {
@@ -455,7 +456,7 @@ fn collect(config: &Config, accept: Accept, request: &RequestView) -> Vec<Found>
                     }
                 }
                 TokenSource::Cookie(name) => {
-                    for value in cookie_values(request.headers_named("cookie"), name) {
+                    for value in cookie_values(request.headers_named("cookie").into_iter(), name) {
                         found.push(Found {
                             kind,
                             value: std::str::from_utf8(value).ok().map(str::to_owned),

@@ -17,7 +17,7 @@ use portico_core::clock::unix_seconds;
 use portico_core::config::Errors;
 use portico_core::identity::{CONSUMER_HEADER, TIER_HEADER};
 use portico_core::refusal::RefusalLog;
-use portico_core::request::{remove_cookie, remove_query_param, RequestView};
+use portico_core::request::{remove_cookie, remove_query_param, RequestSource};
 use portico_core::response::ClientApi;
 use portico_host::metrics::{Counter, Family};
 use portico_host::{CallResponse, Effects, Env, Filter, HeadersFlow, HttpCall, HttpFilter, RequestHeaders, RootHost};
@@ -224,15 +224,17 @@ pub struct AuthHttp {
 impl HttpFilter for AuthHttp {
     fn request_headers(&mut self, headers: &RequestHeaders<'_>, fx: &mut Effects) -> HeadersFlow {
         let env = headers.env();
-        // The decision looks at headers named by configuration and at every value of repeated
-        // ones (`authorization`, `cookie`): one read of the whole map.
-        let request = RequestView::new(headers.all().to_vec());
+        // The decision looks at every value of repeated headers (`authorization`, `cookie`), and
+        // every request is checked for client-sent identity headers: one read of the whole map
+        // answers all of them, where reading name by name would cost a host call each.
+        let _ = headers.all();
+        let request: &dyn RequestSource = headers;
         let now = unix_seconds(env.now());
         let (decision, config) = match self.auth.try_borrow_mut() {
-            Ok(mut auth) => (auth.decide(&request, now), Rc::clone(auth.config())),
+            Ok(mut auth) => (auth.decide(request, now), Rc::clone(auth.config())),
             Err(_) => {
                 error!("{NAME}: authenticator busy (re-entrant call); refusing the request");
-                self.deny(&env, fx, Reason::Internal, &[], "portico", &request);
+                self.deny(&env, fx, Reason::Internal, &[], "portico", request);
                 return HeadersFlow::Continue;
             }
         };
@@ -257,11 +259,11 @@ impl HttpFilter for AuthHttp {
                         fx.set_request_header(name.clone(), value);
                     }
                 }
-                strip_credentials(&strip, &request, fx);
+                strip_credentials(&strip, request, fx);
                 self.metrics.count(&env, "allowed", "none", tier);
             }
             Decision::Deny { reason, scopes } => {
-                self.deny(&env, fx, reason, &scopes, &config.realm, &request);
+                self.deny(&env, fx, reason, &scopes, &config.realm, request);
             }
         }
         HeadersFlow::Continue
@@ -276,7 +278,7 @@ impl AuthHttp {
         reason: Reason,
         scopes: &[String],
         realm: &str,
-        request: &RequestView,
+        request: &dyn RequestSource,
     ) {
         let response = reason.response(realm, scopes);
         self.metrics.count(env, "denied", reason.code(), "none");
@@ -291,7 +293,7 @@ impl AuthHttp {
 
 /// Records the removal of the credentials found at `locations`: their headers, their query
 /// parameters (one new `:path`) and their cookies (one new `cookie` header, or none).
-fn strip_credentials(locations: &[Location], request: &RequestView, fx: &mut Effects) {
+fn strip_credentials(locations: &[Location], request: &dyn RequestSource, fx: &mut Effects) {
     let mut path: Option<String> = None;
     let mut cookies: Option<Option<Vec<u8>>> = None;
     for location in locations {
@@ -305,7 +307,7 @@ fn strip_credentials(locations: &[Location], request: &RequestView, fx: &mut Eff
             Location::Cookie(name) => {
                 let current = match &cookies {
                     Some(current) => current.clone().unwrap_or_default(),
-                    None => request.headers_named("cookie").collect::<Vec<_>>().join(&b"; "[..]),
+                    None => request.headers_named("cookie").join(&b"; "[..]),
                 };
                 cookies = Some(remove_cookie(&current, name));
             }

@@ -15,7 +15,7 @@ use portico_core::analytics::{state, BackendUsage, CACHE_HEADER};
 use portico_core::clock::unix_seconds;
 use portico_core::config::Errors;
 use portico_core::refusal::{RefusalLog, Refusals};
-use portico_core::request::RequestView;
+use portico_core::request::RequestSource;
 use portico_core::response::{ClientApi, ErrorResponse};
 use portico_core::sse::is_event_stream;
 use portico_host::effects::{Direction as Side, Name};
@@ -170,9 +170,10 @@ impl BodyTransformHttp {
 impl HttpFilter for BodyTransformHttp {
     fn request_headers(&mut self, headers: &RequestHeaders<'_>, fx: &mut Effects) -> HeadersFlow {
         let env = headers.env();
-        // Route matching and header operations may read any header: one read of the map.
-        let view = RequestView::new(headers.all().to_vec());
-        let Some(matched) = self.shared.config.routes.find(&view) else {
+        // Route matching reads `:method` and `:path` (and `:authority` for rules with hosts);
+        // the matched rule's header operations read the names they mention.
+        let view: &dyn RequestSource = headers;
+        let Some(matched) = self.shared.config.routes.find(view) else {
             return HeadersFlow::Continue;
         };
         let rule = matched.rule;
@@ -747,9 +748,9 @@ mod tests {
         whole.log();
         let whole = whole.counts();
         println!("body-transform host calls: translated, answer read whole {whole}");
-        // The map; the reserved tokens; :path, client API state, content-type,
-        // anthropic-version; content-length.
-        assert_eq!(whole.request_headers, 7, "{whole}");
+        // :path and the backend format (read by name, not the whole map); the reserved
+        // tokens; :path, client API state, content-type, anthropic-version; content-length.
+        assert_eq!(whole.request_headers, 8, "{whole}");
         // The body once complete (the first chunk is only buffered), the replacement, the metric.
         assert_eq!(whole.request_body, 3, "{whole}");
         // The details property; x-portico-cache, :status and content-type; content-length
@@ -784,6 +785,28 @@ mod tests {
         assert_eq!(stream.response_headers, 6, "{stream}");
         // Each chunk replaced, each non-empty one read; the usage state at the end.
         assert_eq!(stream.response_body, 8, "{stream}");
-        assert_eq!((whole.total(), stream.total()), (20, 24));
+        assert_eq!((whole.total(), stream.total()), (21, 25));
+    }
+
+    /// A request no rule matches costs one host call (its `:path`) and changes nothing.
+    #[test]
+    fn an_unmatched_route_reads_only_its_path() {
+        let envoy = translating(true);
+        let mut s = envoy.stream();
+        let get = [
+            (":method", "GET"),
+            (":path", "/hello"),
+            ("x-portico-backend-format", "anthropic"),
+        ];
+        assert_eq!(s.request_headers(&get, false), Action::Continue);
+        assert_eq!(s.request_body(b"{}", true), Action::Continue);
+        assert_eq!(s.response_headers(&[(":status", "200")], false), Action::Continue);
+        assert_eq!(s.response_body(b"{}", true), Action::Continue);
+        s.log();
+        let counts = s.counts();
+        println!("body-transform host calls: unmatched route {counts}");
+        assert_eq!(counts.request_headers, 1, "{counts}");
+        assert_eq!(counts.total(), 1, "{counts}");
+        assert_eq!(envoy.host().mutations(), vec![]);
     }
 }

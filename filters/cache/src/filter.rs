@@ -12,7 +12,7 @@ use portico_core::analytics::{state, CACHE_HEADER};
 use portico_core::clock::unix_millis;
 use portico_core::config::Errors;
 use portico_core::refusal::{RefusalLog, Refusals};
-use portico_core::request::RequestView;
+use portico_core::request::RequestSource;
 use portico_host::effects::Name;
 use portico_host::metrics::{Counter, Family, Gauge};
 use portico_host::{
@@ -198,13 +198,17 @@ impl CacheHttp {
 
 impl HttpFilter for CacheHttp {
     fn request_headers(&mut self, headers: &RequestHeaders<'_>, fx: &mut Effects) -> HeadersFlow {
-        // Route matching and the key read several headers, some named by configuration: one
-        // read of the whole map.
-        let request = RequestView::new(headers.all().to_vec());
-        let Some(pending) = Pending::read(&self.shared.config, &request) else {
+        // Route matching reads `:path`, and `:method` or `:authority` only for rules that name
+        // them: a request on a route this filter does not cache costs nothing more.
+        let request: &dyn RequestSource = headers;
+        let config = &self.shared.config;
+        let Some(matched) = config.routes.find(request) else {
             return HeadersFlow::Continue;
         };
-        if flow::strips_accept_encoding(&request) {
+        // The key and the policy read about eight headers: one read of the whole map.
+        let _ = headers.all();
+        let pending = Pending::for_rule(config, matched.index, matched.rule, request);
+        if flow::strips_accept_encoding(request) {
             fx.remove_request_header("accept-encoding");
         }
         if headers.end_of_stream() {
@@ -631,8 +635,9 @@ mod tests {
         assert_eq!(action, Action::Pause);
         let (miss, hit) = (miss.counts(), hit.counts());
         println!("cache host calls: miss+store {miss}; hit {hit}");
-        // The map once, accept-encoding removed.
-        assert_eq!(miss.request_headers, 2, "{miss}");
+        // :path for the lookup, then the map once (the key reads about eight names),
+        // accept-encoding removed.
+        assert_eq!(miss.request_headers, 3, "{miss}");
         // The body, the clock, both candidate slots read, the metric, the state.
         assert_eq!(miss.request_body, 6, "{miss}");
         // The whole map (the answer's headers are kept), the verdict header.
@@ -643,9 +648,30 @@ mod tests {
         // (two candidate slots read, the usage read and reserved with CAS, the slot written),
         // the metric, the usage read, two gauges. No eviction: no eviction count.
         assert_eq!(miss.log, 13, "{miss}");
-        assert_eq!(hit.request_headers, 2, "{hit}");
+        assert_eq!(hit.request_headers, 3, "{hit}");
         // The body, the clock, the candidate slot that holds it, the metric, the state, the reply.
         assert_eq!(hit.request_body, 6, "{hit}");
-        assert_eq!(hit.total(), 8, "{hit}");
+        assert_eq!(hit.total(), 9, "{hit}");
+    }
+
+    /// A request no rule matches costs its `:path` and, on the response, the removal of an
+    /// upstream's claim to be a cache hit (rate-limit trusts the header).
+    #[test]
+    fn an_unmatched_route_reads_only_its_path() {
+        let envoy = chat_cache();
+        let mut s = envoy.stream();
+        assert_eq!(
+            s.request_headers(&[(":method", "POST"), (":path", "/v1/embeddings")], false),
+            Action::Continue
+        );
+        assert_eq!(s.request_body(BODY.as_bytes(), true), Action::Continue);
+        assert_eq!(s.response_headers(UPSTREAM_OK, false), Action::Continue);
+        assert_eq!(s.response_body(ANSWER.as_bytes(), true), Action::Continue);
+        s.log();
+        let counts = s.counts();
+        println!("cache host calls: unmatched route {counts}");
+        assert_eq!(counts.request_headers, 1, "{counts}");
+        assert_eq!(counts.response_headers, 1, "{counts}");
+        assert_eq!(counts.total(), 2, "{counts}");
     }
 }

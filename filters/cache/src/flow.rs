@@ -17,10 +17,10 @@
 //! `portico_bad_upstream` state), and only what the client got may be replayed.
 
 use portico_core::identity::{CONSUMER_HEADER, TIER_HEADER};
-use portico_core::request::RequestView;
+use portico_core::request::RequestSource;
 
 use crate::answer::{self, Api, Unfit};
-use crate::config::{Config, Scope};
+use crate::config::{Config, Rule, Scope};
 use crate::entry::Entry;
 use crate::key::{self, Body, Key, Parts};
 use crate::policy::{self, Directive, Verdict};
@@ -70,11 +70,15 @@ pub struct Pending {
 
 impl Pending {
     /// What a request on a cached route needs kept; `None` when no rule matches it.
-    pub fn read(config: &Config, request: &RequestView) -> Option<Pending> {
+    pub fn read(config: &Config, request: &dyn RequestSource) -> Option<Pending> {
         let matched = config.routes.find(request)?;
-        let rule = matched.rule;
-        Some(Pending {
-            rule: matched.index,
+        Some(Self::for_rule(config, matched.index, matched.rule, request))
+    }
+
+    /// What a request that matched rule `index` needs kept.
+    pub fn for_rule(config: &Config, index: usize, rule: &Rule, request: &dyn RequestSource) -> Pending {
+        Pending {
+            rule: index,
             scope: scope_value(rule.scope, request).to_owned(),
             method: request.method().to_owned(),
             path: request.path_and_query().to_owned(),
@@ -87,12 +91,12 @@ impl Pending {
                 .collect(),
             directive: policy::directive(request.header_str("cache-control"), request.header_str("pragma")),
             opted_in: policy::opted_in(request.header(&rule.opt_in_header)),
-        })
+        }
     }
 }
 
 /// The scope value of a request; requests without an identity share the anonymous scope.
-fn scope_value(scope: Scope, request: &RequestView) -> &str {
+fn scope_value(scope: Scope, request: &dyn RequestSource) -> &str {
     let header = match scope {
         Scope::Consumer => CONSUMER_HEADER,
         Scope::Tier => TIER_HEADER,
@@ -104,7 +108,7 @@ fn scope_value(scope: Scope, request: &RequestView) -> &str {
 /// A stored answer must be read to be checked, and replayed to clients that may not accept
 /// the encoding the first one did: a cached route asks the upstream for an uncompressed
 /// answer by dropping the client's `accept-encoding`.
-pub fn strips_accept_encoding(request: &RequestView) -> bool {
+pub fn strips_accept_encoding(request: &dyn RequestSource) -> bool {
     request.header("accept-encoding").is_some()
 }
 
@@ -354,6 +358,7 @@ impl Phase {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portico_core::request::RequestView;
     use serde_json::json;
 
     const CHAT: &str = r#"{"id":"c","choices":[{"index":0,"message":{"role":"assistant","content":"4"}}]}"#;

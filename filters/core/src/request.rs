@@ -1,10 +1,63 @@
-//! A read-only view of a request's headers, taken from the host in one call.
+//! What a decision reads of a request: the [`RequestSource`] trait, so that a shell passes the
+//! host's lazy header view and a decision reads only the names it needs (route matching reads
+//! `:method` and `:path`, and `:authority` only for rules that list hosts), and
+//! [`RequestView`], an owned map for tests, benches and `portico check`.
 //!
 //! Header values are kept as bytes: Envoy passes through values with bytes above 0x7f, and the
 //! SDK's string accessors panic on them. Everything here treats such a value as data, never as
 //! a reason to fail.
 
-/// Request headers as the host returned them (names lower-case, pseudo-headers included).
+/// A request's headers as a decision reads them. Names are lower-case (Envoy keeps them so).
+pub trait RequestSource {
+    /// The first value of header `name`.
+    fn header(&self, name: &str) -> Option<&[u8]>;
+
+    /// Every value of header `name`, in order. A host source reads the whole map for this
+    /// (the host answers one value per name): keep it to headers that may repeat.
+    fn headers_named(&self, name: &str) -> Vec<&[u8]>;
+
+    /// The first value of header `name` when it is valid UTF-8.
+    fn header_str(&self, name: &str) -> Option<&str> {
+        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    fn method(&self) -> &str {
+        self.header_str(":method").unwrap_or("")
+    }
+
+    /// The full `:path`, query string included.
+    fn path_and_query(&self) -> &str {
+        self.header_str(":path").unwrap_or("")
+    }
+
+    /// The path without its query string.
+    fn path(&self) -> &str {
+        let full = self.path_and_query();
+        full.split_once('?').map_or(full, |(path, _)| path)
+    }
+
+    /// The query string without `?`, if any.
+    fn query(&self) -> Option<&str> {
+        self.path_and_query().split_once('?').map(|(_, q)| q)
+    }
+
+    /// The host from `:authority` (or `host`), as [`normalize_host`] gives it.
+    fn host(&self) -> String {
+        let raw = self
+            .header_str(":authority")
+            .or_else(|| self.header_str("host"))
+            .unwrap_or("");
+        normalize_host(raw)
+    }
+}
+
+impl std::fmt::Debug for dyn RequestSource + '_ {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RequestSource({} {})", self.method(), self.path())
+    }
+}
+
+/// Request headers held in memory (names lower-case, pseudo-headers included).
 #[derive(Debug, Clone, Default)]
 pub struct RequestView {
     headers: Vec<(String, Vec<u8>)>,
@@ -14,52 +67,19 @@ impl RequestView {
     pub fn new(headers: Vec<(String, Vec<u8>)>) -> Self {
         Self { headers }
     }
+}
 
-    /// The first value of header `name` (lower-case).
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
+impl RequestSource for RequestView {
+    fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
     }
 
-    /// The first value of header `name` when it is valid UTF-8.
-    pub fn header_str(&self, name: &str) -> Option<&str> {
-        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
-    }
-
-    /// Every value of header `name`, in order.
-    pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    fn headers_named(&self, name: &str) -> Vec<&[u8]> {
         self.headers
             .iter()
-            .filter(move |(n, _)| n == name)
+            .filter(|(n, _)| n == name)
             .map(|(_, v)| v.as_slice())
-    }
-
-    pub fn method(&self) -> &str {
-        self.header_str(":method").unwrap_or("")
-    }
-
-    /// The full `:path`, query string included.
-    pub fn path_and_query(&self) -> &str {
-        self.header_str(":path").unwrap_or("")
-    }
-
-    /// The path without its query string.
-    pub fn path(&self) -> &str {
-        let full = self.path_and_query();
-        full.split_once('?').map_or(full, |(path, _)| path)
-    }
-
-    /// The query string without `?`, if any.
-    pub fn query(&self) -> Option<&str> {
-        self.path_and_query().split_once('?').map(|(_, q)| q)
-    }
-
-    /// The host from `:authority` (or `host`), as [`normalize_host`] gives it.
-    pub fn host(&self) -> String {
-        let raw = self
-            .header_str(":authority")
-            .or_else(|| self.header_str("host"))
-            .unwrap_or("");
-        normalize_host(raw)
+            .collect()
     }
 }
 

@@ -25,7 +25,9 @@ use std::collections::BTreeMap;
 use matchit::Router;
 
 use crate::config::{Errors, Node, Object};
-use crate::request::{normalize_host, RequestView};
+#[cfg(test)]
+use crate::request::RequestView;
+use crate::request::{normalize_host, RequestSource};
 
 /// The conditions of one rule, as configured under `match`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -99,10 +101,20 @@ impl RouteMatch {
         meet(&self.methods, &other.methods) && meet(&self.hosts, &other.hosts)
     }
 
-    /// `host` is computed only for rules that list hosts: most do not, and it allocates.
-    fn accepts(&self, method: &str, host: &mut Option<String>, request: &RequestView) -> bool {
-        if !self.methods.is_empty() && !self.methods.iter().any(|m| m == method) {
-            return false;
+    /// `method` is read only for rules that list methods and `host` only for rules that list
+    /// hosts: each is one host call when the request is the host's lazy view, and the host
+    /// allocates. Both are kept for the next rule.
+    fn accepts<'r>(
+        &self,
+        method: &mut Option<&'r str>,
+        host: &mut Option<String>,
+        request: &'r dyn RequestSource,
+    ) -> bool {
+        if !self.methods.is_empty() {
+            let method = *method.get_or_insert_with(|| request.method());
+            if !self.methods.iter().any(|m| m == method) {
+                return false;
+            }
         }
         if self.hosts.is_empty() {
             return true;
@@ -345,14 +357,15 @@ impl<T> RouteTable<T> {
     }
 
     /// The first rule that matches the request, per the module's semantics.
-    pub fn find(&self, request: &RequestView) -> Option<Matched<'_, T>> {
-        let method = request.method();
+    /// Reads `:path`, then `:method` and `:authority` only if a rule that could match needs them.
+    pub fn find(&self, request: &dyn RequestSource) -> Option<Matched<'_, T>> {
+        let mut method = None;
         let mut host = None;
         let path = matching_path(request.path());
         let mut first = |indexes: &[usize]| {
             indexes.iter().find_map(|&index| {
                 let (m, rule) = self.rules.get(index)?;
-                m.accepts(method, &mut host, request).then_some(Matched {
+                m.accepts(&mut method, &mut host, request).then_some(Matched {
                     index,
                     rule,
                     pattern: m.path.as_deref(),
@@ -398,14 +411,14 @@ impl Matcher {
         Matcher(RouteTable::build(vec![(m, ())], |_| path.to_owned(), errors))
     }
 
-    pub fn matches(&self, request: &RequestView) -> bool {
+    pub fn matches(&self, request: &dyn RequestSource) -> bool {
         self.0.find(request).is_some()
     }
 
     /// The captured path parameters (`{id}`, `{*rest}`) when the request matches.
-    pub fn capture(&self, request: &RequestView) -> Option<Vec<(String, String)>> {
+    pub fn capture(&self, request: &dyn RequestSource) -> Option<Vec<(String, String)>> {
         let (m, _) = self.0.rules.first()?;
-        if !m.accepts(request.method(), &mut None, request) {
+        if !m.accepts(&mut None, &mut None, request) {
             return None;
         }
         if m.path.is_none() {
@@ -490,6 +503,51 @@ mod tests {
 
     fn found(t: &RouteTable<&'static str>, method: &str, path: &str, host: &str) -> Option<&'static str> {
         t.find(&req(method, path, host)).map(|m| *m.rule)
+    }
+
+    /// A request that records the header names a lookup reads.
+    struct Recording {
+        view: RequestView,
+        read: std::cell::RefCell<Vec<String>>,
+    }
+
+    impl RequestSource for Recording {
+        fn header(&self, name: &str) -> Option<&[u8]> {
+            self.read.borrow_mut().push(name.to_owned());
+            self.view.header(name)
+        }
+
+        fn headers_named(&self, name: &str) -> Vec<&[u8]> {
+            self.read.borrow_mut().push(name.to_owned());
+            self.view.headers_named(name)
+        }
+    }
+
+    #[test]
+    fn a_lookup_reads_the_method_and_host_only_for_rules_that_name_them() {
+        let t = table(json!([
+            {"path": "/a", "methods": ["GET"]},
+            {"path": "/b/{*rest}"},
+            {"path": "/c", "hosts": ["x.test"]},
+        ]));
+        let read = |method: &str, path: &str| {
+            let request = Recording {
+                view: req(method, path, "x.test"),
+                read: Default::default(),
+            };
+            let found = t.find(&request).map(|m| *m.rule);
+            (found, request.read.into_inner())
+        };
+        assert_eq!(read("GET", "/b/1"), (Some("r1"), vec![":path".to_owned()]));
+        assert_eq!(read("GET", "/nowhere"), (None, vec![":path".to_owned()]));
+        assert_eq!(
+            read("POST", "/a"),
+            (None, vec![":path".to_owned(), ":method".to_owned()])
+        );
+        assert_eq!(
+            read("GET", "/c"),
+            (Some("r2"), vec![":path".to_owned(), ":authority".to_owned()])
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::SystemTime;
 
 use portico_core::analytics::outcome;
 use portico_core::clock::unix_nanos;
-use portico_core::request::RequestView;
+use portico_core::request::RequestSource;
 
 use crate::config::Config;
 use crate::decide;
@@ -34,7 +34,7 @@ impl Labels {
     /// route it falls under, `none` when no route matches; backend and variant `none`.
     /// `tier` is auth's filter state (set only for an authenticated request), `model` the
     /// lifted body field.
-    pub fn unrouted(config: &Config, view: &RequestView, tier: Option<String>, model: Option<String>) -> Self {
+    pub fn unrouted(config: &Config, view: &dyn RequestSource, tier: Option<String>, model: Option<String>) -> Self {
         Self {
             route: decide::route_of(config, view).map_or_else(|| "none".to_owned(), |r| r.name.clone()),
             tier: tier.unwrap_or_default(),
@@ -92,6 +92,7 @@ pub fn elapsed_ms(request_time: Option<&[u8]>, now: SystemTime) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portico_core::request::RequestView;
     use std::time::{Duration, UNIX_EPOCH};
 
     fn config() -> Config {

@@ -3,7 +3,7 @@
 
 use portico_core::identity::{CONSUMER_HEADER, TIER_HEADER};
 use portico_core::media;
-use portico_core::request::{cookie_values, RequestView};
+use portico_core::request::{cookie_values, RequestSource};
 use portico_core::response::{ErrorResponse, ErrorType};
 
 use crate::config::{Action, Config, HeaderCondition, Route, Split, StickyKey, Target, TierPolicy};
@@ -11,7 +11,7 @@ use crate::config::{Action, Config, HeaderCondition, Route, Split, StickyKey, Ta
 /// What the shell gathered for a decision.
 #[derive(Debug)]
 pub struct Inputs<'a> {
-    pub view: &'a RequestView,
+    pub view: &'a dyn RequestSource,
     /// `model` lifted from the JSON body by `json_to_metadata`.
     pub model: Option<&'a str>,
     /// `json_to_metadata` found a body that is not JSON.
@@ -54,11 +54,11 @@ pub fn bucket(seed: &str, key: &str) -> u32 {
     u32::try_from(u64::from_le_bytes(b) % 10_000).unwrap_or(0)
 }
 
-fn sticky_value<'a>(key: &StickyKey, view: &'a RequestView) -> &'a str {
+fn sticky_value<'a>(key: &StickyKey, view: &'a dyn RequestSource) -> &'a str {
     match key {
         StickyKey::Consumer => view.header_str(CONSUMER_HEADER),
         StickyKey::Header(name) => view.header_str(name),
-        StickyKey::Cookie(name) => cookie_values(view.headers_named("cookie"), name)
+        StickyKey::Cookie(name) => cookie_values(view.headers_named("cookie").into_iter(), name)
             .first()
             .and_then(|v| std::str::from_utf8(v).ok()),
     }
@@ -66,7 +66,7 @@ fn sticky_value<'a>(key: &StickyKey, view: &'a RequestView) -> &'a str {
 }
 
 /// The flags that are on for this request.
-pub fn flags_on(config: &Config, view: &RequestView) -> Vec<String> {
+pub fn flags_on(config: &Config, view: &dyn RequestSource) -> Vec<String> {
     let consumer = view.header_str(CONSUMER_HEADER);
     let tier = view.header_str(TIER_HEADER);
     config
@@ -81,7 +81,7 @@ pub fn flags_on(config: &Config, view: &RequestView) -> Vec<String> {
         .collect()
 }
 
-fn conditions_hold(route: &Route, view: &RequestView, flags: &[String]) -> bool {
+fn conditions_hold(route: &Route, view: &dyn RequestSource, flags: &[String]) -> bool {
     let tier_ok = route.tiers.is_empty()
         || view
             .header_str(TIER_HEADER)
@@ -101,7 +101,7 @@ fn conditions_hold(route: &Route, view: &RequestView, flags: &[String]) -> bool 
 }
 
 /// The variant for this request: a tester's override when allowed, else the sticky bucket.
-fn choose<'s>(split: &'s Split, seed: &str, view: &RequestView) -> Option<&'s crate::config::Variant> {
+fn choose<'s>(split: &'s Split, seed: &str, view: &dyn RequestSource) -> Option<&'s crate::config::Variant> {
     if let Some(name) = split.override_header.as_ref().and_then(|h| view.header_str(h)) {
         if let Some(v) = split.variants.iter().find(|v| v.name == name) {
             return Some(v);
@@ -112,7 +112,7 @@ fn choose<'s>(split: &'s Split, seed: &str, view: &RequestView) -> Option<&'s cr
 }
 
 /// (backend, variant name, upstream model) for a target.
-fn resolve(target: &Target, seed: &str, view: &RequestView) -> Option<(usize, Option<String>, Option<String>)> {
+fn resolve(target: &Target, seed: &str, view: &dyn RequestSource) -> Option<(usize, Option<String>, Option<String>)> {
     match target {
         Target::Backend { backend, model } => Some((*backend, None, model.clone())),
         Target::Split(split) => choose(split, seed, view).map(|v| (v.backend, Some(v.name.clone()), v.model.clone())),
@@ -129,14 +129,14 @@ fn render_path(template: &str, params: &[(String, String)]) -> String {
     out
 }
 
-fn is_json(view: &RequestView) -> bool {
+fn is_json(view: &dyn RequestSource) -> bool {
     view.header("content-type").is_some_and(media::is_json)
 }
 
 /// The route a request falls under (path, methods, hosts, headers, tiers and flags hold),
 /// whether or not it could be served: how requests refused before routing, or by it, are
 /// labelled in metrics.
-pub fn route_of<'c>(config: &'c Config, view: &RequestView) -> Option<&'c crate::config::Route> {
+pub fn route_of<'c>(config: &'c Config, view: &dyn RequestSource) -> Option<&'c crate::config::Route> {
     let flags = flags_on(config, view);
     config
         .routes

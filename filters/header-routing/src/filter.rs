@@ -12,7 +12,7 @@ use log::error;
 use portico_core::analytics::state;
 use portico_core::config::Errors;
 use portico_core::refusal::RefusalLog;
-use portico_core::request::RequestView;
+use portico_core::request::RequestSource;
 use portico_core::response::ClientApi;
 use portico_core::sse::is_event_stream;
 use portico_host::metrics::Family;
@@ -140,15 +140,25 @@ impl RoutingHttp {
 impl HttpFilter for RoutingHttp {
     fn request_headers(&mut self, headers: &RequestHeaders<'_>, fx: &mut Effects) -> HeadersFlow {
         let env = headers.env();
-        let view = RequestView::new(headers.all().to_vec());
+        // Every request is checked for the four headers this filter owns, besides what its
+        // routes read: one read of the whole map answers them all, where reading name by name
+        // would cost a host call each.
+        let _ = headers.all();
+        let view: &dyn RequestSource = headers;
         self.api = ClientApi::of_path(view.path());
-        let model = self.lifted(&env, "model").and_then(|m| String::from_utf8(m).ok());
-        let json_error = self.model_routes && self.lifted(&env, "json_error").is_some();
+        // Lifted body fields exist only when a body follows (json_to_metadata reads it first).
+        let body_follows = !headers.end_of_stream();
+        let model = if body_follows {
+            self.lifted(&env, "model").and_then(|m| String::from_utf8(m).ok())
+        } else {
+            None
+        };
+        let json_error = self.model_routes && body_follows && self.lifted(&env, "json_error").is_some();
         let lifted = Lifted {
             model: model.as_deref(),
             json_error,
         };
-        self.routing = shape::route(&self.config, &view, lifted, fx);
+        self.routing = shape::route(&self.config, view, lifted, fx);
         HeadersFlow::Continue
     }
 
@@ -205,9 +215,8 @@ impl HttpFilter for RoutingHttp {
         let labels = match self.routing.take() {
             Some(routing) => routing.labels,
             None => {
-                let view = RequestView::new(exchange.request().all().to_vec());
                 let model = self.lifted(&env, "model").and_then(|m| String::from_utf8(m).ok());
-                Labels::unrouted(&self.config, &view, Self::state(&env, state::TIER), model)
+                Labels::unrouted(&self.config, exchange.request(), Self::state(&env, state::TIER), model)
             }
         };
         self.metrics.requests.add(&env, &labels.requests(status), 1);

@@ -6,7 +6,7 @@
 
 use portico_core::analytics::state;
 use portico_core::identity::TIER_HEADER;
-use portico_core::request::RequestView;
+use portico_core::request::RequestSource;
 use portico_core::response::{ClientApi, ErrorResponse, ErrorType};
 use portico_host::Effects;
 
@@ -55,7 +55,7 @@ pub fn owned_headers(config: &Config) -> [&str; 4] {
 
 /// Routes `view`: records the effects on `fx` and answers what the later callbacks need, or
 /// `None` when the request is refused (the reply is in `fx`).
-pub fn route(config: &Config, view: &RequestView, lifted: Lifted<'_>, fx: &mut Effects) -> Option<Routing> {
+pub fn route(config: &Config, view: &dyn RequestSource, lifted: Lifted<'_>, fx: &mut Effects) -> Option<Routing> {
     let api = ClientApi::of_path(view.path());
     for name in owned_headers(config) {
         if view.header(name).is_some() {
@@ -113,7 +113,7 @@ fn shape(
     config: &Config,
     routed: Routed,
     backend: &Backend,
-    view: &RequestView,
+    view: &dyn RequestSource,
     api: ClientApi,
     lifted_model: Option<&str>,
     fx: &mut Effects,

@@ -14,7 +14,7 @@ use portico_core::analytics::{state, CACHE_HEADER};
 use portico_core::clock::unix_nanos;
 use portico_core::config::Errors;
 use portico_core::refusal::{RefusalLog, Refusals};
-use portico_core::request::RequestView;
+use portico_core::request::RequestSource;
 use portico_core::response::ClientApi;
 use portico_core::shared::{update, Change};
 use portico_core::sse::is_event_stream;
@@ -159,6 +159,13 @@ impl Filter for RateLimit {
     }
 }
 
+/// Whether admission let the request through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admitted {
+    Yes,
+    Refused,
+}
+
 // === impl LimitHttp ===
 
 /// One request through rate-limit.
@@ -182,76 +189,30 @@ impl HttpFilter for LimitHttp {
     fn request_headers(&mut self, headers: &RequestHeaders<'_>, fx: &mut Effects) -> HeadersFlow {
         let shared = Rc::clone(&self.shared);
         let config = &*shared.config;
+        // Rules match on the headers they name: each is read once, when a rule asks for it.
+        let view: &dyn RequestSource = headers;
+        let selected = plan::selects_any(config, view);
+        // Lifted body fields exist only when a body follows (json_to_metadata reads it first).
+        let body_follows = !headers.end_of_stream();
+        if !selected && !body_follows {
+            // Nothing to take and no model call to follow: no more host calls.
+            return HeadersFlow::Continue;
+        }
         let env = headers.env();
-        // Rules match on headers named by configuration: one read of the whole map.
-        let view = RequestView::new(headers.all().to_vec());
         self.api = ClientApi::of_path(view.path());
-        let context = || format!("{} {}", view.method(), view.path());
-        let address = if config.needs_client_ip {
-            property(&env, &["source", "address"]).and_then(|a| String::from_utf8(a).ok())
+        if selected && self.admit(headers, &env, fx) == Admitted::Refused {
+            return HeadersFlow::Continue;
+        }
+        let lifted = if body_follows {
+            self.metadata(&env, "model").and_then(|m| String::from_utf8(m).ok())
         } else {
             None
         };
-        let (body_bytes, max_tokens) = if config.quotas.is_empty() {
-            (None, None)
-        } else {
-            let stated = follow::stated_max_tokens(
-                self.metadata(&env, "max_tokens").as_deref(),
-                self.metadata(&env, "max_completion_tokens").as_deref(),
-            );
-            match stated {
-                Ok(max_tokens) => {
-                    let size = property(&env, &["request", "size"]);
-                    (
-                        follow::body_size(size.as_deref(), view.header("content-length")),
-                        max_tokens,
-                    )
-                }
-                Err(response) => {
-                    fx.refuse_with(&response, self.api, context());
-                    return HeadersFlow::Continue;
-                }
-            }
-        };
-        let request = plan::Request {
-            view: &view,
-            client_ip: address.as_deref().map(follow::strip_port),
-            body_bytes,
-            max_tokens,
-        };
-        let now = env.now();
-        let admission = plan::admit(config, &env.shared(), &shared.salt, &request, unix_nanos(now));
-        for (i, event) in &admission.rule_events {
-            let name = config.rules.get(*i).map(|r| r.select.name.as_str());
-            shared.metrics.record(&env, name, "requests", *event);
-            if *event == Event::StoreError {
-                shared.notes.warn(
-                    now,
-                    format_args!("shared data unavailable for rule {:?}", name.unwrap_or("unknown")),
-                );
-            }
-        }
-        self.pending_quota_events = admission.quota_events;
-        if let Some(response) = admission.rejection {
-            self.flush_quota_events(&env);
-            fx.refuse_with(&response, self.api, context());
-            return HeadersFlow::Continue;
-        }
-        self.headers = admission.headers;
-        self.hold = admission.hold;
-        if let Some(output) = self.hold.output_budget() {
-            fx.set_state(state::MAX_OUTPUT_TOKENS, output.to_string());
-        }
-        self.read_request_body = follow::reads_body(&self.hold, headers.end_of_stream());
-        if !self.read_request_body {
-            self.flush_quota_events(&env);
-        }
         // A model call is one whose body named a model (lifted by json_to_metadata) or that
         // reserved tokens; header-routing may later name the upstream model instead.
-        let lifted = self.metadata(&env, "model").and_then(|m| String::from_utf8(m).ok());
         let model_call = lifted.is_some() || !self.hold.reservations().is_empty();
         if model_call {
-            self.labels = Some(Labels::new(&view, lifted, config.per_consumer_metrics));
+            self.labels = Some(Labels::new(view, lifted, config.per_consumer_metrics));
         }
         self.response = Response::new(model_call);
         HeadersFlow::Continue
@@ -359,6 +320,78 @@ impl HttpFilter for LimitHttp {
 
 impl LimitHttp {
     /// A body field `json_to_metadata` lifted into the configured namespace.
+    /// Admission for a request some rule or quota selects: gathers what it needs (the client
+    /// address, stated output budget, body size), takes from shared data, and records the
+    /// answer. Its metrics and warnings are this filter's.
+    fn admit(&mut self, headers: &RequestHeaders<'_>, env: &Env<'_>, fx: &mut Effects) -> Admitted {
+        let shared = Rc::clone(&self.shared);
+        let config = &*shared.config;
+        // Keys, tiers, the body's encoding and length: several names, one read of the map.
+        let _ = headers.all();
+        let view: &dyn RequestSource = headers;
+        let context = || format!("{} {}", view.method(), view.path());
+        let address = if config.needs_client_ip {
+            property(env, &["source", "address"]).and_then(|a| String::from_utf8(a).ok())
+        } else {
+            None
+        };
+        let (body_bytes, max_tokens) = if config.quotas.is_empty() || headers.end_of_stream() {
+            (None, None)
+        } else {
+            let stated = follow::stated_max_tokens(
+                self.metadata(env, "max_tokens").as_deref(),
+                self.metadata(env, "max_completion_tokens").as_deref(),
+            );
+            match stated {
+                Ok(max_tokens) => {
+                    let size = property(env, &["request", "size"]);
+                    (
+                        follow::body_size(size.as_deref(), view.header("content-length")),
+                        max_tokens,
+                    )
+                }
+                Err(response) => {
+                    fx.refuse_with(&response, self.api, context());
+                    return Admitted::Refused;
+                }
+            }
+        };
+        let request = plan::Request {
+            view,
+            client_ip: address.as_deref().map(follow::strip_port),
+            body_bytes,
+            max_tokens,
+        };
+        let now = env.now();
+        let admission = plan::admit(config, &env.shared(), &shared.salt, &request, unix_nanos(now));
+        for (i, event) in &admission.rule_events {
+            let name = config.rules.get(*i).map(|r| r.select.name.as_str());
+            shared.metrics.record(env, name, "requests", *event);
+            if *event == Event::StoreError {
+                shared.notes.warn(
+                    now,
+                    format_args!("shared data unavailable for rule {:?}", name.unwrap_or("unknown")),
+                );
+            }
+        }
+        self.pending_quota_events = admission.quota_events;
+        if let Some(response) = admission.rejection {
+            self.flush_quota_events(env);
+            fx.refuse_with(&response, self.api, context());
+            return Admitted::Refused;
+        }
+        self.headers = admission.headers;
+        self.hold = admission.hold;
+        if let Some(output) = self.hold.output_budget() {
+            fx.set_state(state::MAX_OUTPUT_TOKENS, output.to_string());
+        }
+        self.read_request_body = follow::reads_body(&self.hold, headers.end_of_stream());
+        if !self.read_request_body {
+            self.flush_quota_events(env);
+        }
+        Admitted::Yes
+    }
+
     fn metadata(&self, env: &Env<'_>, key: &str) -> Option<Vec<u8>> {
         property(
             env,
@@ -531,7 +564,8 @@ mod tests {
                 ("x-portico-tier", "gold"),
                 ("content-length", "400"),
             ],
-            true,
+            // A model call has a body: json_to_metadata lifted its fields before this callback.
+            false,
         );
         (s, action)
     }
@@ -772,6 +806,33 @@ mod tests {
         );
     }
 
+    /// A request no rule or quota selects reads what the lookup needs (its `:path`), and the
+    /// lifted model only when a body follows (it may be a model call whose tokens are counted).
+    #[test]
+    fn an_unmatched_route_reads_only_what_the_lookup_needs() {
+        let envoy = limited();
+        let mut s = envoy.stream();
+        let get = [(":method", "GET"), (":path", "/hello"), ("x-portico-tier", "gold")];
+        assert_eq!(s.request_headers(&get, true), Action::Continue);
+        let _ = s.response_headers(&[(":status", "200")], true);
+        s.log();
+        let counts = s.counts();
+        println!("rate-limit host calls: unmatched route {counts}");
+        assert_eq!(counts.total(), 1, "{counts}");
+        assert_eq!(envoy.host().mutations(), vec![]);
+
+        let mut s = envoy.stream();
+        let post = [(":method", "POST"), (":path", "/hello")];
+        assert_eq!(s.request_headers(&post, false), Action::Continue);
+        assert_eq!(s.request_body(b"{}", true), Action::Continue);
+        let _ = s.response_headers(&[(":status", "200")], false);
+        let _ = s.response_body(b"{}", true);
+        s.log();
+        let counts = s.counts();
+        println!("rate-limit host calls: unmatched route with a body {counts}");
+        assert_eq!(counts.total(), 2, "{counts}");
+    }
+
     /// Host calls per request, reported by the port of issue 14 (the SDK shell read the whole
     /// map as one buffer too, and asked the clock once per use).
     #[test]
@@ -784,10 +845,9 @@ mod tests {
         let _ = s.response_headers(&[(":status", "200")], true);
         s.log();
         let admitted = s.counts();
-        // The map; the request's stated budgets (two lifted fields) and body size, read because
-        // a token quota is configured, even on a path it does not match; the clock; shared data
-        // get and set; the decision metric; the lifted model.
-        assert_eq!(admitted.request_headers, 9, "{admitted}");
+        // :path for the lookup, then the map (the key, the tier); the clock; shared data get
+        // and set; the decision metric. No body follows: no lifted field is asked for.
+        assert_eq!(admitted.request_headers, 6, "{admitted}");
         // The five rate-limit headers.
         assert_eq!(admitted.response_headers, 5, "{admitted}");
         assert_eq!(admitted.log, 0, "{admitted}");
@@ -796,11 +856,10 @@ mod tests {
         let _ = refused.response_headers(&[(":status", "429")], true);
         refused.log();
         let refusal = refused.counts();
-        // The map, the stated budgets and body size, the clock, shared data get (no set: the
-        // bucket is full), the metric (a new series: defined, then counted), the clock of the
-        // refusal log, the reply.
-        assert_eq!(refusal.request_headers, 10, "{refusal}");
-        assert_eq!(refusal.total(), 10, "{refusal}");
+        // :path, the map, the clock, shared data get (no set: the bucket is full), the metric (a
+        // new series: defined, then counted), the clock of the refusal log, the reply.
+        assert_eq!(refusal.request_headers, 8, "{refusal}");
+        assert_eq!(refusal.total(), 8, "{refusal}");
         eprintln!("rate-limit host calls: admitted {admitted}; limited {refusal}");
 
         // Without token quotas the budgets and size are never asked for.
@@ -811,6 +870,7 @@ mod tests {
         let _ = s.request_headers(API, true);
         let _ = s.response_headers(&[(":status", "200")], true);
         s.log();
+        // :path (for the client's API), the map, the clock, shared get and set, the metric.
         assert_eq!(s.counts().request_headers, 6, "{}", s.counts());
         eprintln!("rate-limit host calls, rules only: admitted {}", s.counts());
 
@@ -823,8 +883,9 @@ mod tests {
         s.log();
         let settled = s.counts();
         eprintln!("rate-limit host calls, model call: {settled}");
-        // Request: the map, the budgets and size, the clock, shared get and set, the quota's
-        // metric, the output budget as filter state, the lifted model. Response headers: the
+        // Request: :path, the map, the budgets and size, the clock, shared get and set, the
+        // output budget as filter state, the lifted model (the quota's metric waits for the
+        // body, which this request never sends: it is counted in the log). Response headers: the
         // five limit headers, the cache header, the model state, status and content type.
         // Body: the chunk, the backend's report, the clock, shared get and set, two token series
         // (new here: defined, then counted), the two states. Log: nothing left to do.
@@ -835,7 +896,7 @@ mod tests {
                 settled.response_body,
                 settled.log
             ),
-            (10, 9, 11, 0),
+            (10, 9, 11, 1),
             "{settled}"
         );
     }

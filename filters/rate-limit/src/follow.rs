@@ -19,7 +19,7 @@
 
 use portico_core::analytics::BackendUsage;
 use portico_core::identity::{CONSUMER_HEADER, TIER_HEADER};
-use portico_core::request::RequestView;
+use portico_core::request::RequestSource;
 use portico_core::response::ErrorResponse;
 
 use crate::lifted;
@@ -118,7 +118,7 @@ pub struct Labels {
 }
 
 impl Labels {
-    pub fn new(request: &RequestView, model: Option<String>, per_consumer: bool) -> Self {
+    pub fn new(request: &dyn RequestSource, model: Option<String>, per_consumer: bool) -> Self {
         Self {
             tier: request.header_str(TIER_HEADER).unwrap_or("none").to_owned(),
             consumer: if per_consumer {
@@ -265,6 +265,7 @@ impl Response {
 mod tests {
     use super::*;
     use crate::plan::{admit, Request};
+    use portico_core::request::RequestView;
     use portico_core::shared::MemoryStore;
 
     fn used(prompt: u64, completion: u64) -> Reported {

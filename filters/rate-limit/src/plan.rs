@@ -21,7 +21,7 @@
 //! anomaly, so one answer claiming 2^64 tokens cannot lock a consumer out for centuries.
 
 use portico_core::identity::{CONSUMER_HEADER, TIER_HEADER};
-use portico_core::request::RequestView;
+use portico_core::request::RequestSource;
 use portico_core::response::{ErrorResponse, ErrorType};
 use portico_core::route::matching_path;
 use portico_core::shared::{Store, UpdateError};
@@ -43,7 +43,7 @@ pub const UNRESERVED_LIMIT: u64 = 1 << 24;
 /// What the shell gathers from the host for a decision.
 #[derive(Debug)]
 pub struct Request<'a> {
-    pub view: &'a RequestView,
+    pub view: &'a dyn RequestSource,
     pub client_ip: Option<&'a str>,
     /// The body's size as far as it is known before the body is seen.
     pub body_bytes: Option<u64>,
@@ -241,7 +241,7 @@ pub struct Admission {
     pub quota_events: Vec<(usize, Event)>,
 }
 
-fn applies(when: &When, view: &RequestView, tier: Option<&str>) -> bool {
+fn applies(when: &When, view: &dyn RequestSource, tier: Option<&str>) -> bool {
     let tier_ok = when.tiers.is_empty() || tier.is_some_and(|t| when.tiers.iter().any(|x| x == t));
     tier_ok
         && when
@@ -503,6 +503,20 @@ impl Ledger {
 }
 
 /// Decides a request at `now` (nanoseconds since the epoch).
+/// Whether some rule or token quota selects the request. When none does, admission takes
+/// nothing, so the shell need not gather anything else (the client address, lifted fields,
+/// the body's size). Reads what matching needs; the tier only once a rule's route matches.
+pub fn selects_any(config: &Config, view: &dyn RequestSource) -> bool {
+    let tier = std::cell::OnceCell::new();
+    let selectors = config.rules.iter().map(|r| &r.select);
+    let mut selectors = selectors.chain(config.quotas.iter().map(|q| &q.select));
+    selectors.any(|s| {
+        s.matcher.matches(view)
+            && (s.when.tiers.is_empty() && s.when.headers.is_empty()
+                || applies(&s.when, view, *tier.get_or_init(|| view.header_str(TIER_HEADER))))
+    })
+}
+
 pub fn admit<S: Store + ?Sized>(config: &Config, store: &S, salt: &[u8; 32], req: &Request<'_>, now: u64) -> Admission {
     let tier = req.view.header_str(TIER_HEADER);
     let mut admission = Admission::default();
@@ -525,17 +539,22 @@ pub fn admit<S: Store + ?Sized>(config: &Config, store: &S, salt: &[u8; 32], req
     }
 
     let prompt = estimate::from_size(req.body_bytes.unwrap_or(0));
-    let encoded = req
-        .view
-        .header_str("content-encoding")
-        .is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
+    // Read only once a quota selects the request.
+    let encoded = std::cell::OnceCell::new();
+    let encoded = || {
+        *encoded.get_or_init(|| {
+            req.view
+                .header_str("content-encoding")
+                .is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"))
+        })
+    };
     let mut reservations = Vec::new();
     for (qi, quota) in config.quotas.iter().enumerate() {
         let s = &quota.select;
         if !selected(s) {
             continue;
         }
-        if encoded && !s.dry_run {
+        if encoded() && !s.dry_run {
             ledger.encoded = true;
             continue;
         }

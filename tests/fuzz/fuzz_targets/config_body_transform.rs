@@ -7,6 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use portico_body_transform::config::Config;
 use portico_body_transform::translate::request::{anthropic_to_openai, openai_to_anthropic};
 use portico_body_transform::{direction, ops, translated_path, Direction};
+use portico_core::request::RequestSource;
 use portico_fuzz::{check_config_errors, config_and_request};
 
 fuzz_target!(|data: &[u8]| {

@@ -7,6 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use portico_cache::config::Config;
 use portico_cache::key::{compute, Body, Parts};
 use portico_cache::policy::{directive, judge, opted_in};
+use portico_core::request::RequestSource;
 use portico_fuzz::{check_config_errors, config_and_request};
 
 fuzz_target!(|data: &[u8]| {

@@ -6,6 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use portico_core::request::RequestSource;
 use portico_core::shared::MemoryStore;
 use portico_fuzz::{check_config_errors, config_and_request};
 use portico_rate_limit::config::Config;

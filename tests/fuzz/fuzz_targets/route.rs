@@ -6,6 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use portico_core::config::{Errors, Node};
+use portico_core::request::RequestSource;
 use portico_core::route::{Matcher, RouteMatch, RouteTable};
 use portico_fuzz::request;
 

@@ -1,6 +1,7 @@
 //! Unit tests of the auth decision, compiled only under #[cfg(test)] (declared in authn.rs).
 
 use super::*;
+use portico_core::request::RequestView;
 
 use base64::Engine;
 use jwt_simple::prelude::{Claims, Duration, HS256Key, MACLike};

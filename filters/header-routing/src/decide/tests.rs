@@ -1,6 +1,7 @@
 //! Unit tests of the routing decision, compiled only under #[cfg(test)] (declared in decide.rs).
 
 use super::*;
+use portico_core::request::RequestView;
 use serde_json::{json, Value};
 
 fn config(v: Value) -> Config {

@@ -1,6 +1,7 @@
 //! Unit tests of request shaping, compiled only under #[cfg(test)] (declared in shape.rs).
 
 use super::*;
+use portico_core::request::RequestView;
 use portico_host::{Direction, Effect};
 use serde_json::json;
 

@@ -1,6 +1,7 @@
 //! Unit tests of admission, compiled only under #[cfg(test)] (declared in plan.rs).
 
 use super::*;
+use portico_core::request::RequestView;
 use portico_core::shared::{HostError, MemoryStore, SetOutcome};
 use serde_json::{json, Value};
 
@@ -145,6 +146,29 @@ fn when_conditions_select_requests() {
         )),
         200
     );
+}
+
+#[test]
+fn a_request_is_selected_exactly_when_a_rule_or_quota_would_take_from_it() {
+    let c = config(json!({
+        "rules": [{"name": "beta", "match": {"path": "/beta"}, "when": {"tiers": ["free"]},
+                   "limit": {"requests": 1, "period_seconds": 3600}}],
+        "token_quotas": [{"name": "chat", "match": {"path": "/v1/{*rest}"},
+                    "budgets": [{"tokens": 100000, "period_seconds": 60}]}]}));
+    let free = [("x-portico-tier", "free")];
+    for (path, headers, selected) in [
+        ("/beta", &free[..], true),
+        ("/beta", &[("x-portico-tier", "pro")][..], false),
+        ("/v1/chat", &[][..], true),
+        ("/other", &free[..], false),
+    ] {
+        let v = view(path, headers);
+        assert_eq!(selects_any(&c, &v), selected, "{path} {headers:?}");
+        let s = MemoryStore::default();
+        let a = admit_at(&c, &s, &v, T0);
+        let took = !a.rule_events.is_empty() || !a.quota_events.is_empty();
+        assert_eq!(took, selected, "{path} {headers:?}");
+    }
 }
 
 #[test]
