@@ -12,6 +12,8 @@
 
 use std::cell::OnceCell;
 
+use portico_core::request::RequestSource;
+
 use crate::env::Env;
 use crate::host::{Buffer, Host, Map};
 
@@ -249,6 +251,20 @@ impl<'a> RequestHeaders<'a> {
     }
 }
 
+/// Decisions read the request through [`RequestSource`]: one host call per distinct name they
+/// ask for (none for a name already read), the whole map only for [`RequestSource::headers_named`].
+/// A filter that will read most of the map anyway calls [`HeaderView::all`] first: later reads
+/// are then answered from it.
+impl RequestSource for RequestHeaders<'_> {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.0.get(name)
+    }
+
+    fn headers_named(&self, name: &str) -> Vec<&[u8]> {
+        self.0.values(name).collect()
+    }
+}
+
 impl<'a> std::ops::Deref for RequestHeaders<'a> {
     type Target = HeaderView<'a>;
     fn deref(&self) -> &HeaderView<'a> {
@@ -391,6 +407,29 @@ mod tests {
         assert_eq!(view.get("x-missing"), None);
         assert_eq!(view.get("x-missing"), None);
         assert_eq!(host.calls(), 3, "one call each for :path, x-a and x-missing");
+    }
+
+    #[test]
+    fn a_decision_reads_only_the_names_it_asks_for() {
+        let host = host_with(&[
+            (":method", "GET"),
+            (":path", "/a?q=1"),
+            ("x-a", "1"),
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+        ]);
+        let cache = HeaderCache::default();
+        let headers = RequestHeaders::new(HeaderView::new(&host, Map::RequestHeaders, &cache, false));
+        let source: &dyn RequestSource = &headers;
+        assert_eq!(source.method(), "GET");
+        assert_eq!(source.path(), "/a");
+        assert_eq!(source.query(), Some("q=1"));
+        assert_eq!(host.calls(), 2, "one call each for :method and :path");
+        assert_eq!(source.headers_named("cookie"), vec![&b"a=1"[..], &b"b=2"[..]]);
+        assert_eq!(host.calls(), 3, "a repeated header reads the whole map, once");
+        assert_eq!(source.header("x-a"), Some(&b"1"[..]));
+        assert_eq!(source.header_str("x-missing"), None);
+        assert_eq!(host.calls(), 3, "the whole map answers the rest");
     }
 
     #[test]
