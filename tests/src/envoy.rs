@@ -541,6 +541,11 @@ impl Gateway {
         Some(SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
+    /// Envoy's process id (for a profiler to attach to).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Envoy's resident memory in KiB.
     pub fn rss_kib(&self) -> u64 {
         let status = fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();

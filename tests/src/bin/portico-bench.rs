@@ -162,6 +162,55 @@ fn stream_timing(addr: SocketAddr, request: &[u8]) -> (f64, f64) {
     )
 }
 
+/// `BENCH_PROFILE=<part of a case name>`: each matching case on one pinned worker under wrk,
+/// with `perf record -g` attached to Envoy for the run, and `perf report` by DSO and symbol
+/// written beside the recording. Measures nothing; for finding where the time goes.
+fn profile(cases: &[Case], wanted: &str, dir: &std::path::Path) {
+    let seconds: u64 = std::env::var("BENCH_PROFILE_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let launch = Launch {
+        concurrency: 1,
+        cpus: Some("0".into()),
+    };
+    for case in cases.iter().filter(|c| c.name.contains(wanted)) {
+        let text = serde_json::to_string(&case.config.render()).unwrap();
+        let gw = Gateway::try_start_with(&text, &launch).unwrap_or_else(|f| panic!("{}: {}", case.name, f.log));
+        let _ = wrk(gw.addr, case, 2, dir);
+        let data = dir.join(format!("{}.perf.data", case.name.replace([' ', ',', '+', '>'], "_")));
+        let mut perf = Command::new("perf")
+            .args(["record", "-g", "-q", "-o"])
+            .arg(&data)
+            .args(["-p", &gw.pid().to_string(), "--", "sleep", &seconds.to_string()])
+            .spawn()
+            .expect("perf");
+        let (rps, p50, _) = wrk(gw.addr, case, seconds, dir);
+        let _ = perf.wait();
+        let report = Command::new("perf")
+            .args([
+                "report",
+                "--no-children",
+                "--sort",
+                "dso,sym",
+                "--stdio",
+                "-g",
+                "none",
+                "-i",
+            ])
+            .arg(&data)
+            .output()
+            .expect("perf report");
+        let path = data.with_extension("txt");
+        std::fs::write(&path, &report.stdout).unwrap();
+        eprintln!(
+            "{}: {rps:.0} rps, p50 {p50:.2} ms; report in {}",
+            case.name,
+            path.display()
+        );
+    }
+}
+
 fn main() {
     let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1");
     let (reps, seconds) = if quick { (1, 2) } else { (3, 5) };
@@ -192,7 +241,7 @@ fn main() {
     let base = || EnvoyConfig::new(upstream.addr);
     let rate_limit = wasm(
         "rate-limit",
-        json!({"rules": [{"name": "per_consumer", "key": ["consumer"], "limit": {"requests": 1_000_000_000u64, "period_seconds": 1}}]}),
+        json!({"rules": [{"name": "per_consumer", "key": ["consumer"], "limit": {"requests": 1_000_000u64, "period_seconds": 1}}]}),
     );
     let auth_es = wasm("auth", auth_config(&es_jwks));
     let routing = json!({"backends": [{"name": "up", "cluster": "upstream"}, {"name": "model", "cluster": "upstream", "format": "anthropic"}],
@@ -308,6 +357,11 @@ fn main() {
             path: "/v1/chat/completions",
         },
     ];
+
+    if let Ok(wanted) = std::env::var("BENCH_PROFILE") {
+        profile(&cases, &wanted, &dir);
+        return;
+    }
 
     let setups = [
         Launch {
