@@ -15,6 +15,7 @@ use crate::effects::Effects;
 use crate::env::Env;
 use crate::headers::{Body, Exchange, RequestHeaders, ResponseHeaders};
 use crate::host::{Host, HttpCall};
+use crate::stages::StageRoot;
 
 /// What a headers callback wants done with the stream after its effects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,11 +110,30 @@ pub trait HttpFilter {
 pub struct RootHost<'a> {
     host: &'a dyn Host,
     root_id: &'static str,
+    /// Set when the filter runs as a stage of one plugin entry ([`crate::stages`]): its tick
+    /// period and the calls it sends are kept apart from the other stages'.
+    stage: Option<&'a StageRoot>,
 }
 
 impl<'a> RootHost<'a> {
     pub(crate) fn new(host: &'a dyn Host, root_id: &'static str) -> Self {
-        Self { host, root_id }
+        Self {
+            host,
+            root_id,
+            stage: None,
+        }
+    }
+
+    pub(crate) fn for_stage(host: &'a dyn Host, root_id: &'static str, stage: &'a StageRoot) -> Self {
+        Self {
+            host,
+            root_id,
+            stage: Some(stage),
+        }
+    }
+
+    pub(crate) fn host(&self) -> &'a dyn Host {
+        self.host
     }
 
     pub fn root_id(&self) -> &'static str {
@@ -126,11 +146,21 @@ impl<'a> RootHost<'a> {
 
     /// Calls [`Filter::on_tick`] every `period` from now on.
     pub fn set_tick_period(&self, period: Duration) -> Result<(), HostError> {
-        self.host.set_tick_period(period)
+        match self.stage {
+            Some(stage) => {
+                stage.set_tick_period(period);
+                Ok(())
+            }
+            None => self.host.set_tick_period(period),
+        }
     }
 
     /// Sends `call`; the answer comes to [`Filter::on_http_call_response`] with the token.
     pub fn dispatch_http_call(&self, call: &HttpCall<'_>) -> Result<u32, HostError> {
-        self.host.dispatch_http_call(call)
+        let token = self.host.dispatch_http_call(call)?;
+        if let Some(stage) = self.stage {
+            stage.sent(token);
+        }
+        Ok(token)
     }
 }

@@ -26,6 +26,7 @@ pub mod log;
 pub mod metrics;
 pub mod mock;
 pub mod root;
+pub mod stages;
 pub mod stream;
 
 pub use callout::CallResponse;

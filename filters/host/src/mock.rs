@@ -378,7 +378,24 @@ impl MockEnvoy {
         config: &str,
         allow_on_headers_stop_iteration: bool,
     ) -> Result<Self, Vec<String>> {
-        let host = MockHost::new();
+        Self::start_on(
+            MockHost::new(),
+            registry,
+            root_id,
+            config,
+            allow_on_headers_stop_iteration,
+        )
+    }
+
+    /// [`MockEnvoy::start`] on `host`, which other entries may share: the entries of one
+    /// filter chain see each request through one host ([`MockChain`]).
+    pub fn start_on(
+        host: MockHost,
+        registry: &'static [Entry],
+        root_id: &str,
+        config: &str,
+        allow_on_headers_stop_iteration: bool,
+    ) -> Result<Self, Vec<String>> {
         host.put_property(&["plugin_root_id"], root_id.as_bytes());
         host.set_body(Buffer::PluginConfiguration, config.as_bytes());
         let mut root = Root::new(registry, Rc::new(host.clone()));
@@ -435,6 +452,7 @@ pub struct MockStream {
     allow_on_headers_stop_iteration: bool,
     request_held: bool,
     response_held: bool,
+    crossings: u64,
 }
 
 impl MockStream {
@@ -445,7 +463,14 @@ impl MockStream {
             allow_on_headers_stop_iteration,
             request_held: false,
             response_held: false,
+            crossings: 1,
         }
+    }
+
+    /// Times Envoy called into the VM for this request so far: the context's creation and
+    /// each callback.
+    pub fn crossings(&self) -> u64 {
+        self.crossings
     }
 
     pub fn host(&self) -> &MockHost {
@@ -458,6 +483,7 @@ impl MockStream {
     }
 
     fn run(&mut self, map: Map, open: bool, call: impl FnOnce(&mut dyn Callbacks) -> Action) -> Action {
+        self.crossings += 1;
         if open {
             self.host.open(map);
         }
@@ -508,10 +534,96 @@ impl MockStream {
 
     /// The log callback, where Envoy lets a filter read the request and response headers.
     pub fn log(&mut self) {
+        self.crossings += 1;
         self.host.open(Map::RequestHeaders);
         self.host.open(Map::ResponseHeaders);
         self.context.log();
         self.host.close(Map::RequestHeaders);
         self.host.close(Map::ResponseHeaders);
+    }
+}
+
+// === impl MockChain ===
+
+/// One request through several plugin entries sharing one host, in chain order, as Envoy runs
+/// entries that continue or reply (none holds here): the request callbacks in order up to the
+/// first entry that pauses, the response callbacks in reverse through the entries the request
+/// reached (before the one that replied, if one did), the log callback for every entry.
+pub struct MockChain {
+    host: MockHost,
+    streams: Vec<MockStream>,
+    /// Entries whose request headers callback ran.
+    reached: usize,
+    replied: Option<usize>,
+}
+
+impl MockChain {
+    /// A new request through `entries`, which must share one host ([`MockEnvoy::start_on`]).
+    pub fn new(entries: &[&MockEnvoy]) -> Self {
+        let host = entries.first().map(|e| e.host.clone()).unwrap_or_default();
+        Self {
+            host,
+            streams: entries.iter().map(|e| e.stream()).collect(),
+            reached: 0,
+            replied: None,
+        }
+    }
+
+    pub fn host(&self) -> &MockHost {
+        &self.host
+    }
+
+    /// The request headers arrive (no body follows).
+    pub fn request_headers(&mut self, pairs: &[(&str, &str)]) -> Action {
+        self.host.set_headers(Map::RequestHeaders, pairs);
+        for (i, stream) in self.streams.iter_mut().enumerate() {
+            self.reached = i + 1;
+            let action = stream.run(Map::RequestHeaders, true, |c| c.request_headers(true));
+            if action == Action::Pause {
+                if self.host.reply().is_some() {
+                    self.replied = Some(i);
+                }
+                return action;
+            }
+        }
+        Action::Continue
+    }
+
+    /// The response headers arrive (no body follows).
+    pub fn response_headers(&mut self, pairs: &[(&str, &str)]) -> Action {
+        self.host.set_headers(Map::ResponseHeaders, pairs);
+        let through = self.replied.unwrap_or(self.reached);
+        for stream in self.streams.iter_mut().take(through).rev() {
+            let action = stream.run(Map::ResponseHeaders, true, |c| c.response_headers(true));
+            if action == Action::Pause {
+                return action;
+            }
+        }
+        Action::Continue
+    }
+
+    pub fn log(&mut self) {
+        for stream in &mut self.streams {
+            stream.log();
+        }
+    }
+
+    /// Host calls of every entry, summed by callback.
+    pub fn counts(&self) -> CallCounts {
+        self.streams
+            .iter()
+            .map(MockStream::counts)
+            .fold(CallCounts::default(), |a, b| CallCounts {
+                request_headers: a.request_headers + b.request_headers,
+                request_body: a.request_body + b.request_body,
+                response_headers: a.response_headers + b.response_headers,
+                response_body: a.response_body + b.response_body,
+                log: a.log + b.log,
+            })
+    }
+
+    /// Times Envoy called into the VM for this request, every entry's together.
+    pub fn crossings(&self) -> u64 {
+        self.streams.iter().map(MockStream::crossings).sum()
     }
 }

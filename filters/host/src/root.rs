@@ -51,19 +51,25 @@ pub fn split_config(bytes: &[u8], errors: &mut Errors) -> Option<(Common, Value)
             return None;
         }
     };
+    let common = take_common(&mut value, "$", errors);
+    Some((common, value))
+}
+
+/// Takes the host's fields out of the configuration document `value` found at JSON path `at`.
+pub(crate) fn take_common(value: &mut Value, at: &str, errors: &mut Errors) -> Common {
     let mut common = Common::default();
     if let Some(raw) = value.as_object_mut().and_then(|map| map.remove(ALLOW_HOLD)) {
-        if let Some(allow) = Node::new(format!("$.{ALLOW_HOLD}"), &raw).bool(errors) {
+        if let Some(allow) = Node::new(format!("{at}.{ALLOW_HOLD}"), &raw).bool(errors) {
             common.allow_on_headers_stop_iteration = allow;
         }
     }
-    Some((common, value))
+    common
 }
 
 // === Registry ===
 
 /// Reads a filter's configuration and starts it.
-type Start = fn(&Value, &mut RootHost<'_>) -> Result<Box<dyn Plugin>, Refusal>;
+pub(crate) type Start = fn(&Value, &mut RootHost<'_>) -> Result<Box<dyn Plugin>, Refusal>;
 
 /// One filter a module holds, found by its `root_id`.
 pub struct Entry {
@@ -82,6 +88,21 @@ pub const fn entry<F: Filter>() -> Entry {
 }
 
 impl Entry {
+    /// An entry that is not one [`Filter`] ([`crate::stages`]).
+    pub(crate) const fn custom(root_id: &'static str, start: Start, check: fn(&Value) -> Result<(), Errors>) -> Self {
+        Self { root_id, start, check }
+    }
+
+    /// Reads the filter's document (host fields taken out) and starts it.
+    pub(crate) fn start(&self, value: &Value, root: &mut RootHost<'_>) -> Result<Box<dyn Plugin>, Refusal> {
+        (self.start)(value, root)
+    }
+
+    /// Checks the filter's document (host fields taken out).
+    pub(crate) fn check_value(&self, value: &Value) -> Result<(), Errors> {
+        (self.check)(value)
+    }
+
     pub fn root_id(&self) -> &'static str {
         self.root_id
     }
@@ -116,7 +137,7 @@ fn check<F: Filter>(value: &Value) -> Result<(), Errors> {
 }
 
 /// Why a filter did not start.
-enum Refusal {
+pub(crate) enum Refusal {
     Config(Errors),
     Start(String),
 }
@@ -128,8 +149,10 @@ fn start<F: Filter>(value: &Value, root: &mut RootHost<'_>) -> Result<Box<dyn Pl
 }
 
 /// A started filter, as the root drives it.
-trait Plugin {
+pub(crate) trait Plugin {
     fn stream(&self, host: Rc<dyn Host>, allow_hold: bool, refusals: Rc<RefusalLog>) -> Box<dyn Callbacks>;
+    /// The per-request part alone, for a stage ([`crate::stages`]).
+    fn http(&self) -> Box<dyn HttpFilter>;
     fn refusal_log(&self) -> RefusalPolicy;
     fn tick(&mut self, root: &mut RootHost<'_>);
     fn http_call_response(&mut self, root: &mut RootHost<'_>, token: u32, response: &CallResponse<'_>);
@@ -138,6 +161,10 @@ trait Plugin {
 impl<F: Filter> Plugin for F {
     fn stream(&self, host: Rc<dyn Host>, allow_hold: bool, refusals: Rc<RefusalLog>) -> Box<dyn Callbacks> {
         Box::new(Stream::new(self.http(), host, F::ROOT_ID, allow_hold, refusals))
+    }
+
+    fn http(&self) -> Box<dyn HttpFilter> {
+        Box::new(Filter::http(self))
     }
 
     fn refusal_log(&self) -> RefusalPolicy {

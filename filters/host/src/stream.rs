@@ -126,6 +126,170 @@ impl RefusalLog {
     }
 }
 
+// === impl Apply ===
+
+/// The filter whose callback recorded the effects being applied: it names their log lines and
+/// reply details, and says which headers it holds (only then may its body callbacks change
+/// them) and where its view of the body starts in the host's buffer.
+pub(crate) struct Author<'a> {
+    pub(crate) root_id: &'static str,
+    pub(crate) refusals: &'a RefusalLog,
+    pub(crate) request_held: bool,
+    pub(crate) response_held: bool,
+    /// Bytes of the host's body buffer before the part this filter saw (0 unless it runs as a
+    /// stage behind one that buffers, [`crate::stages`]): a replacement keeps them.
+    pub(crate) body_from: usize,
+}
+
+/// Applies one callback's effects to the host and the header caches of the stream.
+pub(crate) struct Apply<'a> {
+    pub(crate) host: &'a dyn Host,
+    pub(crate) author: &'a Author<'a>,
+    pub(crate) request: &'a mut HeaderCache,
+    pub(crate) response: &'a mut HeaderCache,
+}
+
+impl Apply<'_> {
+    /// Whether the headers of `direction` may be changed in `phase`.
+    fn writable(&self, phase: Phase, direction: Direction) -> bool {
+        match (phase, direction) {
+            (Phase::RequestHeaders, Direction::Request) | (Phase::ResponseHeaders, Direction::Response) => true,
+            (Phase::RequestBody, Direction::Request) => self.author.request_held,
+            (Phase::ResponseBody, Direction::Response) => self.author.response_held,
+            _ => false,
+        }
+    }
+
+    fn held(&self, direction: Direction) -> bool {
+        match direction {
+            Direction::Request => self.author.request_held,
+            Direction::Response => self.author.response_held,
+        }
+    }
+
+    fn cache(&mut self, direction: Direction) -> &mut HeaderCache {
+        match direction {
+            Direction::Request => &mut *self.request,
+            Direction::Response => &mut *self.response,
+        }
+    }
+
+    /// Applies `fx` in order, the local reply last; returns whether a reply was sent.
+    pub(crate) fn effects(mut self, phase: Phase, fx: Effects) -> bool {
+        let root_id = self.author.root_id;
+        let (list, reply) = fx.into_parts();
+        for effect in list {
+            let result = match &effect {
+                Effect::SetHeader(d, name, value) => self.header_op(phase, *d, &effect, |host, map, cache| {
+                    host.set_header(map, name, value)?;
+                    cache.set(name, value);
+                    Ok(())
+                }),
+                Effect::AddHeader(d, name, value) => self.header_op(phase, *d, &effect, |host, map, cache| {
+                    host.add_header(map, name, value)?;
+                    cache.add(name, value);
+                    Ok(())
+                }),
+                Effect::RemoveHeader(d, name) => self.header_op(phase, *d, &effect, |host, map, cache| {
+                    host.remove_header(map, name)?;
+                    cache.remove(name);
+                    Ok(())
+                }),
+                Effect::ReplaceBody(d, bytes) => self.replace_body(phase, *d, bytes),
+                Effect::SetState(key, value) => self.host.set_property(&[key.as_ref()], value),
+                Effect::ClearRouteCache => self.host.call_foreign_function("clear_route_cache", &[]).map(drop),
+            };
+            if let Err(e) = result {
+                log::error!("{root_id}: {effect:?} in {phase:?} failed: host status {}", e.0);
+            }
+        }
+        match reply {
+            Some(reply) => {
+                self.respond(&reply);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn header_op(
+        &mut self,
+        phase: Phase,
+        direction: Direction,
+        effect: &Effect,
+        op: impl FnOnce(&dyn Host, Map, &mut HeaderCache) -> Result<(), crate::abi::HostError>,
+    ) -> Result<(), crate::abi::HostError> {
+        if !self.writable(phase, direction) {
+            log::error!(
+                "{}: {effect:?} dropped: the {direction:?} headers cannot change in {phase:?} (a filter bug)",
+                self.author.root_id
+            );
+            return Ok(());
+        }
+        let map = match direction {
+            Direction::Request => Map::RequestHeaders,
+            Direction::Response => Map::ResponseHeaders,
+        };
+        let host = self.host;
+        op(host, map, self.cache(direction))
+    }
+
+    fn replace_body(&mut self, phase: Phase, direction: Direction, bytes: &[u8]) -> Result<(), crate::abi::HostError> {
+        let (body_phase, buffer, map) = match direction {
+            Direction::Request => (Phase::RequestBody, Buffer::RequestBody, Map::RequestHeaders),
+            Direction::Response => (Phase::ResponseBody, Buffer::ResponseBody, Map::ResponseHeaders),
+        };
+        if phase != body_phase {
+            log::error!(
+                "{}: a {direction:?} body replacement dropped in {phase:?}: bodies change in their body callback (a filter bug)",
+                self.author.root_id
+            );
+            return Ok(());
+        }
+        if self.held(direction) {
+            // The held headers still announce the old length: the new body goes chunked.
+            self.host.remove_header(map, "content-length")?;
+            self.cache(direction).remove("content-length");
+        }
+        match self.author.body_from {
+            0 => self.host.set_buffer(buffer, bytes),
+            from => {
+                // The filter saw only the end of the buffer: the bytes before it stay.
+                let mut whole = self.host.buffer(buffer, 0, from)?.unwrap_or_default();
+                whole.extend_from_slice(bytes);
+                self.host.set_buffer(buffer, &whole)
+            }
+        }
+    }
+
+    fn respond(&mut self, reply: &LocalReply) {
+        let root_id = self.author.root_id;
+        if let Some(code) = reply.code {
+            for (level, line) in self.author.refusals.lines(Env::new(self.host).now(), reply, code) {
+                log::log!(level, "{line}");
+            }
+        }
+        let details = match reply.code {
+            Some(code) => std::borrow::Cow::Owned(format!("{root_id}.{code}")),
+            None => clean_details(&reply.details),
+        };
+        let result = if matches!(details, std::borrow::Cow::Borrowed(_)) {
+            self.host.send_local_response(reply)
+        } else {
+            let mut cleaned = reply.clone();
+            cleaned.details = details.into_owned().into();
+            self.host.send_local_response(&cleaned)
+        };
+        if let Err(e) = result {
+            log::error!(
+                "{root_id}: sending a local {} reply failed: host status {}",
+                reply.status,
+                e.0
+            );
+        }
+    }
+}
+
 // === impl Stream ===
 
 /// The state of one direction of the stream.
@@ -171,13 +335,6 @@ impl<H: HttpFilter> Stream<H> {
         }
     }
 
-    fn side(&mut self, direction: Direction) -> &mut Side {
-        match direction {
-            Direction::Request => &mut self.request,
-            Direction::Response => &mut self.response,
-        }
-    }
-
     /// Runs one callback: `run` gets the filter and this stream's parts, its effects are
     /// applied, and the host calls it made are counted.
     fn callback(
@@ -188,7 +345,21 @@ impl<H: HttpFilter> Stream<H> {
         let before = self.host.calls();
         let mut fx = Effects::default();
         let next = run(&mut self.filter, &*self.host, &self.request, &self.response, &mut fx);
-        let action = if self.apply(phase, fx) {
+        let author = Author {
+            root_id: self.root_id,
+            refusals: &self.refusals,
+            request_held: self.request.held,
+            response_held: self.response.held,
+            body_from: 0,
+        };
+        let replied = Apply {
+            host: &*self.host,
+            author: &author,
+            request: &mut self.request.cache,
+            response: &mut self.response.cache,
+        }
+        .effects(phase, fx);
+        let action = if replied {
             self.replied = true;
             self.request.held = false;
             self.response.held = false;
@@ -203,122 +374,6 @@ impl<H: HttpFilter> Stream<H> {
         let slot = self.counts.slot(phase);
         *slot = slot.saturating_add(spent);
         action
-    }
-
-    /// Whether the headers of `direction` may be changed in `phase`.
-    fn writable(&self, phase: Phase, direction: Direction) -> bool {
-        match (phase, direction) {
-            (Phase::RequestHeaders, Direction::Request) | (Phase::ResponseHeaders, Direction::Response) => true,
-            (Phase::RequestBody, Direction::Request) => self.request.held,
-            (Phase::ResponseBody, Direction::Response) => self.response.held,
-            _ => false,
-        }
-    }
-
-    /// Applies `fx` in order, the local reply last; returns whether a reply was sent.
-    fn apply(&mut self, phase: Phase, fx: Effects) -> bool {
-        let (list, reply) = fx.into_parts();
-        for effect in list {
-            let result = match &effect {
-                Effect::SetHeader(d, name, value) => self.header_op(phase, *d, &effect, |host, map, cache| {
-                    host.set_header(map, name, value)?;
-                    cache.set(name, value);
-                    Ok(())
-                }),
-                Effect::AddHeader(d, name, value) => self.header_op(phase, *d, &effect, |host, map, cache| {
-                    host.add_header(map, name, value)?;
-                    cache.add(name, value);
-                    Ok(())
-                }),
-                Effect::RemoveHeader(d, name) => self.header_op(phase, *d, &effect, |host, map, cache| {
-                    host.remove_header(map, name)?;
-                    cache.remove(name);
-                    Ok(())
-                }),
-                Effect::ReplaceBody(d, bytes) => self.replace_body(phase, *d, bytes),
-                Effect::SetState(key, value) => self.host.set_property(&[key.as_ref()], value),
-                Effect::ClearRouteCache => self.host.call_foreign_function("clear_route_cache", &[]).map(drop),
-            };
-            if let Err(e) = result {
-                log::error!("{}: {effect:?} in {phase:?} failed: host status {}", self.root_id, e.0);
-            }
-        }
-        match reply {
-            Some(reply) => {
-                self.respond(&reply);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn header_op(
-        &mut self,
-        phase: Phase,
-        direction: Direction,
-        effect: &Effect,
-        op: impl FnOnce(&dyn Host, Map, &mut HeaderCache) -> Result<(), crate::abi::HostError>,
-    ) -> Result<(), crate::abi::HostError> {
-        if !self.writable(phase, direction) {
-            log::error!(
-                "{}: {effect:?} dropped: the {direction:?} headers cannot change in {phase:?} (a filter bug)",
-                self.root_id
-            );
-            return Ok(());
-        }
-        let map = match direction {
-            Direction::Request => Map::RequestHeaders,
-            Direction::Response => Map::ResponseHeaders,
-        };
-        let host = Rc::clone(&self.host);
-        op(&*host, map, &mut self.side(direction).cache)
-    }
-
-    fn replace_body(&mut self, phase: Phase, direction: Direction, bytes: &[u8]) -> Result<(), crate::abi::HostError> {
-        let (body_phase, buffer, map) = match direction {
-            Direction::Request => (Phase::RequestBody, Buffer::RequestBody, Map::RequestHeaders),
-            Direction::Response => (Phase::ResponseBody, Buffer::ResponseBody, Map::ResponseHeaders),
-        };
-        if phase != body_phase {
-            log::error!(
-                "{}: a {direction:?} body replacement dropped in {phase:?}: bodies change in their body callback (a filter bug)",
-                self.root_id
-            );
-            return Ok(());
-        }
-        if self.side(direction).held {
-            // The held headers still announce the old length: the new body goes chunked.
-            self.host.remove_header(map, "content-length")?;
-            self.side(direction).cache.remove("content-length");
-        }
-        self.host.set_buffer(buffer, bytes)
-    }
-
-    fn respond(&mut self, reply: &LocalReply) {
-        if let Some(code) = reply.code {
-            for (level, line) in self.refusals.lines(Env::new(&*self.host).now(), reply, code) {
-                log::log!(level, "{line}");
-            }
-        }
-        let details = match reply.code {
-            Some(code) => std::borrow::Cow::Owned(format!("{}.{code}", self.root_id)),
-            None => clean_details(&reply.details),
-        };
-        let result = if matches!(details, std::borrow::Cow::Borrowed(_)) {
-            self.host.send_local_response(reply)
-        } else {
-            let mut cleaned = reply.clone();
-            cleaned.details = details.into_owned().into();
-            self.host.send_local_response(&cleaned)
-        };
-        if let Err(e) = result {
-            log::error!(
-                "{}: sending a local {} reply failed: host status {}",
-                self.root_id,
-                reply.status,
-                e.0
-            );
-        }
     }
 
     fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
