@@ -61,5 +61,11 @@ mod tests {
     }
 }
 
-#[cfg(all(test, feature = "stages", feature = "auth", feature = "rate-limit", feature = "header-routing"))]
+#[cfg(all(
+    test,
+    feature = "stages",
+    feature = "auth",
+    feature = "rate-limit",
+    feature = "header-routing"
+))]
 mod stages_tests;

@@ -121,7 +121,11 @@ fn stages_answer_every_request_as_the_separate_entries_do() {
         one.host().take_mutations();
         assert_eq!(got, expected, "request {n}");
         let status = got.reply.map(|(status, _)| status);
-        assert_eq!(status, [Some(401), None, None, Some(429)].get(n).copied().flatten(), "request {n}");
+        assert_eq!(
+            status,
+            [Some(401), None, None, Some(429)].get(n).copied().flatten(),
+            "request {n}"
+        );
     }
 }
 
