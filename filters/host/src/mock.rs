@@ -548,7 +548,7 @@ impl MockStream {
 /// One request through several plugin entries sharing one host, in chain order, as Envoy runs
 /// entries that continue or reply (none holds here): the request callbacks in order up to the
 /// first entry that pauses, the response callbacks in reverse through the entries the request
-/// reached (before the one that replied, if one did), the log callback for every entry.
+/// reached (up to the one that replied, if one did), the log callback for every entry.
 pub struct MockChain {
     host: MockHost,
     streams: Vec<MockStream>,
@@ -592,7 +592,7 @@ impl MockChain {
     /// The response headers arrive (no body follows).
     pub fn response_headers(&mut self, pairs: &[(&str, &str)]) -> Action {
         self.host.set_headers(Map::ResponseHeaders, pairs);
-        let through = self.replied.unwrap_or(self.reached);
+        let through = self.replied.map_or(self.reached, |r| r + 1);
         for stream in self.streams.iter_mut().take(through).rev() {
             let action = stream.run(Map::ResponseHeaders, true, |c| c.response_headers(true));
             if action == Action::Pause {

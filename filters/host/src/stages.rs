@@ -16,7 +16,8 @@
 //!   them go: they then get the headers (a body follows) and the body it let go, whole; a stage
 //!   ahead of one that buffers sees only the bytes that arrived since it last passed them;
 //! - a local reply from stage `r` ends the request there; the response callbacks then run only
-//!   the stages before `r` (those Envoy passes a filter's local reply through);
+//!   `r` and the stages before it (Envoy 1.40 passes a filter's local reply through that
+//!   filter's own encoder and those before it, measured in tests/tests/stages.rs);
 //! - the log callback runs for every stage, as Envoy calls every filter's (a stage after a
 //!   refusal still counts the refused request).
 //!
@@ -435,12 +436,12 @@ impl StagesStream {
     }
 
     /// Whether stage `i` takes part in the callbacks of `direction`: every stage in the
-    /// request; in the response those the request reached, before any stage that replied.
+    /// request; in the response those the request reached, up to any stage that replied.
     fn takes(&self, direction: Direction, i: usize) -> bool {
         match direction {
             Direction::Request => self.replied.is_none(),
             Direction::Response => {
-                self.stages.get(i).is_some_and(|s| s.request.entered) && self.replied.is_none_or(|r| i < r)
+                self.stages.get(i).is_some_and(|s| s.request.entered) && self.replied.is_none_or(|r| i <= r)
             }
         }
     }
@@ -893,7 +894,7 @@ mod tests {
     }
 
     #[test]
-    fn a_reply_stops_the_later_stages_and_the_response_runs_only_the_earlier_ones() {
+    fn a_reply_stops_the_later_stages_and_the_response_runs_only_the_replier_and_those_before() {
         let envoy = stages(
             serde_json::json!([
                 {"filter": "portico-a", "config": {}},
@@ -914,7 +915,15 @@ mod tests {
         assert_eq!(trace(&s), vec!["a.request_headers", "b.request_headers"]);
         assert_eq!(s.response_headers(&[(":status", "403")], false), Action::Continue);
         assert_eq!(s.response_body(b"{}", true), Action::Continue);
-        assert_eq!(trace(&s), vec!["a.response_headers", "a.response_body {}"]);
+        assert_eq!(
+            trace(&s),
+            vec![
+                "b.response_headers",
+                "a.response_headers",
+                "b.response_body {}",
+                "a.response_body {}",
+            ]
+        );
         s.log();
         assert_eq!(trace(&s), vec!["a.log", "b.log", "c.log"], "every stage logs");
     }
