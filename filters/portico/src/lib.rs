@@ -61,11 +61,5 @@ mod tests {
     }
 }
 
-#[cfg(all(
-    test,
-    feature = "stages",
-    feature = "auth",
-    feature = "rate-limit",
-    feature = "header-routing"
-))]
+#[cfg(test)]
 mod stages_tests;

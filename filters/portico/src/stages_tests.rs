@@ -1,6 +1,12 @@
 //! `portico-stages` with the real filters: auth, rate-limit and header-routing as stages of one
 //! plugin entry behave as the same three as separate entries, and cost fewer host calls and
 //! VM crossings per request.
+#![cfg(all(
+    feature = "stages",
+    feature = "auth",
+    feature = "rate-limit",
+    feature = "header-routing"
+))]
 
 use std::time::{Duration, UNIX_EPOCH};
 
