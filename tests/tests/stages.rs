@@ -153,7 +153,7 @@ fn a_local_reply_passes_the_same_filters_as_with_separate_entries() {
     assert_eq!(
         outcomes[0],
         (
-            vec!["a".to_owned()],
+            vec!["a".to_owned(), "b".to_owned()],
             vec!["a".to_owned(), "b".to_owned(), "c".to_owned()]
         )
     );
