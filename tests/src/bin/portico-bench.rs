@@ -211,7 +211,7 @@ fn main() {
     );
 
     let base = || EnvoyConfig::new(upstream.addr);
-    let rate_limit_config = json!({"rules": [{"name": "per_consumer", "key": ["consumer"], "limit": {"requests": 1_000_000_000u64, "period_seconds": 1}}]});
+    let rate_limit_config = json!({"rules": [{"name": "per_consumer", "key": ["consumer"], "limit": {"requests": 1_000_000u64, "period_seconds": 1}}]});
     let rate_limit = wasm("rate-limit", rate_limit_config.clone());
     let auth_es = wasm("auth", auth_config(&es_jwks));
     let routing = json!({"backends": [{"name": "up", "cluster": "upstream"}, {"name": "model", "cluster": "upstream", "format": "anthropic"}],
