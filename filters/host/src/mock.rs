@@ -17,8 +17,8 @@ use portico_core::shared::{HostError, MemoryStore, SetOutcome, Store};
 use proxy_wasm::traits::{Context, RootContext};
 
 use crate::abi::{BAD_ARGUMENT, NOT_FOUND};
-use crate::effects::LocalReply;
-use crate::host::{Buffer, Host, HttpCall, Map, MetricKind};
+use crate::effects::{Direction, LocalReply};
+use crate::host::{Buffer, GrpcCall, Host, HttpCall, Map, MetricKind};
 use crate::root::{Entry, Root};
 use crate::stream::{CallCounts, Callbacks};
 
@@ -40,6 +40,16 @@ pub enum Mutation {
         headers: Vec<(String, String)>,
     },
     TickPeriod(Duration),
+    GrpcCall {
+        token: u32,
+        cluster: String,
+        service: String,
+        method: String,
+        message: Vec<u8>,
+        timeout: Duration,
+    },
+    /// `proxy_continue_stream`: a paused stream resumed.
+    Continue(Direction),
 }
 
 #[derive(Debug, Default)]
@@ -53,6 +63,8 @@ struct State {
     mutations: Vec<Mutation>,
     next_token: u32,
     calls: u64,
+    /// The status `dispatch_grpc_call` answers instead of a token (a missing cluster).
+    refuse_grpc: Option<u32>,
 }
 
 /// The in-memory host. Clones share one state, so a test keeps one to look at what a filter
@@ -109,6 +121,26 @@ impl MockHost {
     pub fn put_property(&self, path: &[&str], value: &[u8]) {
         let path = path.iter().map(|p| (*p).to_owned()).collect();
         self.setup(|s| s.properties.insert(path, value.to_vec()));
+    }
+
+    /// Makes every gRPC dispatch fail with host status `status` (`None`: dispatch again).
+    pub fn refuse_grpc_calls(&self, status: Option<u32>) {
+        self.setup(|s| s.refuse_grpc = status);
+    }
+
+    /// The gRPC calls dispatched so far: token, method and message.
+    pub fn grpc_calls(&self) -> Vec<(u32, String, Vec<u8>)> {
+        self.peek(|s| {
+            s.mutations
+                .iter()
+                .filter_map(|m| match m {
+                    Mutation::GrpcCall {
+                        token, method, message, ..
+                    } => Some((*token, method.clone(), message.clone())),
+                    _ => None,
+                })
+                .collect()
+        })
     }
 
     pub fn set_now(&self, now: SystemTime) {
@@ -354,6 +386,31 @@ impl Host for MockHost {
         })
     }
 
+    fn dispatch_grpc_call(&self, call: &GrpcCall<'_>) -> Result<u32, HostError> {
+        self.with(|s| {
+            if let Some(status) = s.refuse_grpc {
+                return Err(HostError(status));
+            }
+            s.next_token = s.next_token.wrapping_add(1);
+            s.mutations.push(Mutation::GrpcCall {
+                token: s.next_token,
+                cluster: call.cluster.to_owned(),
+                service: call.service.to_owned(),
+                method: call.method.to_owned(),
+                message: call.message.to_vec(),
+                timeout: call.timeout,
+            });
+            Ok(s.next_token)
+        })
+    }
+
+    fn continue_stream(&self, direction: Direction) -> Result<(), HostError> {
+        self.with(|s| {
+            s.mutations.push(Mutation::Continue(direction));
+            Ok(())
+        })
+    }
+
     fn calls(&self) -> u64 {
         self.peek(|s| s.calls)
     }
@@ -426,6 +483,14 @@ impl MockEnvoy {
         self.root.on_http_call_response(token, 1, body_size, 0);
         self.host.close(Map::HttpCallResponseHeaders);
     }
+
+    /// Delivers the answer to the root's gRPC call `token`: status 0 with `message`, or the
+    /// status the call closed with.
+    pub fn grpc_call_response(&mut self, token: u32, status: u32, message: &[u8]) {
+        self.host.set_body(Buffer::GrpcReceiveBuffer, message);
+        let size = if status == 0 { message.len() } else { 0 };
+        self.root.on_grpc_call_response(token, status, size);
+    }
 }
 
 /// One request, driven callback by callback.
@@ -435,6 +500,9 @@ pub struct MockStream {
     allow_on_headers_stop_iteration: bool,
     request_held: bool,
     response_held: bool,
+    /// The map the last callback ran with and whether it was open, while it is paused: a
+    /// call's answer runs with the same access.
+    paused: Option<(Map, bool)>,
 }
 
 impl MockStream {
@@ -445,6 +513,7 @@ impl MockStream {
             allow_on_headers_stop_iteration,
             request_held: false,
             response_held: false,
+            paused: None,
         }
     }
 
@@ -463,7 +532,21 @@ impl MockStream {
         }
         let action = call(self.context.as_mut());
         self.host.close(map);
+        self.paused = (action == Action::Pause).then_some((map, open));
         action
+    }
+
+    /// Delivers the answer to the stream's gRPC call `token` (status 0 with `message`, or the
+    /// status the call closed with), with the access the paused callback had, as Envoy does.
+    pub fn grpc_answer(&mut self, token: u32, status: u32, message: &[u8]) {
+        self.host.set_body(Buffer::GrpcReceiveBuffer, message);
+        let size = if status == 0 { message.len() } else { 0 };
+        let (map, open) = self.paused.unwrap_or((Map::RequestHeaders, false));
+        if open {
+            self.host.open(map);
+        }
+        self.context.call_answer(token, status, size);
+        self.host.close(map);
     }
 
     /// The request headers arrive; `end_of_stream` when no body follows.
