@@ -429,8 +429,9 @@ fn check_chain(hcm: &serde_json::Map<String, Value>, filters: &[Value], path: &s
                         None,
                         format!(
                             "{rule}.key counts per {part}, but no Portico auth runs before this rate-limit in this \
-                             chain: unless something else sets (and strips client copies of) x-portico-{part}, every \
-                             caller shares one bucket"
+                             chain: unless something else sets (and strips client copies of) {}{part}, every \
+                             caller shares one bucket",
+                            portico_core::contract::header::PREFIX
                         ),
                     ),
                 }

@@ -10,11 +10,11 @@ use portico_core::refusal::RefusalLog;
 use serde_json::Value;
 
 use crate::abi::HostError;
-use crate::callout::CallResponse;
+use crate::callout::{CallResponse, GrpcAnswer};
 use crate::effects::Effects;
 use crate::env::Env;
 use crate::headers::{Body, Exchange, RequestHeaders, ResponseHeaders};
-use crate::host::{Host, HttpCall};
+use crate::host::{GrpcCall, Host, HttpCall};
 use crate::stages::StageRoot;
 
 /// What a headers callback wants done with the stream after its effects.
@@ -70,6 +70,9 @@ pub trait Filter: Sized + 'static {
 
     /// The answer to a call dispatched with [`RootHost::dispatch_http_call`].
     fn on_http_call_response(&mut self, _root: &mut RootHost<'_>, _token: u32, _response: &CallResponse<'_>) {}
+
+    /// The answer to a call dispatched with [`RootHost::dispatch_grpc_call`].
+    fn on_grpc_call_response(&mut self, _root: &mut RootHost<'_>, _token: u32, _answer: &GrpcAnswer<'_>) {}
 }
 
 /// One request through a filter. Every callback returns what to do next and records its
@@ -92,6 +95,11 @@ pub trait HttpFilter {
     fn response_body(&mut self, _body: &Body<'_>, _held: Option<&ResponseHeaders<'_>>, _fx: &mut Effects) -> BodyFlow {
         BodyFlow::Continue
     }
+
+    /// The answer to the call a callback asked for with [`Effects::call`], in the phase that
+    /// asked (its headers can still change). The stream continues after it unless `fx`
+    /// replies or calls again.
+    fn call_answer(&mut self, _answer: &GrpcAnswer<'_>, _fx: &mut Effects) {}
 
     /// After the response has been sent (or the client went away): the place for accounting.
     fn log(&mut self, _env: &Env<'_>) {}
@@ -160,6 +168,16 @@ impl<'a> RootHost<'a> {
         let token = self.host.dispatch_http_call(call)?;
         if let Some(stage) = self.stage {
             stage.sent(token);
+        }
+        Ok(token)
+    }
+
+    /// Sends `call`; the answer comes to [`Filter::on_grpc_call_response`] with the token.
+    /// Calls from the root outlive every request (settlement after the client went away).
+    pub fn dispatch_grpc_call(&self, call: &GrpcCall<'_>) -> Result<u32, HostError> {
+        let token = self.host.dispatch_grpc_call(call)?;
+        if let Some(stage) = self.stage {
+            stage.sent_grpc(token);
         }
         Ok(token)
     }

@@ -33,7 +33,7 @@ use portico_core::config::{parse_root, Errors};
 use proxy_wasm::types::Action;
 use serde_json::Value;
 
-use crate::callout::CallResponse;
+use crate::callout::{CallResponse, GrpcAnswer};
 use crate::effects::{Direction, Effect, Effects};
 use crate::env::Env;
 use crate::filter::{BodyFlow, HeadersFlow, HttpFilter, RootHost};
@@ -175,6 +175,8 @@ fn check<R: Registry>(value: &Value) -> Result<(), Errors> {
 pub(crate) struct StageRoot {
     tick: Cell<Option<Duration>>,
     calls: Cell<Vec<u32>>,
+    /// gRPC tokens are counted apart from HTTP ones by the host, so they are kept apart.
+    grpc_calls: Cell<Vec<u32>>,
 }
 
 impl StageRoot {
@@ -188,13 +190,28 @@ impl StageRoot {
         self.calls.set(calls);
     }
 
+    pub(crate) fn sent_grpc(&self, token: u32) {
+        let mut calls = self.grpc_calls.take();
+        calls.push(token);
+        self.grpc_calls.set(calls);
+    }
+
     /// Whether `token` is one of this stage's calls (forgetting it).
     fn answers(&self, token: u32) -> bool {
-        let mut calls = self.calls.take();
-        let found = calls.iter().position(|t| *t == token).map(|i| calls.swap_remove(i));
-        self.calls.set(calls);
-        found.is_some()
+        forget(&self.calls, token)
     }
+
+    /// Whether `token` is one of this stage's gRPC calls (forgetting it).
+    fn answers_grpc(&self, token: u32) -> bool {
+        forget(&self.grpc_calls, token)
+    }
+}
+
+fn forget(calls: &Cell<Vec<u32>>, token: u32) -> bool {
+    let mut list = calls.take();
+    let found = list.iter().position(|t| *t == token).map(|i| list.swap_remove(i));
+    calls.set(list);
+    found.is_some()
 }
 
 /// A started stage.
@@ -324,6 +341,14 @@ impl Plugin for Stages {
             stage.plugin.http_call_response(&mut stage_root, token, response);
         }
     }
+
+    fn grpc_call_response(&mut self, root: &mut RootHost<'_>, token: u32, answer: &GrpcAnswer<'_>) {
+        let host = root.host();
+        if let Some(stage) = self.stages.iter_mut().find(|s| s.root.answers_grpc(token)) {
+            let mut stage_root = RootHost::for_stage(host, stage.root_id, &stage.root);
+            stage.plugin.grpc_call_response(&mut stage_root, token, answer);
+        }
+    }
 }
 
 /// The per-request part of a stages entry as a stage: there is none.
@@ -408,6 +433,16 @@ fn run_stage<R>(
         Effect::ReplaceBody(d, bytes) if Some(*d) == body => Some(bytes.len()),
         _ => None,
     });
+    if let Some(asked) = fx.pending_call() {
+        // Not yet: a stage's call would pause every later stage until its answer.
+        log::error!(
+            "{}: gRPC call {}/{} dropped: calls from a stage are not supported; run {} as its own plugin entry",
+            stage.root_id,
+            asked.service,
+            asked.method,
+            stage.root_id
+        );
+    }
     let author = Author {
         root_id: stage.root_id,
         refusals: &stage.refusals,
@@ -643,6 +678,11 @@ impl Callbacks for StagesStream {
         });
         #[cfg(feature = "count-host-calls")]
         log::info!("{ROOT_ID}: host calls: {}", self.counts);
+    }
+
+    fn call_answer(&mut self, token: u32, _status: u32, _size: usize) {
+        // Stages make no calls from streams (see `run`), so nothing waits for an answer.
+        log::debug!("{ROOT_ID}: an answer to gRPC call {token}, which no stage waits for");
     }
 
     fn counts(&self) -> CallCounts {

@@ -11,7 +11,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use portico_host::host::Map;
-use portico_host::mock::{Action, MockChain, MockEnvoy, MockHost};
+use portico_host::mock::{Action, MockEntries, MockEnvoy, MockHost};
 use serde_json::{json, Value};
 
 use crate::FILTERS;
@@ -112,7 +112,7 @@ fn stages_answer_every_request_as_the_separate_entries_do() {
     let one = stages();
     // Unauthenticated, routed by path, routed by header, past the limit.
     for (n, request) in [ANONYMOUS, KEYED, BETA, KEYED].into_iter().enumerate() {
-        let mut apart = MockChain::new(&entries);
+        let mut apart = MockEntries::new(&entries);
         let action = apart.request_headers(request);
         let _ = apart.response_headers(&[(":status", "200")]);
         apart.log();
@@ -145,7 +145,7 @@ fn stages_make_fewer_host_calls_and_crossings_than_separate_entries() {
     let mut apart = None;
     let mut staged = None;
     for _ in 0..2 {
-        let mut c = MockChain::new(&entries);
+        let mut c = MockEntries::new(&entries);
         assert_eq!(c.request_headers(KEYED), Action::Continue);
         let _ = c.response_headers(&[(":status", "200")]);
         c.log();

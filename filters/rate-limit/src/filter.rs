@@ -10,9 +10,9 @@
 use std::rc::Rc;
 
 use log::error;
-use portico_core::analytics::{state, CACHE_HEADER};
 use portico_core::clock::unix_nanos;
 use portico_core::config::Errors;
+use portico_core::contract::{cache, header, metadata, root_id, state};
 use portico_core::refusal::{RefusalLog, Refusals};
 use portico_core::request::RequestView;
 use portico_core::response::ClientApi;
@@ -30,7 +30,7 @@ use crate::follow::{self, Charge, Labels, Response};
 use crate::plan::{self, Anomaly, Event, Hold, TopUp};
 use crate::usage::{Reported, Usage};
 
-const NAME: &str = "portico-rate-limit";
+const NAME: &str = root_id::RATE_LIMIT;
 const SALT_KEY: &str = "portico/rate-limit/salt";
 
 // === Metrics ===
@@ -196,8 +196,8 @@ impl HttpFilter for LimitHttp {
             (None, None)
         } else {
             let stated = follow::stated_max_tokens(
-                self.metadata(&env, "max_tokens").as_deref(),
-                self.metadata(&env, "max_completion_tokens").as_deref(),
+                self.metadata(&env, metadata::MAX_TOKENS).as_deref(),
+                self.metadata(&env, metadata::MAX_COMPLETION_TOKENS).as_deref(),
             );
             match stated {
                 Ok(max_tokens) => {
@@ -215,7 +215,7 @@ impl HttpFilter for LimitHttp {
         };
         let request = plan::Request {
             view: &view,
-            client_ip: address.as_deref().map(follow::strip_port),
+            client_ip: address.as_deref().map(follow::ip_of_source_address),
             body_bytes,
             max_tokens,
         };
@@ -248,7 +248,9 @@ impl HttpFilter for LimitHttp {
         }
         // A model call is one whose body named a model (lifted by json_to_metadata) or that
         // reserved tokens; header-routing may later name the upstream model instead.
-        let lifted = self.metadata(&env, "model").and_then(|m| String::from_utf8(m).ok());
+        let lifted = self
+            .metadata(&env, metadata::MODEL)
+            .and_then(|m| String::from_utf8(m).ok());
         let model_call = lifted.is_some() || !self.hold.reservations().is_empty();
         if model_call {
             self.labels = Some(Labels::new(&view, lifted, config.per_consumer_metrics));
@@ -299,7 +301,7 @@ impl HttpFilter for LimitHttp {
         }
         let env = response.env();
         // A cache hit replays an earlier answer: the upstream spent nothing.
-        let hit = response.get(CACHE_HEADER) == Some(&b"HIT"[..]);
+        let hit = response.get(header::CACHE) == Some(cache::HIT.as_bytes());
         let (status, sse) = if hit {
             (0, false)
         } else {
@@ -360,15 +362,7 @@ impl HttpFilter for LimitHttp {
 impl LimitHttp {
     /// A body field `json_to_metadata` lifted into the configured namespace.
     fn metadata(&self, env: &Env<'_>, key: &str) -> Option<Vec<u8>> {
-        property(
-            env,
-            &[
-                "metadata",
-                "filter_metadata",
-                &self.shared.config.metadata_namespace,
-                key,
-            ],
-        )
+        property(env, &metadata::path(&self.shared.config.metadata_namespace, key))
     }
 
     /// Counts quota decisions that are final.
