@@ -11,6 +11,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use portico_core::contract::{header, metadata, state, ApiFormat, DETAILS_PREFIX};
 use serde_json::{json, Value};
 
 use crate::http;
@@ -165,7 +166,7 @@ impl EnvoyConfig {
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
         }));
         let mut route = json!({"match": {"prefix": self.prefix}, "route": self.route,
-                               "request_headers_to_remove": ["x-portico-cluster", "x-portico-backend-format"]});
+                               "request_headers_to_remove": [header::CLUSTER, header::BACKEND_FORMAT]});
         if let (Some(bytes), Some(r)) = (self.body_limit, route.as_object_mut()) {
             r.insert("request_body_buffer_limit".to_owned(), json!(bytes));
         }
@@ -252,13 +253,24 @@ pub fn sum_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
 
 /// The expression that tells Envoy's `local_reply_config` whether the client speaks Anthropic's
 /// API: the client's API recorded by a filter that changed the path, else the path itself
-/// (`portico_core::response::ClientApi::of_path` in RE2).
-const ANTHROPIC_CLIENT: &str = "('wasm.portico_client_api' in filter_state ? filter_state['wasm.portico_client_api'] == b'anthropic' : request.url_path.matches('^(.*/)?v1/messages(/.*)?$'))";
+/// (`portico_core::contract::ApiFormat::of_path` in RE2).
+fn anthropic_client() -> String {
+    let key = state::CLIENT_API;
+    let anthropic = ApiFormat::Anthropic.as_str();
+    format!(
+        "('wasm.{key}' in filter_state ? filter_state['wasm.{key}'] == b'{anthropic}' : \
+         request.url_path.matches('^(.*/)?v1/messages(/.*)?$'))"
+    )
+}
 
 /// An error Envoy itself answered: not a Portico filter's reply (whose details start with
-/// `portico-`), not another wasm filter's (no details), not a redirect.
-const ENVOY_ERROR: &str =
-    "response.code >= 400 && response.code_details != '' && !response.code_details.startsWith('portico-')";
+/// [`DETAILS_PREFIX`]), not another wasm filter's (no details), not a redirect.
+fn envoy_error() -> String {
+    format!(
+        "response.code >= 400 && response.code_details != '' && \
+         !response.code_details.startsWith('{DETAILS_PREFIX}')"
+    )
+}
 
 /// The HTTP connection manager's `local_reply_config` every shipped Envoy config carries (a
 /// test compares them): Envoy's own errors get Portico's JSON error shape, with a stable code
@@ -280,10 +292,10 @@ pub fn local_reply_config() -> Value {
         "type": "%CEL(response.code == 404 ? 'not_found_error' : response.code < 500 ? 'invalid_request_error' : 'api_error')%",
         "code": code, "message": message}}});
     json!({"mappers": [
-        {"filter": cel(format!("{too_large} && {ANTHROPIC_CLIENT}")), "status_code": 502, "body_format_override": anthropic},
+        {"filter": cel(format!("{too_large} && {}", anthropic_client())), "status_code": 502, "body_format_override": anthropic},
         {"filter": cel(too_large.to_owned()), "status_code": 502, "body_format_override": openai},
-        {"filter": cel(format!("{ENVOY_ERROR} && {ANTHROPIC_CLIENT}")), "body_format_override": anthropic},
-        {"filter": cel(ENVOY_ERROR.to_owned()), "body_format_override": openai},
+        {"filter": cel(format!("{} && {}", envoy_error(), anthropic_client())), "body_format_override": anthropic},
+        {"filter": cel(envoy_error()), "body_format_override": openai},
     ]})
 }
 
@@ -296,13 +308,13 @@ pub fn json_to_metadata(fields: &[&str]) -> Value {
     let rules: Vec<Value> = fields
         .iter()
         .flat_map(|f| match *f {
-            "max_tokens" => vec!["max_tokens", "max_completion_tokens"],
+            metadata::MAX_TOKENS => vec![metadata::MAX_TOKENS, metadata::MAX_COMPLETION_TOKENS],
             other => vec![other],
         })
         .map(|f| {
             json!({"selectors": [{"key": f}],
-                   "on_present": {"metadata_namespace": "portico", "key": f, "type": "STRING"},
-                   "on_error": {"metadata_namespace": "portico", "key": "json_error", "value": "true"}})
+                   "on_present": {"metadata_namespace": metadata::NAMESPACE, "key": f, "type": "STRING"},
+                   "on_error": {"metadata_namespace": metadata::NAMESPACE, "key": metadata::JSON_ERROR, "value": "true"}})
         })
         .collect();
     json!({

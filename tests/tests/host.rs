@@ -73,7 +73,7 @@ fn configuration_errors_refuse_startup_with_every_json_path() {
     assert_eq!(failure.status.and_then(|s| s.code()), Some(1), "{}", failure.log);
     assert!(
         failure.log.contains(
-            r#"root_id "portico-nope" names no filter of this module (known: portico-auth, portico-rate-limit, portico-cache, portico-body-transform, portico-echo, portico-echo-twin, portico-header-routing)"#
+            r#"root_id "portico-nope" names no filter of this module (known: portico-auth, portico-rate-limit, portico-cache, portico-body-transform, portico-echo, portico-echo-twin, portico-header-routing, portico-stages)"#
         ),
         "{}",
         failure.log

@@ -93,6 +93,133 @@ fn every_shipped_json_to_metadata_accepts_what_the_filters_call_json() {
     assert_eq!(filters, 3, "the gateway, header-routing and rate-limit examples");
 }
 
+/// Every Istio `WasmPlugin` shipped in `envoy/istio`, parsed.
+fn shipped_istio_plugins() -> Vec<(String, Value)> {
+    fs::read_dir(root().join("envoy/istio"))
+        .unwrap()
+        .map(|entry| {
+            let path = entry.unwrap().path();
+            let text = fs::read_to_string(&path).unwrap();
+            let value: Value = serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            (path.display().to_string(), value)
+        })
+        .collect()
+}
+
+/// Every Portico plugin configuration shipped: the JSON `configuration` of each wasm entry of
+/// the Envoy configs and the `pluginConfig` of each Istio plugin.
+fn shipped_plugin_configs() -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for (path, config) in shipped_envoy_configs() {
+        let mut found = Vec::new();
+        find_all(&config, "configuration", &mut found);
+        for c in found {
+            if let Some(text) = c["value"].as_str() {
+                let value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{path}: {e}"));
+                out.push((path.clone(), value));
+            }
+        }
+    }
+    for (path, plugin) in shipped_istio_plugins() {
+        out.push((path, plugin["spec"]["pluginConfig"].clone()));
+    }
+    out
+}
+
+#[test]
+fn every_shipped_json_to_metadata_writes_exactly_the_metadata_the_filters_read() {
+    use portico_core::contract::metadata;
+    let read: BTreeSet<&str> = metadata::READ.iter().copied().collect();
+    let mut filters = 0;
+    for (path, config) in shipped_envoy_configs() {
+        let mut found = Vec::new();
+        find_all(&config, "request_rules", &mut found);
+        for request_rules in found {
+            filters += 1;
+            let mut written = BTreeSet::new();
+            for rule in request_rules["rules"].as_array().unwrap() {
+                for action in ["on_present", "on_missing", "on_error"] {
+                    if let Some(write) = rule.get(action) {
+                        assert_eq!(write["metadata_namespace"], metadata::NAMESPACE, "{path}: {rule}");
+                        written.insert(write["key"].as_str().unwrap());
+                    }
+                }
+            }
+            assert_eq!(
+                written, read,
+                "{path}: json_to_metadata must lift exactly what rate-limit and header-routing read"
+            );
+        }
+    }
+    assert_eq!(filters, 3, "the gateway, header-routing and rate-limit examples");
+    for (path, config) in shipped_plugin_configs() {
+        if let Some(namespace) = config.get("metadata_namespace") {
+            assert_eq!(
+                namespace,
+                metadata::NAMESPACE,
+                "{path}: the filters read another namespace"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_shipped_configs_read_only_filter_state_the_filters_write() {
+    use portico_core::contract::state;
+    let mut read = BTreeSet::new();
+    for entry in fs::read_dir(root().join("envoy/examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .chain([root().join("envoy/gateway.yaml")])
+    {
+        let text = fs::read_to_string(&entry).unwrap();
+        for (at, _) in text.match_indices("wasm.") {
+            let key: String = text[at + 5..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if key.starts_with("portico_") {
+                assert!(state::ALL.contains(&key.as_str()), "{}: wasm.{key}", entry.display());
+                read.insert(key);
+            }
+        }
+    }
+    // The gateway's access log and local_reply_config read these.
+    for key in [
+        state::CONSUMER,
+        state::MODEL,
+        state::PROMPT_TOKENS,
+        state::CACHE,
+        state::CLIENT_API,
+    ] {
+        assert!(read.contains(key), "{key} is read by no shipped config");
+    }
+}
+
+#[test]
+fn routes_by_header_routing_remove_its_internal_headers() {
+    use portico_core::contract::header;
+    for (path, config) in shipped_envoy_configs() {
+        let mut clusters = Vec::new();
+        find_all(&config, "cluster_header", &mut clusters);
+        let mut removed = Vec::new();
+        find_all(&config, "request_headers_to_remove", &mut removed);
+        assert_eq!(
+            removed.len(),
+            clusters.len(),
+            "{path}: every header-routed route removes them"
+        );
+        for (cluster, removed) in clusters.iter().zip(&removed) {
+            assert_eq!(*cluster, header::CLUSTER, "{path}");
+            assert_eq!(
+                *removed,
+                &serde_json::json!([header::CLUSTER, header::BACKEND_FORMAT]),
+                "{path}"
+            );
+        }
+    }
+}
+
 #[test]
 fn the_embedded_default_gateway_serves_the_readme_demo() {
     let shipped = Shipped::start(None);

@@ -610,3 +610,111 @@ fn expired_reservations_are_reclaimed_at_most_256_per_call_and_all_in_the_end() 
     assert!(reserve(&state, &mut client, &budget, 300, 60_000).admitted);
     assert_eq!(usage(&redis, "acme:alice", "tokens", 300), 300);
 }
+
+// === gRPC calls from a filter (the host layer's dispatch, through portico-echo) ===
+
+use portico_tests::envoy::Plugin;
+
+/// The test filter `portico-echo` calling portico-state: `Hit` on limit `echo` from the
+/// stream, and from the root for `settle_on_log`.
+fn echo_state(cluster: &str, limit: u64, settle_on_log: bool) -> Plugin {
+    Plugin::portico(
+        "portico-echo",
+        json!({"tag": "a", "state": {
+            "cluster": cluster, "limit": limit, "period_seconds": YEAR,
+            "timeout_ms": 1000, "settle_on_log": settle_on_log
+        }}),
+    )
+}
+
+#[test]
+fn a_filter_pauses_on_portico_state_and_continues_or_refuses_from_its_answer() {
+    let redis = RedisServer::start();
+    let state = service(&redis);
+    let upstream = Upstream::start("127.0.0.1:0").unwrap();
+    let config = EnvoyConfig::new(upstream.addr)
+        .grpc_cluster("portico_state", state.addr)
+        .plugin(&echo_state("portico_state", 3, false));
+    let gateway = Gateway::start(&config);
+    for remaining in [2, 1, 0] {
+        let r = http::get("/").header("x-echo-consumer", "ann").send(gateway.addr);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(
+            r.upstream_header("x-portico-echo-state").as_deref(),
+            Some(format!("admitted remaining={remaining}").as_str()),
+            "the answer's header change reaches the upstream"
+        );
+    }
+    let r = http::get("/").header("x-echo-consumer", "ann").send(gateway.addr);
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.error_code(), "echo_limited");
+    let r = http::get("/").header("x-echo-consumer", "bob").send(gateway.addr);
+    assert_eq!(r.status, 200, "another consumer has its own count: {}", r.text());
+    assert_eq!(usage(&redis, "echo:ann", "echo", 3), 3, "counted in Redis");
+    assert_eq!(upstream.requests(), 4);
+    gateway.assert_no_wasm_panic();
+}
+
+#[test]
+fn a_filter_whose_state_service_is_down_answers_503_with_the_grpc_status() {
+    // A port nothing listens on: Envoy fails the call (UNAVAILABLE) without waiting for the
+    // timeout.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = closed.local_addr().unwrap();
+    drop(closed);
+    let upstream = Upstream::start("127.0.0.1:0").unwrap();
+    let config = EnvoyConfig::new(upstream.addr)
+        .grpc_cluster("portico_state", dead)
+        .plugin(&echo_state("portico_state", 3, false));
+    let gateway = Gateway::start(&config);
+    let r = http::get("/").send(gateway.addr);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.error_code(), "echo_state_unavailable");
+    assert!(r.text().contains("gRPC status 14"), "{}", r.text());
+    // A cluster Envoy does not know: the dispatch itself is refused, answered at once.
+    let config = EnvoyConfig::new(upstream.addr).plugin(&echo_state("no_such_cluster", 3, false));
+    let gateway = Gateway::start(&config);
+    let r = http::get("/").send(gateway.addr);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.error_code(), "echo_state_unavailable");
+    assert_eq!(upstream.requests(), 0);
+    gateway.assert_no_wasm_panic();
+}
+
+#[test]
+fn a_settlement_handed_to_the_root_lands_even_when_the_client_went_away() {
+    use std::io::Write;
+    let redis = RedisServer::start();
+    let state = service(&redis);
+    let upstream = Upstream::start("127.0.0.1:0").unwrap();
+    let config = EnvoyConfig::new(upstream.addr)
+        .grpc_cluster("portico_state", state.addr)
+        .plugin(&echo_state("portico_state", 100, true));
+    let gateway = Gateway::start(&config);
+    let r = http::get("/").header("x-echo-consumer", "cy").send(gateway.addr);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Two clients that hang up while the upstream is still answering: their streams end with
+    // a reset, and Envoy destroys their contexts (with any call they made) right after log.
+    for _ in 0..2 {
+        let mut socket = std::net::TcpStream::connect(gateway.addr).unwrap();
+        socket
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nx-echo-consumer: cy\r\nx-mock-delay-ms: 300\r\n\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        drop(socket);
+    }
+    let landed = eventually(Duration::from_secs(10), || {
+        usage(&redis, "echo:cy", "echo-log", 1_000_000) == 3
+    });
+    assert!(
+        landed,
+        "{} of 3 settlements in Redis",
+        usage(&redis, "echo:cy", "echo-log", 1_000_000)
+    );
+    assert_eq!(
+        gateway.metric("portico_echo_settled_total", &[]),
+        3,
+        "every answer reached the root"
+    );
+    gateway.assert_no_wasm_panic();
+}

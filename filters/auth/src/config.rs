@@ -272,8 +272,8 @@ fn read_config(mut root: Object<'_>, errors: &mut Errors) -> Config {
     root.finish(errors);
 
     let mut owned_headers = vec![
-        portico_core::identity::CONSUMER_HEADER.to_owned(),
-        portico_core::identity::TIER_HEADER.to_owned(),
+        portico_core::contract::header::CONSUMER.to_owned(),
+        portico_core::contract::header::TIER.to_owned(),
     ];
     for provider in jwt.iter().flat_map(|j| &j.providers) {
         for (_, header) in &provider.claim_headers {
@@ -508,10 +508,11 @@ fn read_sources(
                     let lower = name.to_ascii_lowercase();
                     let problem = match k {
                         1 => name_problem(name).or_else(|| {
-                            lower.starts_with("x-portico-").then(|| {
+                            lower.starts_with(portico_core::contract::header::PREFIX).then(|| {
                                 format!(
-                                    "{lower:?} is Portico's own header: auth removes every client-sent x-portico- \
-                                     header, so no credential could be read from it"
+                                    "{lower:?} is Portico's own header: auth removes every client-sent {} \
+                                     header, so no credential could be read from it",
+                                    portico_core::contract::header::PREFIX
                                 )
                             })
                         }),

@@ -12,10 +12,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use log::{error, info, warn};
-use portico_core::analytics::state;
 use portico_core::clock::unix_seconds;
 use portico_core::config::Errors;
-use portico_core::identity::{CONSUMER_HEADER, TIER_HEADER};
+use portico_core::contract::{header, root_id, state};
 use portico_core::refusal::RefusalLog;
 use portico_core::request::{remove_cookie, remove_query_param, RequestSource};
 use portico_core::response::ClientApi;
@@ -27,7 +26,7 @@ use crate::authn::{too_large, Authenticator, Decision, FetchOutcome, Location};
 use crate::config::Config;
 use crate::reason::Reason;
 
-const NAME: &str = "portico-auth";
+const NAME: &str = root_id::AUTH;
 /// How often the root looks for due JWKS refreshes.
 const TICK: Duration = Duration::from_millis(500);
 
@@ -248,10 +247,10 @@ impl HttpFilter for AuthHttp {
             Decision::Allow { identity, strip } => {
                 let mut tier = "none";
                 if let Some(identity) = &identity {
-                    fx.set_request_header(CONSUMER_HEADER, &identity.consumer);
+                    fx.set_request_header(header::CONSUMER, &identity.consumer);
                     fx.set_state(state::CONSUMER, &identity.consumer);
                     if let Some(t) = &identity.tier {
-                        fx.set_request_header(TIER_HEADER, t);
+                        fx.set_request_header(header::TIER, t);
                         fx.set_state(state::TIER, t);
                         tier = t;
                     }

@@ -11,9 +11,9 @@
 
 use std::rc::Rc;
 
-use portico_core::analytics::{state, BackendUsage, CACHE_HEADER};
 use portico_core::clock::unix_seconds;
 use portico_core::config::Errors;
+use portico_core::contract::{header, root_id, state, ApiFormat, BackendUsage};
 use portico_core::refusal::{RefusalLog, Refusals};
 use portico_core::request::RequestSource;
 use portico_core::response::{ClientApi, ErrorResponse};
@@ -33,9 +33,7 @@ use crate::flow::{
 use crate::translate::request::RequestFacts;
 use crate::translate::BadUpstream;
 
-const NAME: &str = "portico-body-transform";
-/// Set by header-routing: the chosen backend's API format.
-const FORMAT_HEADER: &str = "x-portico-backend-format";
+const NAME: &str = root_id::BODY_TRANSFORM;
 
 // === impl BodyTransform ===
 
@@ -186,7 +184,8 @@ impl HttpFilter for BodyTransformHttp {
         );
         let reserved =
             property(&env, &[state::MAX_OUTPUT_TOKENS]).and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok());
-        let plan = flow::plan_request(rule, view.path(), view.header_str(FORMAT_HEADER), reserved);
+        let backend_format = view.header(header::BACKEND_FORMAT).and_then(ApiFormat::parse);
+        let plan = flow::plan_request(rule, view.path(), backend_format, reserved);
         if let Some(direction) = plan.direction {
             let mut edits = flow::translation_edits(direction, view.path_and_query());
             // `:path` first, then the client's API for Envoy's own errors, as before the port.
@@ -262,7 +261,7 @@ impl HttpFilter for BodyTransformHttp {
             flow::header_edits(&rule.response.headers, true, value),
         );
         let details = property(&env, &["response", "code_details"]);
-        if !flow::answered_by_upstream(details.as_deref(), response.get(CACHE_HEADER)) {
+        if !flow::answered_by_upstream(details.as_deref(), response.get(header::CACHE)) {
             // A local reply (a refusal, Envoy's own error) is already in the client's shape.
             return HeadersFlow::Continue;
         }

@@ -11,7 +11,7 @@
 //!   answer read whole translated, or replaced by a 502 in the client's format when it cannot
 //!   be and its headers are still held ([`answer_whole`]).
 
-use portico_core::analytics::BackendUsage;
+use portico_core::contract::{cache, ApiFormat, BackendUsage};
 use portico_core::json;
 use portico_core::response::{ClientApi, ErrorResponse, ErrorType};
 use portico_core::route::matching_path;
@@ -50,28 +50,29 @@ pub fn kind_label(direction: Option<Direction>) -> &'static str {
     direction.map_or("rewrite", Direction::label)
 }
 
-/// The client's API, from the request path as routes match it (`;` parameters removed,
-/// escaped letters decoded), so `/v1/chat/completions;x=1` is the model call it routes as.
-fn client_format(path: &str) -> Option<&'static str> {
+/// The client's API on a model call, from the request path as routes match it (`;`
+/// parameters removed, escaped letters decoded), so `/v1/chat/completions;x=1` is the model
+/// call it routes as; `None` on any other path.
+fn client_format(path: &str) -> Option<ApiFormat> {
     let path = matching_path(path);
     if path.ends_with("/chat/completions") {
-        Some("openai")
+        Some(ApiFormat::OpenAi)
     } else if path.ends_with("/messages") {
-        Some("anthropic")
+        Some(ApiFormat::Anthropic)
     } else {
         None
     }
 }
 
 /// The translation a rule asks for on this request.
-pub fn direction(rule: &Rule, path: &str, backend_format: Option<&str>) -> Option<Direction> {
+pub fn direction(rule: &Rule, path: &str, backend_format: Option<ApiFormat>) -> Option<Direction> {
     match rule.translate {
         Translate::None => None,
         Translate::OpenAiToAnthropic => Some(Direction::OpenAiToAnthropic),
         Translate::AnthropicToOpenAi => Some(Direction::AnthropicToOpenAi),
         Translate::Auto => match (client_format(path), backend_format) {
-            (Some("openai"), Some("anthropic")) => Some(Direction::OpenAiToAnthropic),
-            (Some("anthropic"), Some("openai")) => Some(Direction::AnthropicToOpenAi),
+            (Some(ApiFormat::OpenAi), Some(ApiFormat::Anthropic)) => Some(Direction::OpenAiToAnthropic),
+            (Some(ApiFormat::Anthropic), Some(ApiFormat::OpenAi)) => Some(Direction::AnthropicToOpenAi),
             _ => None,
         },
     }
@@ -193,12 +194,12 @@ impl RequestPlan {
 }
 
 /// The plan for a request a rule matched.
-pub fn plan_request(rule: &Rule, path: &str, backend_format: Option<&str>, reserved: Option<u64>) -> RequestPlan {
+pub fn plan_request(rule: &Rule, path: &str, backend_format: Option<ApiFormat>, reserved: Option<u64>) -> RequestPlan {
     let direction = direction(rule, path, backend_format);
     let backend_anthropic = match direction {
         Some(Direction::OpenAiToAnthropic) => Some(true),
         Some(Direction::AnthropicToOpenAi) => Some(false),
-        None => client_format(path).map(|f| f == "anthropic"),
+        None => client_format(path).map(|f| f == ApiFormat::Anthropic),
     };
     // What a token quota reserved for the answer, if one did: the backend is asked for no
     // more when the client named no maximum (rate-limit settles at most 4x the reservation,
@@ -318,9 +319,10 @@ fn header(headers: &[(String, String)], name: &str) -> Option<String> {
 
 /// Whether an answer came from the upstream, or is one the cache replays in its place: only
 /// those are translated. `details` is Envoy's `response.code_details` (`via_upstream` for an
-/// upstream answer; a local reply has its own), `cache` the `x-portico-cache` response header.
-pub fn answered_by_upstream(details: Option<&[u8]>, cache: Option<&[u8]>) -> bool {
-    details == Some(b"via_upstream".as_slice()) || cache == Some(b"HIT".as_slice())
+/// upstream answer; a local reply has its own), `verdict` the
+/// [`portico_core::contract::header::CACHE`] response header.
+pub fn answered_by_upstream(details: Option<&[u8]>, verdict: Option<&[u8]>) -> bool {
+    details == Some(b"via_upstream".as_slice()) || verdict == Some(cache::HIT.as_bytes())
 }
 
 /// How the response body is handled.
@@ -551,7 +553,7 @@ mod tests {
             "/v1/chat/completions%3Bx",
         ] {
             assert_eq!(
-                direction(&rule, path, Some("anthropic")),
+                direction(&rule, path, Some(ApiFormat::Anthropic)),
                 Some(Direction::OpenAiToAnthropic),
                 "{path}"
             );
@@ -571,14 +573,14 @@ mod tests {
     fn auto_translates_only_between_different_formats() {
         let rule = rule(Translate::Auto);
         assert_eq!(
-            direction(&rule, "/v1/chat/completions", Some("anthropic")),
+            direction(&rule, "/v1/chat/completions", Some(ApiFormat::Anthropic)),
             Some(Direction::OpenAiToAnthropic)
         );
         assert_eq!(
-            direction(&rule, "/v1/messages", Some("openai")),
+            direction(&rule, "/v1/messages", Some(ApiFormat::OpenAi)),
             Some(Direction::AnthropicToOpenAi)
         );
-        assert_eq!(direction(&rule, "/v1/messages", Some("anthropic")), None);
+        assert_eq!(direction(&rule, "/v1/messages", Some(ApiFormat::Anthropic)), None);
         assert_eq!(direction(&rule, "/v1/chat/completions", None), None);
     }
 
@@ -674,18 +676,18 @@ mod tests {
     #[test]
     fn the_plan_reads_the_body_only_when_something_changes_it() {
         let auto = rule(Translate::Auto);
-        let plan = plan_request(&auto, "/v1/chat/completions", Some("anthropic"), None);
+        let plan = plan_request(&auto, "/v1/chat/completions", Some(ApiFormat::Anthropic), None);
         assert_eq!(plan.direction, Some(Direction::OpenAiToAnthropic));
         assert_eq!(plan.api, ClientApi::OpenAi);
         assert!(plan.rewrite_request && plan.model_route);
         assert_eq!(plan.backend_anthropic, Some(true));
         assert!(plan.announce_client_api("/v1/chat/completions"));
         // Same format: nothing to translate, nothing to read.
-        let plan = plan_request(&auto, "/v1/chat/completions", Some("openai"), None);
+        let plan = plan_request(&auto, "/v1/chat/completions", Some(ApiFormat::OpenAi), None);
         assert!(!plan.rewrite_request);
         assert!(!plan.announce_client_api("/v1/chat/completions"));
         // A quota's reservation caps a model call: read to cap it.
-        let plan = plan_request(&auto, "/v1/chat/completions", Some("openai"), Some(64));
+        let plan = plan_request(&auto, "/v1/chat/completions", Some(ApiFormat::OpenAi), Some(64));
         assert!(plan.rewrite_request);
         assert_eq!(plan.backend_anthropic, Some(false));
         // Not a model route: no cap, no model error handling.
@@ -720,7 +722,7 @@ mod tests {
     #[test]
     fn requests_are_translated_capped_or_refused() {
         let auto = rule(Translate::Auto);
-        let plan = plan_request(&auto, "/v1/chat/completions", Some("anthropic"), None);
+        let plan = plan_request(&auto, "/v1/chat/completions", Some(ApiFormat::Anthropic), None);
         let body = br#"{"model":"claude","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
         let RequestBody::Replace(bytes, facts) = rewrite_request(&plan, &auto, 77, &[], body) else {
             panic!("translated")
@@ -730,7 +732,7 @@ mod tests {
         assert_eq!(value["messages"][0]["role"], "user");
         assert!(facts.stream && facts.include_usage);
         // A quota's reservation stands in for the default maximum.
-        let reserved = plan_request(&auto, "/v1/chat/completions", Some("anthropic"), Some(9));
+        let reserved = plan_request(&auto, "/v1/chat/completions", Some(ApiFormat::Anthropic), Some(9));
         let RequestBody::Replace(bytes, _) = rewrite_request(&reserved, &auto, 77, &[], body) else {
             panic!("translated")
         };
@@ -758,7 +760,7 @@ mod tests {
             }
         }
         // Read only to cap it, and it names its maximum: sent as it came.
-        let same = plan_request(&auto, "/v1/chat/completions", Some("openai"), Some(9));
+        let same = plan_request(&auto, "/v1/chat/completions", Some(ApiFormat::OpenAi), Some(9));
         assert_eq!(
             rewrite_request(&same, &auto, 77, &[], br#"{"model":"m","max_tokens":5,"messages":[]}"#),
             RequestBody::Pass
@@ -768,8 +770,8 @@ mod tests {
     #[test]
     fn answers_are_whole_streamed_or_untouched() {
         let auto = rule(Translate::Auto);
-        let translated = plan_request(&auto, "/v1/chat/completions", Some("anthropic"), None);
-        let native = plan_request(&auto, "/v1/chat/completions", Some("openai"), None);
+        let translated = plan_request(&auto, "/v1/chat/completions", Some(ApiFormat::Anthropic), None);
+        let native = plan_request(&auto, "/v1/chat/completions", Some(ApiFormat::OpenAi), None);
         let other = plan_request(&auto, "/v1/embeddings", None, None);
         assert_eq!(
             response_mode(&translated, false, 200, true),
@@ -838,7 +840,7 @@ mod tests {
     #[test]
     fn a_bad_answer_is_a_502_while_held_and_an_error_body_once_sent() {
         let auto = rule(Translate::Auto);
-        let plan = plan_request(&auto, "/v1/chat/completions", Some("anthropic"), None);
+        let plan = plan_request(&auto, "/v1/chat/completions", Some(ApiFormat::Anthropic), None);
         let ex = exchange(&plan);
         let good = br#"{"id":"m","type":"message","role":"assistant","model":"c","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","usage":{"input_tokens":1,"output_tokens":2}}"#;
         let out = answer_whole(&ex, good, 200, true);
@@ -869,7 +871,7 @@ mod tests {
     #[test]
     fn backend_errors_get_the_clients_shape_and_a_code() {
         let auto = rule(Translate::Auto);
-        let plan = plan_request(&auto, "/v1/chat/completions", Some("anthropic"), None);
+        let plan = plan_request(&auto, "/v1/chat/completions", Some(ApiFormat::Anthropic), None);
         let ex = exchange(&plan);
         let out = answer_whole(
             &ex,

@@ -1,6 +1,7 @@
 //! The cache filter's configuration, checked with JSON paths.
 
 use portico_core::config::{read_bytes, read_value, Errors, Object, MAX_BODY_BYTES, MAX_PERIOD_SECONDS};
+use portico_core::contract::header;
 use portico_core::route::{RouteMatch, RouteTable};
 use serde_json::Value;
 
@@ -111,7 +112,7 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
     let backend_header = root
         .opt("backend_header")
         .and_then(|n| n.header_name(errors))
-        .unwrap_or_else(|| "x-portico-cluster".to_owned());
+        .unwrap_or_else(|| header::CLUSTER.to_owned());
     let mut rules = Vec::new();
     let mut names: Vec<String> = Vec::new();
     let nodes = root.array("routes", errors);

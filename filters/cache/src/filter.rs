@@ -8,9 +8,9 @@
 
 use std::rc::Rc;
 
-use portico_core::analytics::{state, CACHE_HEADER};
 use portico_core::clock::unix_millis;
 use portico_core::config::Errors;
+use portico_core::contract::{header, root_id, state};
 use portico_core::refusal::{RefusalLog, Refusals};
 use portico_core::request::RequestSource;
 use portico_host::effects::Name;
@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::flow::{self, Fill, Label, NotStored, Pending, Phase, Record, Step};
 use crate::store::{self, Stored};
 
-const NAME: &str = "portico-cache";
+const NAME: &str = root_id::CACHE;
 /// Distinct label sets per metric before the rest count as `other`.
 const MAX_SERIES: usize = 500;
 
@@ -252,7 +252,7 @@ impl HttpFilter for CacheHttp {
                 if let (Some(rule), Some(why)) = (rule, why) {
                     self.shared.not_stored(&response.env(), rule, why);
                 }
-                fx.set_response_header(CACHE_HEADER, label.as_str());
+                fx.set_response_header(header::CACHE, label.as_str());
                 if response.end_of_stream() {
                     if let Phase::Record(record) = std::mem::take(&mut self.phase) {
                         self.finish_record(&response.env(), *record);
@@ -263,7 +263,7 @@ impl HttpFilter for CacheHttp {
             // Only this filter says whether an answer came from the cache: an upstream that
             // claims a hit could otherwise dodge the token charge. Removing an absent header
             // costs one host call, as reading it would.
-            _ => fx.remove_response_header(CACHE_HEADER),
+            _ => fx.remove_response_header(header::CACHE),
         }
         HeadersFlow::Continue
     }

@@ -16,7 +16,7 @@
 //! out (body-transform turns an answer it cannot translate into a 502, or marks it with the
 //! `portico_bad_upstream` state), and only what the client got may be replayed.
 
-use portico_core::identity::{CONSUMER_HEADER, TIER_HEADER};
+use portico_core::contract::{cache, header};
 use portico_core::request::RequestSource;
 
 use crate::answer::{self, Api, Unfit};
@@ -37,9 +37,9 @@ impl Label {
     /// The header value.
     pub fn as_str(self) -> &'static str {
         match self {
-            Label::Hit => "HIT",
-            Label::Miss => "MISS",
-            Label::Bypass => "BYPASS",
+            Label::Hit => cache::HIT,
+            Label::Miss => cache::MISS,
+            Label::Bypass => cache::BYPASS,
         }
     }
 
@@ -98,8 +98,8 @@ impl Pending {
 /// The scope value of a request; requests without an identity share the anonymous scope.
 fn scope_value(scope: Scope, request: &dyn RequestSource) -> &str {
     let header = match scope {
-        Scope::Consumer => CONSUMER_HEADER,
-        Scope::Tier => TIER_HEADER,
+        Scope::Consumer => header::CONSUMER,
+        Scope::Tier => header::TIER,
         Scope::Global => return "",
     };
     request.header_str(header).unwrap_or("")
@@ -182,7 +182,7 @@ pub fn hit_headers(entry: &Entry, now_ms: u64) -> Vec<(String, Vec<u8>)> {
         .iter()
         .map(|(n, v)| (n.clone(), v.as_bytes().to_vec()))
         .collect();
-    headers.push((portico_core::analytics::CACHE_HEADER.to_owned(), b"HIT".to_vec()));
+    headers.push((header::CACHE.to_owned(), cache::HIT.as_bytes().to_vec()));
     headers.push(("age".to_owned(), age.to_string().into_bytes()));
     headers
 }

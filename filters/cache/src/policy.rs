@@ -1,5 +1,6 @@
 //! Which requests the cache answers or fills, and which responses it keeps.
 
+use portico_core::contract::header;
 use portico_core::sse::is_event_stream;
 
 use crate::config::{Replay, Rule};
@@ -109,7 +110,7 @@ pub fn storable(status: Option<&[u8]>, headers: &[(String, Vec<u8>)]) -> Result<
             _ => {}
         }
         if name.starts_with(':')
-            || name.starts_with("x-portico-")
+            || name.starts_with(header::PREFIX)
             || name.starts_with("x-envoy-")
             || NOT_STORED.contains(&name.as_str())
         {

@@ -51,6 +51,7 @@ fn read_filter(filter: &str, configuration: &[u8]) -> Result<Vec<ClusterRef>, Er
         }),
         "body-transform" => portico_body_transform::config::Config::from_bytes(configuration).map(|_| Vec::new()),
         "cache" => portico_cache::config::Config::from_bytes(configuration).map(|_| Vec::new()),
+        STAGES => read_stages(configuration),
         other => {
             let mut e = Errors::default();
             e.push(
@@ -62,6 +63,34 @@ fn read_filter(filter: &str, configuration: &[u8]) -> Result<Vec<ClusterRef>, Er
             );
             Err(e)
         }
+    }
+}
+
+/// The filter name of `portico-stages` entries: several filters in one plugin entry.
+pub const STAGES: &str = "stages";
+
+/// The stages of a `portico-stages` configuration: each checked as its own entry would be, its
+/// errors and the clusters it names under `$.stages[i].config`.
+fn read_stages(configuration: &[u8]) -> Result<Vec<ClusterRef>, Errors> {
+    let value = portico_core::config::parse_json(configuration)?;
+    let known: Vec<String> = FILTERS.iter().map(|f| format!("portico-{f}")).collect();
+    let known: Vec<&str> = known.iter().map(String::as_str).collect();
+    let mut errors = Errors::default();
+    let mut refs = Vec::new();
+    for doc in portico_host::stages::documents(&value, &known, &mut errors) {
+        let filter = doc.filter.strip_prefix("portico-").unwrap_or(&doc.filter);
+        match read_filter(filter, doc.config.to_string().as_bytes()) {
+            Ok(found) => refs.extend(found.into_iter().map(|r| ClusterRef {
+                path: format!("{}{}", doc.path, r.path.strip_prefix('$').unwrap_or(&r.path)),
+                cluster: r.cluster,
+            })),
+            Err(e) => portico_host::stages::within(&e, &doc.path, &mut errors),
+        }
+    }
+    if errors.is_empty() {
+        Ok(refs)
+    } else {
+        Err(errors)
     }
 }
 
@@ -131,6 +160,9 @@ impl Clusters {
 
 /// Which filter a name, root id, file name or image URL refers to.
 fn filter_named(text: &str) -> Option<&'static str> {
+    if text.contains("portico-stages") {
+        return Some(STAGES);
+    }
     // Longest names first: "header-routing" before nothing shorter can shadow it.
     FILTERS.iter().copied().find(|f| {
         text.contains(&format!("portico-{f}"))
@@ -172,9 +204,9 @@ pub fn check_document(doc: &Value) -> Vec<Finding> {
                     location,
                     read_filter(&filter, text.as_bytes()),
                 );
-                if stops_at_headers(&filter, text.as_bytes()) {
+                if let Some(field) = stops_at_headers(&filter, text.as_bytes()) {
                     finding.add_error(
-                        "$.allow_on_headers_stop_iteration",
+                        &field,
                         "Istio's WasmPlugin cannot set the plugin field `allow_on_headers_stop_iteration`, so Envoy \
                          would never call the body callback of a held response and it would hang: leave this off \
                          (a backend's bad answer then reaches the client as a 200 with an error body)",
@@ -397,8 +429,9 @@ fn check_chain(hcm: &serde_json::Map<String, Value>, filters: &[Value], path: &s
                         None,
                         format!(
                             "{rule}.key counts per {part}, but no Portico auth runs before this rate-limit in this \
-                             chain: unless something else sets (and strips client copies of) x-portico-{part}, every \
-                             caller shares one bucket"
+                             chain: unless something else sets (and strips client copies of) {}{part}, every \
+                             caller shares one bucket",
+                            portico_core::contract::header::PREFIX
                         ),
                     ),
                 }
@@ -495,9 +528,9 @@ fn wasm_finding(config: &Value, path: &str, clusters: &Clusters) -> Finding {
     let mut finding = clusters.finding(filter, path.to_owned(), read_filter(filter, configuration.as_bytes()));
     let plugin_allows = matches!(config.get("allow_on_headers_stop_iteration"), Some(Value::Bool(true)))
         || config.pointer("/allow_on_headers_stop_iteration/value") == Some(&Value::Bool(true));
-    if stops_at_headers(filter, configuration.as_bytes()) && !plugin_allows {
+    if let Some(field) = stops_at_headers(filter, configuration.as_bytes()).filter(|_| !plugin_allows) {
         finding.add_error(
-            "$.allow_on_headers_stop_iteration",
+            &field,
             format!(
                 "is true, but the plugin entry ({path}.config) does not set `allow_on_headers_stop_iteration: true` \
                  (Envoy >= 1.35): Envoy would never call the body callback of a held response and it would hang; \
@@ -508,12 +541,27 @@ fn wasm_finding(config: &Value, path: &str, clusters: &Clusters) -> Finding {
     finding
 }
 
-/// Whether a valid body-transform configuration holds response headers, which needs the plugin
-/// field `allow_on_headers_stop_iteration` as well.
-fn stops_at_headers(filter: &str, configuration: &[u8]) -> bool {
-    filter == "body-transform"
-        && portico_body_transform::config::Config::from_bytes(configuration)
+/// Where a valid configuration makes body-transform hold response headers (its own, or that of
+/// a body-transform stage), which needs the plugin field `allow_on_headers_stop_iteration` as
+/// well: the JSON path of the field that asks for it.
+fn stops_at_headers(filter: &str, configuration: &[u8]) -> Option<String> {
+    let holds = |configuration: &[u8]| {
+        portico_body_transform::config::Config::from_bytes(configuration)
             .is_ok_and(|c| c.allow_on_headers_stop_iteration)
+    };
+    let field = "allow_on_headers_stop_iteration";
+    match filter {
+        "body-transform" => holds(configuration).then(|| format!("$.{field}")),
+        STAGES => {
+            let value = portico_core::config::parse_json(configuration).ok()?;
+            let mut ignored = Errors::default();
+            portico_host::stages::documents(&value, &["portico-body-transform"], &mut ignored)
+                .into_iter()
+                .find(|doc| holds(doc.config.to_string().as_bytes()))
+                .map(|doc| format!("{}.{field}", doc.path))
+        }
+        _ => None,
+    }
 }
 
 impl Finding {
@@ -575,6 +623,82 @@ static_resources:
         );
         assert_eq!(findings[1].filter, "rate-limit");
         assert!(findings[1].result.is_ok());
+    }
+
+    /// A `portico-stages` entry with `stages` as its configuration, in a config whose only
+    /// cluster is `upstream`.
+    fn stages_entry(stages: &serde_json::Value, plugin_field: &str) -> String {
+        let value = serde_json::json!({ "stages": stages }).to_string();
+        format!(
+            r#"
+static_resources:
+  clusters: [{{name: upstream}}]
+  listeners:
+    - filter_chains:
+        - filters:
+            - typed_config:
+                common_http_protocol_options: {{headers_with_underscores_action: REJECT_REQUEST}}
+                http_filters:
+                  - name: portico.stages
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+                      config:
+                        root_id: portico-stages
+                        {plugin_field}
+                        configuration:
+                          value: '{value}'
+"#
+        )
+    }
+
+    #[test]
+    fn a_stages_entry_checks_each_stage_as_its_own_entry_with_the_stage_path() {
+        let stages = serde_json::json!([
+            {"filter": "portico-auth", "config": {"api_keys": {"consumers": []}}},
+            {"filter": "portico-rate-limit", "config": {"rules": [{"name": "r", "limit": {"requests": 1, "period_seconds": 1}}]}},
+            {"filter": "portico-header-routing", "config": {"backends": [{"name": "a", "cluster": "nowhere"}],
+                                                           "routes": [{"name": "all", "match": {"path": "/"}, "backend": "a"}]}},
+            {"filter": "portico-nope", "config": {}}
+        ]);
+        let bare = check_filter(STAGES, serde_json::json!({ "stages": stages }).to_string().as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            bare,
+            "$.stages[3].filter: \"portico-nope\" names no filter of this module (known: portico-auth, \
+             portico-rate-limit, portico-header-routing, portico-body-transform, portico-cache); \
+             $.stages[0].config.api_keys.consumers: must list at least one consumer"
+        );
+        let docs = parse_documents(&stages_entry(&stages, "")).unwrap();
+        let findings = check_document(&docs[0]);
+        assert_eq!(findings.len(), 1);
+        assert_eq!(findings[0].filter, STAGES);
+        assert_eq!(
+            findings[0].result.as_ref().unwrap_err().to_string(),
+            bare,
+            "a stage's own errors first: the clusters are checked once every stage reads"
+        );
+
+        let valid = serde_json::json!([
+            {"filter": "portico-auth", "config": {"api_keys": {"consumers": [{"name": "c", "keys": [{"sha256": "0".repeat(64)}]}]}}},
+            {"filter": "portico-header-routing", "config": {"backends": [{"name": "a", "cluster": "nowhere"}],
+                                                           "routes": [{"name": "all", "match": {"path": "/"}, "backend": "a"}]}},
+            {"filter": "portico-body-transform", "config": {"allow_on_headers_stop_iteration": true, "routes": [{"match": {"path": "/v1/{*rest}"}, "translate": "auto"}]}}
+        ]);
+        let docs = parse_documents(&stages_entry(&valid, "")).unwrap();
+        let err = check_document(&docs[0])[0].result.as_ref().unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "$.stages[1].config.backends[0].cluster: no cluster \"nowhere\" in this config's static_resources.clusters; \
+                 $.stages[2].config.allow_on_headers_stop_iteration: is true, but the plugin entry"
+            ),
+            "{err}"
+        );
+        let docs = parse_documents(&stages_entry(&valid, "allow_on_headers_stop_iteration: true")).unwrap();
+        assert_eq!(
+            check_document(&docs[0])[0].result.as_ref().unwrap_err().to_string(),
+            "$.stages[1].config.backends[0].cluster: no cluster \"nowhere\" in this config's static_resources.clusters"
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What every filter reports about a request, in one vocabulary: labelled metric names that
-//! Envoy's tag extraction turns into Prometheus labels, the filter-state keys the access log
-//! reads, and how a response status becomes an outcome.
+//! Envoy's tag extraction turns into Prometheus labels, and how a response status becomes an
+//! outcome. The filter-state keys the access log reads are in [`crate::contract::state`].
 //!
 //! A metric name carries its labels as `<name>;<label>=<value>;<label>=<value>`. The
 //! `stats_config.stats_tags` in `envoy/gateway.yaml` hold one rule per label in [`LABELS`],
@@ -19,77 +19,6 @@ pub const LABELS: &[&str] = &[
 pub fn tag_regex(label: &str) -> String {
     format!("(;{label}=([^;]*))")
 }
-
-/// Filter-state keys (`set_property`), read by the access log as
-/// `%FILTER_STATE(wasm.<key>:PLAIN)%` and by later filters with `get_property`.
-pub mod state {
-    /// Set by auth: the authenticated consumer and tier.
-    pub const CONSUMER: &str = "portico_consumer";
-    pub const TIER: &str = "portico_tier";
-    /// Set by header-routing: the route name, A/B variant, backend and upstream model.
-    pub const ROUTE: &str = "portico_route";
-    pub const VARIANT: &str = "portico_variant";
-    pub const BACKEND: &str = "portico_backend";
-    pub const MODEL: &str = "portico_model";
-    /// Set by rate-limit when a model response reports usage.
-    pub const PROMPT_TOKENS: &str = "portico_prompt_tokens";
-    pub const COMPLETION_TOKENS: &str = "portico_completion_tokens";
-    /// Set by rate-limit on requests a token quota reserved for: the output tokens it reserved
-    /// (the client's `max_tokens`, else the quota's default). body-transform asks a backend
-    /// that requires `max_tokens` for this many when the client named none, so the request
-    /// never asks for more than was reserved.
-    pub const MAX_OUTPUT_TOKENS: &str = "portico_max_output_tokens";
-    /// Set by body-transform on every answer it translates from a backend's success (a
-    /// complete body or a stream, including one it had to refuse as a bad answer): the usage
-    /// the backend itself reported, which the translation may have hidden (an OpenAI client
-    /// that did not ask for stream usage, a 502 in place of the answer) or had to fill in (an
-    /// Anthropic client always gets a count). rate-limit settles from it; see
-    /// [`BackendUsage`].
-    pub const BACKEND_USAGE: &str = "portico_backend_usage";
-    /// Set by body-transform when a backend's answer could not be translated (the client got
-    /// a 502 `bad_upstream_response`, or an error in place of the body or at the end of the
-    /// stream): the cache must not store what it saw of that answer.
-    pub const BAD_UPSTREAM: &str = "portico_bad_upstream";
-    /// Set by cache: HIT, MISS or BYPASS.
-    pub const CACHE: &str = "portico_cache";
-    /// Set by a filter that changes the path across APIs (translation, a rewrite): the API
-    /// the client speaks (`openai`, `anthropic`), which Envoy's `local_reply_config` reads to
-    /// answer its own errors in the client's format.
-    pub const CLIENT_API: &str = "portico_client_api";
-}
-
-/// What a backend reported about its usage, as body-transform publishes it in
-/// [`state::BACKEND_USAGE`]: `<prompt> <completion>`, or `unknown` when the backend's answer
-/// carried no final count (no usage object, a stream cut before its last usage, usage that is
-/// not a count). Unknown is not zero: the backend may have done the work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendUsage {
-    Reported { prompt: u64, completion: u64 },
-    Unknown,
-}
-
-impl BackendUsage {
-    pub fn encode(self) -> String {
-        match self {
-            BackendUsage::Reported { prompt, completion } => format!("{prompt} {completion}"),
-            BackendUsage::Unknown => "unknown".to_owned(),
-        }
-    }
-
-    /// Reads the property's value; anything malformed is unknown.
-    pub fn decode(raw: &[u8]) -> BackendUsage {
-        let text = std::str::from_utf8(raw).unwrap_or_default();
-        let mut parts = text.split(' ').map(str::parse::<u64>);
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some(Ok(prompt)), Some(Ok(completion)), None) => BackendUsage::Reported { prompt, completion },
-            _ => BackendUsage::Unknown,
-        }
-    }
-}
-
-/// The response header the cache sets, which rate-limit reads to release a hit's token
-/// reservation.
-pub const CACHE_HEADER: &str = "x-portico-cache";
 
 /// Longest label value kept; longer ones are cut (model names and routes fit easily).
 const MAX_VALUE: usize = 64;
@@ -169,26 +98,6 @@ pub fn outcome(status: u32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backend_usage_round_trips_and_anything_else_is_unknown() {
-        for usage in [
-            BackendUsage::Reported {
-                prompt: 3,
-                completion: 0,
-            },
-            BackendUsage::Reported {
-                prompt: u64::MAX,
-                completion: u64::MAX,
-            },
-            BackendUsage::Unknown,
-        ] {
-            assert_eq!(BackendUsage::decode(usage.encode().as_bytes()), usage);
-        }
-        for raw in [&b""[..], b"3", b"3 4 5", b"-1 2", b"a b", b"\xff", b"3  4"] {
-            assert_eq!(BackendUsage::decode(raw), BackendUsage::Unknown, "{raw:?}");
-        }
-    }
 
     #[test]
     fn series_names_carry_cleaned_labels() {

@@ -15,6 +15,7 @@
 //! - [`value_problem`]: a value that cannot split a message.
 
 use crate::config::{Errors, Node};
+use crate::contract::header::PREFIX as PORTICO_PREFIX;
 
 /// Who writes a header: the rules differ only for Portico's own headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,9 +36,6 @@ const FRAMING: [&str; 7] = [
     "keep-alive",
     "proxy-connection",
 ];
-
-/// The prefix of the headers through which Portico's filters talk to each other.
-const PORTICO_PREFIX: &str = "x-portico-";
 
 /// RFC 9110 `tchar`: what a header name may hold.
 fn is_token_char(c: char) -> bool {
@@ -81,7 +79,7 @@ pub fn write_problem(name: &str, writer: Writer) -> Option<String> {
              header operations cannot change it"
         )),
         _ if writer == Writer::Operation && name.starts_with(PORTICO_PREFIX) => Some(format!(
-            "{name:?} is Portico's own header (x-portico- headers carry identity and routing \
+            "{name:?} is Portico's own header ({PORTICO_PREFIX} headers carry identity and routing \
              between its filters): header operations cannot change it"
         )),
         _ => None,

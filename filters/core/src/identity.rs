@@ -1,19 +1,11 @@
-//! The headers through which auth tells later filters and upstreams who the caller is, and the
-//! form of the consumer id they carry.
-//!
-//! Auth removes any client-sent copy of these on every request before it sets its own, so a
-//! filter that runs after auth can trust them.
+//! The form of the consumer id auth hands later filters and upstreams in
+//! [`crate::contract::header::CONSUMER`] (the headers themselves are in [`crate::contract`]).
 //!
 //! The consumer id is `<namespace>:<name>`: the namespace says where the name comes from (a
 //! JWT provider's, `apikey` for API keys, or one an operator chose to share), so that two
 //! issuers' `user-1001`, or a token's `alice` and an API key's `alice`, are different
 //! consumers to every filter that keys on the id (rate limits, token budgets, cache scope,
 //! metrics, sticky splits). The namespace never holds `:`, so the first `:` splits the id.
-
-/// The consumer id of the authenticated caller, `<namespace>:<name>`.
-pub const CONSUMER_HEADER: &str = "x-portico-consumer";
-/// The caller's tier (for example `free`, `pro`), used by rate limits and routing.
-pub const TIER_HEADER: &str = "x-portico-tier";
 
 /// Longest namespace accepted.
 pub const MAX_NAMESPACE: usize = 64;

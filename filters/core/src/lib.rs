@@ -1,6 +1,7 @@
 //! Plain-Rust pieces shared by every Portico filter: configuration reading with JSON paths,
 //! the header names and values configuration may write, the error response shape, the
-//! identity header contract, request views, media types, route matching and strict JSON
+//! contract between the filters (every header, filter-state key, metadata key and API format
+//! one filter hands another, [`contract`]), request views, media types, route matching and strict JSON
 //! reading of request bodies.
 //!
 //! Nothing here calls the proxy-wasm host: `portico-host` does, and the filters reach the host
@@ -9,6 +10,7 @@
 pub mod analytics;
 pub mod clock;
 pub mod config;
+pub mod contract;
 pub mod header;
 pub mod identity;
 pub mod json;

@@ -88,11 +88,14 @@ impl RequestSource for RequestView {
 /// name, which clients may send and Envoy passes on as it is: without this, it (or a port)
 /// would skip every rule written for `api.example.com`.
 pub fn normalize_host(authority: &str) -> String {
-    let host = strip_port(authority);
+    let host = authority_host(authority);
     host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
 }
 
-fn strip_port(authority: &str) -> &str {
+/// The host of an authority a client wrote (`name:port`, `[v6]:port`, either without a port),
+/// the brackets of an IPv6 literal removed. Not rate-limit's `ip_of_source_address`, which
+/// reads Envoy's socket address of the peer.
+fn authority_host(authority: &str) -> &str {
     if let Some(rest) = authority.strip_prefix('[') {
         // [v6]:port
         return rest.split_once(']').map_or(authority, |(host, _)| host);

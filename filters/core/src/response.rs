@@ -9,50 +9,13 @@
 //! Envoy's own error replies get the same shape from the HTTP connection manager's
 //! `local_reply_config` (see `envoy/gateway.yaml`), which decides the format with the same
 //! rule: the path, unless a filter that changed the path recorded the client's API in the
-//! filter state [`crate::analytics::state::CLIENT_API`].
+//! filter state [`crate::contract::state::CLIENT_API`].
 
 use serde::Serialize;
 
-/// The API a client speaks, which decides the shape of the errors it gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientApi {
-    /// OpenAI-compatible clients, and every path that is not an Anthropic endpoint.
-    OpenAi,
-    /// Anthropic's Messages API: `…/v1/messages` and the endpoints under it.
-    Anthropic,
-}
-
-impl ClientApi {
-    /// The API of a request path (query ignored): Anthropic when a `v1/messages` segment pair
-    /// ends the path or is followed by more segments (`/v1/messages/count_tokens`), after any
-    /// prefix (`/anthropic/v1/messages`). The `local_reply_config` regex
-    /// `^(.*/)?v1/messages(/.*)?$` says the same. The path is read as routes match it
-    /// ([`crate::route::matching_path`]), so `;` parameters and escaped letters cannot hide the
-    /// API from the filters that answer in its format.
-    pub fn of_path(path: &str) -> ClientApi {
-        let path = path.split_once('?').map_or(path, |(p, _)| p);
-        let path = crate::route::matching_path(path);
-        let path = path.as_ref();
-        let anthropic = path.match_indices("v1/messages").any(|(at, m)| {
-            let before_ok = at == 0 || path.get(..at).is_some_and(|b| b.ends_with('/'));
-            let after = path.get(at + m.len()..).unwrap_or_default();
-            before_ok && (after.is_empty() || after.starts_with('/'))
-        });
-        if anthropic {
-            ClientApi::Anthropic
-        } else {
-            ClientApi::OpenAi
-        }
-    }
-
-    /// The value of the [`crate::analytics::state::CLIENT_API`] filter state.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ClientApi::OpenAi => "openai",
-            ClientApi::Anthropic => "anthropic",
-        }
-    }
-}
+/// The API a client speaks, which decides the shape of the errors it gets: the contract's one
+/// API-format enum, named for what it means here.
+pub use crate::contract::ApiFormat as ClientApi;
 
 /// An error family, rendered as the body's `error.type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,30 +138,6 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_slice(&r.body_for(ClientApi::OpenAi)).unwrap();
         assert_eq!(v.get("type"), None);
-    }
-
-    #[test]
-    fn the_client_api_is_read_from_the_path() {
-        let cases = [
-            ("/v1/messages", ClientApi::Anthropic),
-            ("/v1/messages?beta=true", ClientApi::Anthropic),
-            ("/v1/messages/count_tokens", ClientApi::Anthropic),
-            ("/v1/messages;x=1", ClientApi::Anthropic),
-            ("/v1/%6Dessages", ClientApi::Anthropic),
-            ("/v1;a=b/messages%3Bx", ClientApi::Anthropic),
-            ("/anthropic/v1/messages", ClientApi::Anthropic),
-            ("v1/messages", ClientApi::Anthropic),
-            ("/v1/chat/completions", ClientApi::OpenAi),
-            ("/v1/messagesx", ClientApi::OpenAi),
-            ("/xv1/messages", ClientApi::OpenAi),
-            ("/v1/threads/t1/messages", ClientApi::OpenAi),
-            ("/v2/messages", ClientApi::OpenAi),
-            ("/users?next=/v1/messages", ClientApi::OpenAi),
-            ("", ClientApi::OpenAi),
-        ];
-        for (path, want) in cases {
-            assert_eq!(ClientApi::of_path(path), want, "{path}");
-        }
     }
 
     #[test]

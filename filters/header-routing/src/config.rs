@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use portico_core::config::{read_bytes, read_value, Errors, Node, Object, BODY_LIMIT_MOVED};
+use portico_core::contract::{header, metadata, ApiFormat};
 use portico_core::header::{cookie_name_problem, value_problem, write_problem, Reserved, Writer};
 use portico_core::identity::parse_consumer_id;
 use portico_core::refusal::RefusalLog;
@@ -22,21 +23,6 @@ pub struct Config {
     pub refusal_log: RefusalLog,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    OpenAi,
-    Anthropic,
-}
-
-impl Format {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Format::OpenAi => "openai",
-            Format::Anthropic => "anthropic",
-        }
-    }
-}
-
 #[derive(Debug)]
 pub struct Backend {
     pub name: String,
@@ -48,7 +34,7 @@ pub struct Backend {
     pub remove_headers: Vec<String>,
     /// Header name and value injected upstream, replacing the client's credential.
     pub credential: Option<(String, String)>,
-    pub format: Option<Format>,
+    pub format: Option<ApiFormat>,
 }
 
 /// Who is counted for a sticky choice.
@@ -134,9 +120,6 @@ pub struct Route {
     pub action: Action,
 }
 
-/// The request header Envoy's route reads with `cluster_header` unless configured otherwise.
-pub const DEFAULT_CLUSTER_HEADER: &str = "x-portico-cluster";
-
 /// The largest split weight: weights are relative, so a million gives a resolution finer than
 /// the 10,000 buckets callers are spread over, and sums stay far from any overflow.
 pub const MAX_WEIGHT: u64 = 1_000_000;
@@ -163,20 +146,21 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
         .opt("cluster_header")
         .and_then(|n| {
             n.writable_header_name(Writer::Portico, errors).filter(|name| {
-                let problem = Reserved::of(name).filter(|_| name != DEFAULT_CLUSTER_HEADER).map(|r| {
+                let problem = Reserved::of(name).filter(|_| name != header::CLUSTER).map(|r| {
                     format!(
-                        "{}: choose another name (the default is {DEFAULT_CLUSTER_HEADER})",
-                        r.problem(name)
+                        "{}: choose another name (the default is {})",
+                        r.problem(name),
+                        header::CLUSTER
                     )
                 });
                 n.report(problem, errors)
             })
         })
-        .unwrap_or_else(|| DEFAULT_CLUSTER_HEADER.to_owned());
+        .unwrap_or_else(|| header::CLUSTER.to_owned());
     root.removed("max_body_bytes", errors, BODY_LIMIT_MOVED);
     let refusal_log = RefusalLog::read(&mut root, errors);
     let per_consumer_metrics = root.opt_bool("per_consumer_metrics", errors).unwrap_or(false);
-    let metadata_namespace = root.metadata_namespace("metadata_namespace", "portico", errors);
+    let metadata_namespace = root.metadata_namespace("metadata_namespace", metadata::NAMESPACE, errors);
     let backends: Vec<Backend> = root
         .array("backends", errors)
         .iter()
@@ -430,8 +414,8 @@ fn read_backend(node: &Node<'_>, errors: &mut Errors) -> Option<Backend> {
     });
     let format = obj
         .opt("format")
-        .and_then(|n| n.one_of(&["openai", "anthropic"], errors))
-        .map(|i| if i == 0 { Format::OpenAi } else { Format::Anthropic });
+        .and_then(|n| n.one_of(&ApiFormat::NAMES, errors))
+        .and_then(|i| ApiFormat::ALL.get(i).copied());
     obj.finish(errors);
     Some(Backend {
         name: name?,
@@ -499,7 +483,7 @@ fn read_flag(node: &Node<'_>, errors: &mut Errors) -> Option<Flag> {
             Ok(_) => consumers.push(id.to_owned()),
             Err(problem) => n.error(
                 errors,
-                format!("{problem} (flags compare it with x-portico-consumer as auth sets it)"),
+                format!("{problem} (flags compare it with {} as auth sets it)", header::CONSUMER),
             ),
         }
     }

@@ -1,7 +1,7 @@
 //! The routing decision: which route, which backend and variant, which flags, and how the
 //! request must look upstream. Pure: the shell passes headers and lifted body fields in.
 
-use portico_core::identity::{CONSUMER_HEADER, TIER_HEADER};
+use portico_core::contract::header;
 use portico_core::media;
 use portico_core::request::{cookie_values, RequestSource};
 use portico_core::response::{ErrorResponse, ErrorType};
@@ -56,7 +56,7 @@ pub fn bucket(seed: &str, key: &str) -> u32 {
 
 fn sticky_value<'a>(key: &StickyKey, view: &'a dyn RequestSource) -> &'a str {
     match key {
-        StickyKey::Consumer => view.header_str(CONSUMER_HEADER),
+        StickyKey::Consumer => view.header_str(header::CONSUMER),
         StickyKey::Header(name) => view.header_str(name),
         StickyKey::Cookie(name) => cookie_values(view.headers_named("cookie").into_iter(), name)
             .first()
@@ -67,8 +67,8 @@ fn sticky_value<'a>(key: &StickyKey, view: &'a dyn RequestSource) -> &'a str {
 
 /// The flags that are on for this request.
 pub fn flags_on(config: &Config, view: &dyn RequestSource) -> Vec<String> {
-    let consumer = view.header_str(CONSUMER_HEADER);
-    let tier = view.header_str(TIER_HEADER);
+    let consumer = view.header_str(header::CONSUMER);
+    let tier = view.header_str(header::TIER);
     config
         .flags
         .iter()
@@ -84,7 +84,7 @@ pub fn flags_on(config: &Config, view: &dyn RequestSource) -> Vec<String> {
 fn conditions_hold(route: &Route, view: &dyn RequestSource, flags: &[String]) -> bool {
     let tier_ok = route.tiers.is_empty()
         || view
-            .header_str(TIER_HEADER)
+            .header_str(header::TIER)
             .is_some_and(|t| route.tiers.iter().any(|x| x == t));
     let flag_ok = route.require_flag.as_ref().is_none_or(|f| flags.contains(f));
     tier_ok
@@ -177,7 +177,7 @@ pub fn decide(config: &Config, inputs: &Inputs<'_>) -> Decision {
                         "the request body has no `model` field",
                     );
                 };
-                let policy: Option<&TierPolicy> = view.header_str(TIER_HEADER).and_then(|t| models.tiers.get(t));
+                let policy: Option<&TierPolicy> = view.header_str(header::TIER).and_then(|t| models.tiers.get(t));
                 let alias = policy.and_then(|p| p.pin.as_deref()).unwrap_or(requested);
                 if let Some(p) = policy.filter(|p| p.pin.is_none() && !p.allow.is_empty()) {
                     if !p.allow.iter().any(|a| a == requested) {

@@ -9,8 +9,8 @@
 use std::rc::Rc;
 
 use log::error;
-use portico_core::analytics::state;
 use portico_core::config::Errors;
+use portico_core::contract::{metadata, root_id, state};
 use portico_core::refusal::RefusalLog;
 use portico_core::request::RequestSource;
 use portico_core::response::ClientApi;
@@ -26,7 +26,7 @@ use crate::check_body;
 use crate::config::{Action, Config};
 use crate::shape::{self, BodyPhase, Lifted, Routing};
 
-const NAME: &str = "portico-header-routing";
+const NAME: &str = root_id::HEADER_ROUTING;
 /// Distinct label sets per metric before the rest count as `other`.
 const MAX_SERIES: usize = 1000;
 
@@ -116,11 +116,11 @@ pub struct RoutingHttp {
 impl RoutingHttp {
     /// A field `json_to_metadata` lifted into this filter's metadata namespace.
     fn lifted(&self, env: &Env<'_>, key: &str) -> Option<Vec<u8>> {
-        let path = ["metadata", "filter_metadata", &self.config.metadata_namespace, key];
-        env.property(&path).unwrap_or_else(|e| {
-            error!("{NAME}: reading the lifted {key:?} failed: host status {}", e.0);
-            None
-        })
+        env.property(&metadata::path(&self.config.metadata_namespace, key))
+            .unwrap_or_else(|e| {
+                error!("{NAME}: reading the lifted {key:?} failed: host status {}", e.0);
+                None
+            })
     }
 
     /// A filter-state value set by an earlier filter, as text.
@@ -149,11 +149,12 @@ impl HttpFilter for RoutingHttp {
         // Lifted body fields exist only when a body follows (json_to_metadata reads it first).
         let body_follows = !headers.end_of_stream();
         let model = if body_follows {
-            self.lifted(&env, "model").and_then(|m| String::from_utf8(m).ok())
+            self.lifted(&env, metadata::MODEL)
+                .and_then(|m| String::from_utf8(m).ok())
         } else {
             None
         };
-        let json_error = self.model_routes && body_follows && self.lifted(&env, "json_error").is_some();
+        let json_error = self.model_routes && body_follows && self.lifted(&env, metadata::JSON_ERROR).is_some();
         let lifted = Lifted {
             model: model.as_deref(),
             json_error,
@@ -215,7 +216,9 @@ impl HttpFilter for RoutingHttp {
         let labels = match self.routing.take() {
             Some(routing) => routing.labels,
             None => {
-                let model = self.lifted(&env, "model").and_then(|m| String::from_utf8(m).ok());
+                let model = self
+                    .lifted(&env, metadata::MODEL)
+                    .and_then(|m| String::from_utf8(m).ok());
                 Labels::unrouted(&self.config, exchange.request(), Self::state(&env, state::TIER), model)
             }
         };

@@ -19,14 +19,6 @@ use portico_core::response::{ErrorResponse, ErrorType};
 
 pub use filter::HeaderRouting;
 
-/// The variant chosen for the request: to the upstream, and echoed to the client.
-pub const VARIANT_HEADER: &str = "x-portico-variant";
-/// The feature flags on for the request, comma-separated: to the upstream and the client.
-pub const FLAGS_HEADER: &str = "x-portico-flags";
-/// The chosen backend's API format, for body-transform. Internal: the Envoy route removes it
-/// before the request leaves (`request_headers_to_remove`).
-pub const FORMAT_HEADER: &str = "x-portico-backend-format";
-
 /// A model route's whole body, read strictly: refused with 400 `duplicate_json_key` when an
 /// object repeats a key (json_to_metadata lifted the last `model`, a backend may read the
 /// first) and 400 `invalid_json` when it is not a JSON object; otherwise `Some` new body with

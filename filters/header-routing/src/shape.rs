@@ -4,8 +4,7 @@
 //! header), recorded as effects. The shell only reads the request and the lifted body fields
 //! and hands them here.
 
-use portico_core::analytics::state;
-use portico_core::identity::TIER_HEADER;
+use portico_core::contract::{header, state};
 use portico_core::request::RequestSource;
 use portico_core::response::{ClientApi, ErrorResponse, ErrorType};
 use portico_host::Effects;
@@ -13,7 +12,6 @@ use portico_host::Effects;
 use crate::analytics::Labels;
 use crate::config::{self, Backend, Config};
 use crate::decide::{self, Decision, Inputs, Routed};
-use crate::{FLAGS_HEADER, FORMAT_HEADER, VARIANT_HEADER};
 
 /// What `json_to_metadata` lifted from the body into dynamic metadata.
 #[derive(Debug, Clone, Copy, Default)]
@@ -47,9 +45,9 @@ pub struct Routing {
 pub fn owned_headers(config: &Config) -> [&str; 4] {
     [
         config.cluster_header.as_str(),
-        FORMAT_HEADER,
-        VARIANT_HEADER,
-        FLAGS_HEADER,
+        header::BACKEND_FORMAT,
+        header::VARIANT,
+        header::FLAGS,
     ]
 }
 
@@ -127,17 +125,17 @@ fn shape(
         }
     }
     if let Some(format) = backend.format {
-        fx.set_request_header(FORMAT_HEADER, format.as_str());
+        fx.set_request_header(header::BACKEND_FORMAT, format.as_str());
     }
     let mut echo = Vec::new();
     if let Some(variant) = &routed.variant {
-        fx.set_request_header(VARIANT_HEADER, variant);
-        echo.push((VARIANT_HEADER, variant.clone()));
+        fx.set_request_header(header::VARIANT, variant);
+        echo.push((header::VARIANT, variant.clone()));
     }
     if !routed.flags.is_empty() {
         let flags = routed.flags.join(",");
-        fx.set_request_header(FLAGS_HEADER, &flags);
-        echo.push((FLAGS_HEADER, flags));
+        fx.set_request_header(header::FLAGS, &flags);
+        echo.push((header::FLAGS, flags));
     }
     let route = config.routes.get(routed.route);
     if routed.model.is_some() {
@@ -153,7 +151,7 @@ fn shape(
     let labels = Labels {
         route: route.map_or_else(String::new, |r| r.name.clone()),
         // Auth's header (it removes any copy a client sent), read without a host call.
-        tier: view.header_str(TIER_HEADER).unwrap_or_default().to_owned(),
+        tier: view.header_str(header::TIER).unwrap_or_default().to_owned(),
         backend: backend.name.clone(),
         variant: routed.variant.unwrap_or_default(),
         model: routed

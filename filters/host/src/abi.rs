@@ -91,6 +91,7 @@ extern "C" {
     fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, id: *mut u32) -> u32;
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
     fn proxy_record_metric(id: u32, value: u64) -> u32;
+    fn proxy_continue_stream(stream: u32) -> u32;
 }
 
 /// Stand-ins for the imports off wasm, with the same signatures so the wrappers below are the
@@ -185,6 +186,9 @@ mod native {
         NO_HOST
     }
     pub(super) unsafe fn proxy_record_metric(_: u32, _: u64) -> u32 {
+        NO_HOST
+    }
+    pub(super) unsafe fn proxy_continue_stream(_: u32) -> u32 {
         NO_HOST
     }
 }
@@ -405,4 +409,12 @@ pub(crate) fn record_metric(id: u32, value: u64) -> Result<(), HostError> {
     count();
     // SAFETY: plain value arguments.
     status(unsafe { proxy_record_metric(id, value) })
+}
+
+/// Resumes the paused stream of the effective context in one direction (0 request, 1
+/// response).
+pub(crate) fn continue_stream(stream: u32) -> Result<(), HostError> {
+    count();
+    // SAFETY: plain value argument.
+    status(unsafe { proxy_continue_stream(stream) })
 }

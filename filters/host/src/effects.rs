@@ -5,6 +5,7 @@
 //! the list) and gives the host one place to enforce what each phase allows.
 
 use std::borrow::Cow;
+use std::time::Duration;
 
 use portico_core::response::{ClientApi, ErrorResponse};
 
@@ -73,11 +74,23 @@ impl LocalReply {
     }
 }
 
+/// A unary gRPC call a callback asks for: the stream pauses until its answer, which goes to
+/// [`crate::HttpFilter::call_answer`] (see [`Effects::call`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub cluster: Name,
+    pub service: Name,
+    pub method: Name,
+    pub message: Vec<u8>,
+    pub timeout: Duration,
+}
+
 /// The effects of one callback, in the order the filter asked for them.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Effects {
     list: Vec<Effect>,
     reply: Option<LocalReply>,
+    call: Option<Call>,
 }
 
 impl Effects {
@@ -168,6 +181,26 @@ impl Effects {
         self.respond(reply);
     }
 
+    /// Makes `call` after the other effects and pauses the stream until its answer, which
+    /// [`crate::HttpFilter::call_answer`] gets in the same phase (the headers of that phase
+    /// can still change there); the stream then continues unless the answer's callback
+    /// replies or calls again. A call the host refuses is answered at once with status
+    /// UNAVAILABLE. A reply in the same callback wins: the call is not made. One call per
+    /// callback (the last asked for). Calls from the log callback are not made: Envoy cancels
+    /// them when the stream ends (hand them to the root instead).
+    pub fn call(&mut self, call: Call) {
+        self.call = Some(call);
+    }
+
+    /// The call asked for, if any.
+    pub fn pending_call(&self) -> Option<&Call> {
+        self.call.as_ref()
+    }
+
+    pub(crate) fn take_call(&mut self) -> Option<Call> {
+        self.call.take()
+    }
+
     pub fn list(&self) -> &[Effect] {
         &self.list
     }
@@ -177,7 +210,7 @@ impl Effects {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.list.is_empty() && self.reply.is_none()
+        self.list.is_empty() && self.reply.is_none() && self.call.is_none()
     }
 
     pub(crate) fn into_parts(self) -> (Vec<Effect>, Option<LocalReply>) {

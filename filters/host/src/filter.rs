@@ -10,11 +10,12 @@ use portico_core::refusal::RefusalLog;
 use serde_json::Value;
 
 use crate::abi::HostError;
-use crate::callout::CallResponse;
+use crate::callout::{CallResponse, GrpcAnswer};
 use crate::effects::Effects;
 use crate::env::Env;
 use crate::headers::{Body, Exchange, RequestHeaders, ResponseHeaders};
-use crate::host::{Host, HttpCall};
+use crate::host::{GrpcCall, Host, HttpCall};
+use crate::stages::StageRoot;
 
 /// What a headers callback wants done with the stream after its effects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +70,9 @@ pub trait Filter: Sized + 'static {
 
     /// The answer to a call dispatched with [`RootHost::dispatch_http_call`].
     fn on_http_call_response(&mut self, _root: &mut RootHost<'_>, _token: u32, _response: &CallResponse<'_>) {}
+
+    /// The answer to a call dispatched with [`RootHost::dispatch_grpc_call`].
+    fn on_grpc_call_response(&mut self, _root: &mut RootHost<'_>, _token: u32, _answer: &GrpcAnswer<'_>) {}
 }
 
 /// One request through a filter. Every callback returns what to do next and records its
@@ -92,6 +96,11 @@ pub trait HttpFilter {
         BodyFlow::Continue
     }
 
+    /// The answer to the call a callback asked for with [`Effects::call`], in the phase that
+    /// asked (its headers can still change). The stream continues after it unless `fx`
+    /// replies or calls again.
+    fn call_answer(&mut self, _answer: &GrpcAnswer<'_>, _fx: &mut Effects) {}
+
     /// After the response has been sent (or the client went away): the place for accounting.
     fn log(&mut self, _env: &Env<'_>) {}
 
@@ -109,11 +118,30 @@ pub trait HttpFilter {
 pub struct RootHost<'a> {
     host: &'a dyn Host,
     root_id: &'static str,
+    /// Set when the filter runs as a stage of one plugin entry ([`crate::stages`]): its tick
+    /// period and the calls it sends are kept apart from the other stages'.
+    stage: Option<&'a StageRoot>,
 }
 
 impl<'a> RootHost<'a> {
     pub(crate) fn new(host: &'a dyn Host, root_id: &'static str) -> Self {
-        Self { host, root_id }
+        Self {
+            host,
+            root_id,
+            stage: None,
+        }
+    }
+
+    pub(crate) fn for_stage(host: &'a dyn Host, root_id: &'static str, stage: &'a StageRoot) -> Self {
+        Self {
+            host,
+            root_id,
+            stage: Some(stage),
+        }
+    }
+
+    pub(crate) fn host(&self) -> &'a dyn Host {
+        self.host
     }
 
     pub fn root_id(&self) -> &'static str {
@@ -126,11 +154,31 @@ impl<'a> RootHost<'a> {
 
     /// Calls [`Filter::on_tick`] every `period` from now on.
     pub fn set_tick_period(&self, period: Duration) -> Result<(), HostError> {
-        self.host.set_tick_period(period)
+        match self.stage {
+            Some(stage) => {
+                stage.set_tick_period(period);
+                Ok(())
+            }
+            None => self.host.set_tick_period(period),
+        }
     }
 
     /// Sends `call`; the answer comes to [`Filter::on_http_call_response`] with the token.
     pub fn dispatch_http_call(&self, call: &HttpCall<'_>) -> Result<u32, HostError> {
-        self.host.dispatch_http_call(call)
+        let token = self.host.dispatch_http_call(call)?;
+        if let Some(stage) = self.stage {
+            stage.sent(token);
+        }
+        Ok(token)
+    }
+
+    /// Sends `call`; the answer comes to [`Filter::on_grpc_call_response`] with the token.
+    /// Calls from the root outlive every request (settlement after the client went away).
+    pub fn dispatch_grpc_call(&self, call: &GrpcCall<'_>) -> Result<u32, HostError> {
+        let token = self.host.dispatch_grpc_call(call)?;
+        if let Some(stage) = self.stage {
+            stage.sent_grpc(token);
+        }
+        Ok(token)
     }
 }

@@ -333,6 +333,9 @@ impl<'a> Exchange<'a> {
 pub struct Body<'a> {
     host: &'a dyn Host,
     buffer: Buffer,
+    /// Where this view starts in the host's buffer: 0, except for a stage behind one that
+    /// buffers, which sees only what arrived since it last let the body go.
+    start: usize,
     size: usize,
     end_of_stream: bool,
     bytes: OnceCell<Vec<u8>>,
@@ -340,9 +343,15 @@ pub struct Body<'a> {
 
 impl<'a> Body<'a> {
     pub(crate) fn new(host: &'a dyn Host, buffer: Buffer, size: usize, end_of_stream: bool) -> Self {
+        Self::range(host, buffer, 0, size, end_of_stream)
+    }
+
+    /// The `size` bytes of the host's buffer from `start`.
+    pub(crate) fn range(host: &'a dyn Host, buffer: Buffer, start: usize, size: usize, end_of_stream: bool) -> Self {
         Self {
             host,
             buffer,
+            start,
             size,
             end_of_stream,
             bytes: OnceCell::new(),
@@ -368,7 +377,7 @@ impl<'a> Body<'a> {
             if self.size == 0 {
                 return Vec::new();
             }
-            match self.host.buffer(self.buffer, 0, self.size) {
+            match self.host.buffer(self.buffer, self.start, self.size) {
                 Ok(bytes) => bytes.unwrap_or_default(),
                 Err(e) => {
                     log::error!("reading {:?} failed: host status {}", self.buffer, e.0);

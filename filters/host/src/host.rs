@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use portico_core::shared::SetOutcome;
 
 use crate::abi::{self, HostError};
-use crate::effects::LocalReply;
+use crate::effects::{Direction, LocalReply};
 
 /// The header maps Portico reads or writes (values of the ABI's map type).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,6 +25,8 @@ pub enum Buffer {
     RequestBody = 0,
     ResponseBody = 1,
     HttpCallResponseBody = 4,
+    /// The message of a gRPC call's answer.
+    GrpcReceiveBuffer = 5,
     PluginConfiguration = 7,
 }
 
@@ -43,6 +45,19 @@ pub struct HttpCall<'a> {
     /// Must hold `:method`, `:path` and `:authority`, or the host refuses the call.
     pub headers: &'a [(&'a str, &'a str)],
     pub body: Option<&'a [u8]>,
+    pub timeout: Duration,
+}
+
+/// A unary gRPC call to a cluster (`portico-state`). The cluster must be an HTTP/2 cluster
+/// Envoy knows; the call fails with a gRPC status at `timeout`.
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcCall<'a> {
+    pub cluster: &'a str,
+    /// The fully qualified service, such as `portico.state.v1.State`.
+    pub service: &'a str,
+    pub method: &'a str,
+    /// The request message, already encoded.
+    pub message: &'a [u8],
     pub timeout: Duration,
 }
 
@@ -74,6 +89,11 @@ pub trait Host {
     /// Dispatches `call`; the answer arrives at the root's `on_http_call_response` with the
     /// returned token.
     fn dispatch_http_call(&self, call: &HttpCall<'_>) -> Result<u32, HostError>;
+    /// Dispatches a unary gRPC call from the context running now; the answer arrives at that
+    /// context (the stream, or the root) with the returned token.
+    fn dispatch_grpc_call(&self, call: &GrpcCall<'_>) -> Result<u32, HostError>;
+    /// Resumes a stream paused in `direction` (after the answer it waited for).
+    fn continue_stream(&self, direction: Direction) -> Result<(), HostError>;
     /// Host calls made so far, for the per-request report (0 when not counted).
     fn calls(&self) -> u64;
 }
@@ -245,6 +265,17 @@ impl Host for WasmHost {
 
     fn dispatch_http_call(&self, call: &HttpCall<'_>) -> Result<u32, HostError> {
         crate::callout::dispatch_http_call(call)
+    }
+
+    fn dispatch_grpc_call(&self, call: &GrpcCall<'_>) -> Result<u32, HostError> {
+        crate::callout::dispatch_grpc_call(call)
+    }
+
+    fn continue_stream(&self, direction: Direction) -> Result<(), HostError> {
+        abi::continue_stream(match direction {
+            Direction::Request => 0,
+            Direction::Response => 1,
+        })
     }
 
     fn calls(&self) -> u64 {

@@ -26,14 +26,15 @@ pub mod log;
 pub mod metrics;
 pub mod mock;
 pub mod root;
+pub mod stages;
 pub mod stream;
 
-pub use callout::CallResponse;
-pub use effects::{Direction, Effect, Effects, LocalReply};
+pub use callout::{grpc_status, CallResponse, GrpcAnswer};
+pub use effects::{Call, Direction, Effect, Effects, LocalReply};
 pub use env::{Env, Shared};
 pub use filter::{BodyFlow, Filter, HeadersFlow, HttpFilter, RootHost};
 pub use headers::{Body, Exchange, HeaderView, RequestHeaders, ResponseHeaders};
-pub use host::HttpCall;
+pub use host::{GrpcCall, HttpCall};
 pub use root::{entry, Entry};
 
 /// Re-exported for [`main!`] only: nothing else outside this crate uses the SDK.

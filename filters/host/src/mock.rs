@@ -17,8 +17,8 @@ use portico_core::shared::{HostError, MemoryStore, SetOutcome, Store};
 use proxy_wasm::traits::{Context, RootContext};
 
 use crate::abi::{BAD_ARGUMENT, NOT_FOUND};
-use crate::effects::LocalReply;
-use crate::host::{Buffer, Host, HttpCall, Map, MetricKind};
+use crate::effects::{Direction, LocalReply};
+use crate::host::{Buffer, GrpcCall, Host, HttpCall, Map, MetricKind};
 use crate::root::{Entry, Root};
 use crate::stream::{CallCounts, Callbacks};
 
@@ -40,6 +40,16 @@ pub enum Mutation {
         headers: Vec<(String, String)>,
     },
     TickPeriod(Duration),
+    GrpcCall {
+        token: u32,
+        cluster: String,
+        service: String,
+        method: String,
+        message: Vec<u8>,
+        timeout: Duration,
+    },
+    /// `proxy_continue_stream`: a paused stream resumed.
+    Continue(Direction),
 }
 
 #[derive(Debug, Default)]
@@ -53,6 +63,8 @@ struct State {
     mutations: Vec<Mutation>,
     next_token: u32,
     calls: u64,
+    /// The status `dispatch_grpc_call` answers instead of a token (a missing cluster).
+    refuse_grpc: Option<u32>,
 }
 
 /// The in-memory host. Clones share one state, so a test keeps one to look at what a filter
@@ -109,6 +121,26 @@ impl MockHost {
     pub fn put_property(&self, path: &[&str], value: &[u8]) {
         let path = path.iter().map(|p| (*p).to_owned()).collect();
         self.setup(|s| s.properties.insert(path, value.to_vec()));
+    }
+
+    /// Makes every gRPC dispatch fail with host status `status` (`None`: dispatch again).
+    pub fn refuse_grpc_calls(&self, status: Option<u32>) {
+        self.setup(|s| s.refuse_grpc = status);
+    }
+
+    /// The gRPC calls dispatched so far: token, method and message.
+    pub fn grpc_calls(&self) -> Vec<(u32, String, Vec<u8>)> {
+        self.peek(|s| {
+            s.mutations
+                .iter()
+                .filter_map(|m| match m {
+                    Mutation::GrpcCall {
+                        token, method, message, ..
+                    } => Some((*token, method.clone(), message.clone())),
+                    _ => None,
+                })
+                .collect()
+        })
     }
 
     pub fn set_now(&self, now: SystemTime) {
@@ -354,6 +386,31 @@ impl Host for MockHost {
         })
     }
 
+    fn dispatch_grpc_call(&self, call: &GrpcCall<'_>) -> Result<u32, HostError> {
+        self.with(|s| {
+            if let Some(status) = s.refuse_grpc {
+                return Err(HostError(status));
+            }
+            s.next_token = s.next_token.wrapping_add(1);
+            s.mutations.push(Mutation::GrpcCall {
+                token: s.next_token,
+                cluster: call.cluster.to_owned(),
+                service: call.service.to_owned(),
+                method: call.method.to_owned(),
+                message: call.message.to_vec(),
+                timeout: call.timeout,
+            });
+            Ok(s.next_token)
+        })
+    }
+
+    fn continue_stream(&self, direction: Direction) -> Result<(), HostError> {
+        self.with(|s| {
+            s.mutations.push(Mutation::Continue(direction));
+            Ok(())
+        })
+    }
+
     fn calls(&self) -> u64 {
         self.peek(|s| s.calls)
     }
@@ -378,7 +435,24 @@ impl MockEnvoy {
         config: &str,
         allow_on_headers_stop_iteration: bool,
     ) -> Result<Self, Vec<String>> {
-        let host = MockHost::new();
+        Self::start_on(
+            MockHost::new(),
+            registry,
+            root_id,
+            config,
+            allow_on_headers_stop_iteration,
+        )
+    }
+
+    /// [`MockEnvoy::start`] on `host`, which other entries may share: the entries of one
+    /// filter chain see each request through one host ([`MockChain`]).
+    pub fn start_on(
+        host: MockHost,
+        registry: &'static [Entry],
+        root_id: &str,
+        config: &str,
+        allow_on_headers_stop_iteration: bool,
+    ) -> Result<Self, Vec<String>> {
         host.put_property(&["plugin_root_id"], root_id.as_bytes());
         host.set_body(Buffer::PluginConfiguration, config.as_bytes());
         let mut root = Root::new(registry, Rc::new(host.clone()));
@@ -426,6 +500,14 @@ impl MockEnvoy {
         self.root.on_http_call_response(token, 1, body_size, 0);
         self.host.close(Map::HttpCallResponseHeaders);
     }
+
+    /// Delivers the answer to the root's gRPC call `token`: status 0 with `message`, or the
+    /// status the call closed with.
+    pub fn grpc_call_response(&mut self, token: u32, status: u32, message: &[u8]) {
+        self.host.set_body(Buffer::GrpcReceiveBuffer, message);
+        let size = if status == 0 { message.len() } else { 0 };
+        self.root.on_grpc_call_response(token, status, size);
+    }
 }
 
 /// One request, driven callback by callback.
@@ -435,6 +517,10 @@ pub struct MockStream {
     allow_on_headers_stop_iteration: bool,
     request_held: bool,
     response_held: bool,
+    crossings: u64,
+    /// The map the last callback ran with and whether it was open, while it is paused: a
+    /// call's answer runs with the same access.
+    paused: Option<(Map, bool)>,
 }
 
 impl MockStream {
@@ -445,7 +531,15 @@ impl MockStream {
             allow_on_headers_stop_iteration,
             request_held: false,
             response_held: false,
+            crossings: 1,
+            paused: None,
         }
+    }
+
+    /// Times Envoy called into the VM for this request so far: the context's creation and
+    /// each callback.
+    pub fn crossings(&self) -> u64 {
+        self.crossings
     }
 
     pub fn host(&self) -> &MockHost {
@@ -458,60 +552,416 @@ impl MockStream {
     }
 
     fn run(&mut self, map: Map, open: bool, call: impl FnOnce(&mut dyn Callbacks) -> Action) -> Action {
+        self.crossings += 1;
         if open {
             self.host.open(map);
         }
         let action = call(self.context.as_mut());
         self.host.close(map);
+        self.paused = (action == Action::Pause).then_some((map, open));
         action
+    }
+
+    /// Delivers the answer to the stream's gRPC call `token` (status 0 with `message`, or the
+    /// status the call closed with), with the access the paused callback had, as Envoy does.
+    pub fn grpc_answer(&mut self, token: u32, status: u32, message: &[u8]) {
+        self.host.set_body(Buffer::GrpcReceiveBuffer, message);
+        let size = if status == 0 { message.len() } else { 0 };
+        let (map, open) = self.paused.unwrap_or((Map::RequestHeaders, false));
+        if open {
+            self.host.open(map);
+        }
+        self.context.call_answer(token, status, size);
+        self.host.close(map);
     }
 
     /// The request headers arrive; `end_of_stream` when no body follows.
     pub fn request_headers(&mut self, pairs: &[(&str, &str)], end_of_stream: bool) -> Action {
         self.host.set_headers(Map::RequestHeaders, pairs);
-        let action = self.run(Map::RequestHeaders, true, |c| c.request_headers(end_of_stream));
-        self.request_held =
-            action == Action::Pause && self.allow_on_headers_stop_iteration && self.host.reply().is_none();
-        action
+        self.headers_in_place(Map::RequestHeaders, end_of_stream)
     }
 
     /// A body callback; `body` is what the host holds now (everything so far while the filter
     /// buffers).
     pub fn request_body(&mut self, body: &[u8], end_of_stream: bool) -> Action {
         self.host.set_body(Buffer::RequestBody, body);
-        let held = self.request_held;
-        let action = self.run(Map::RequestHeaders, held, |c| c.request_body(body.len(), end_of_stream));
-        if action == Action::Continue {
-            self.request_held = false;
-        }
-        action
+        self.body_in_place(Map::RequestHeaders, body.len(), end_of_stream)
     }
 
     pub fn response_headers(&mut self, pairs: &[(&str, &str)], end_of_stream: bool) -> Action {
         self.host.set_headers(Map::ResponseHeaders, pairs);
-        let action = self.run(Map::ResponseHeaders, true, |c| c.response_headers(end_of_stream));
-        self.response_held = action == Action::Pause && self.allow_on_headers_stop_iteration;
-        action
+        self.headers_in_place(Map::ResponseHeaders, end_of_stream)
     }
 
     pub fn response_body(&mut self, body: &[u8], end_of_stream: bool) -> Action {
         self.host.set_body(Buffer::ResponseBody, body);
-        let held = self.response_held;
-        let action = self.run(Map::ResponseHeaders, held, |c| {
-            c.response_body(body.len(), end_of_stream)
-        });
-        if action == Action::Continue {
-            self.response_held = false;
+        self.body_in_place(Map::ResponseHeaders, body.len(), end_of_stream)
+    }
+
+    /// The headers callback of `map`'s direction on the map as the host holds it.
+    fn headers_in_place(&mut self, map: Map, end_of_stream: bool) -> Action {
+        if map == Map::RequestHeaders {
+            let action = self.run(map, true, |c| c.request_headers(end_of_stream));
+            self.request_held =
+                action == Action::Pause && self.allow_on_headers_stop_iteration && self.host.reply().is_none();
+            action
+        } else {
+            let action = self.run(map, true, |c| c.response_headers(end_of_stream));
+            self.response_held = action == Action::Pause && self.allow_on_headers_stop_iteration;
+            action
         }
-        action
+    }
+
+    /// The body callback of `map`'s direction on the body the host holds, of `size` bytes.
+    fn body_in_place(&mut self, map: Map, size: usize, end_of_stream: bool) -> Action {
+        if map == Map::RequestHeaders {
+            let held = self.request_held;
+            let action = self.run(map, held, |c| c.request_body(size, end_of_stream));
+            if action == Action::Continue {
+                self.request_held = false;
+            }
+            action
+        } else {
+            let held = self.response_held;
+            let action = self.run(map, held, |c| c.response_body(size, end_of_stream));
+            if action == Action::Continue {
+                self.response_held = false;
+            }
+            action
+        }
     }
 
     /// The log callback, where Envoy lets a filter read the request and response headers.
     pub fn log(&mut self) {
+        self.crossings += 1;
         self.host.open(Map::RequestHeaders);
         self.host.open(Map::ResponseHeaders);
         self.context.log();
         self.host.close(Map::RequestHeaders);
         self.host.close(Map::ResponseHeaders);
+    }
+}
+
+// === impl MockChain ===
+
+/// Several plugin entries of one module on one [`MockHost`], in HTTP filter-chain order: a
+/// request runs through them as Envoy runs it through its chain, so what one filter writes
+/// (headers, filter state, a replaced body) is what the next reads.
+pub struct MockChain {
+    host: MockHost,
+    entries: Vec<MockEnvoy>,
+}
+
+impl MockChain {
+    /// Starts each `(root_id, config, allow_on_headers_stop_iteration)` of `registry` on one
+    /// host, in chain order. On refusal, the lines the refusing root logs.
+    pub fn start(registry: &'static [Entry], entries: &[(&str, &str, bool)]) -> Result<Self, Vec<String>> {
+        let host = MockHost::new();
+        let entries = entries
+            .iter()
+            .map(|(root_id, config, allow)| MockEnvoy::start_on(host.clone(), registry, root_id, config, *allow))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { host, entries })
+    }
+
+    pub fn host(&self) -> &MockHost {
+        &self.host
+    }
+
+    /// A new request through every entry.
+    pub fn stream(&self) -> MockChainStream {
+        let streams = self.entries.iter().map(MockEnvoy::stream).collect();
+        MockChainStream {
+            host: self.host.clone(),
+            streams,
+            request: Pass::default(),
+            response: Pass::default(),
+            replied_at: None,
+        }
+    }
+}
+
+/// How far one direction of a request got through the chain. Positions count entries in
+/// the direction's order.
+#[derive(Debug, Default)]
+struct Pass {
+    /// The first position that runs: a local reply travels back only through the entries
+    /// before the one that sent it.
+    from: usize,
+    /// Positions before this have had the headers.
+    headers: usize,
+    end_of_stream: bool,
+    /// The position that buffers the body, and what it holds.
+    buffered: Option<(usize, Vec<u8>)>,
+    /// Local replies sent before this pass began: one more ends it.
+    replies: usize,
+}
+
+/// One request through a [`MockChain`]: request callbacks run in chain order, response
+/// callbacks in reverse, each on the maps and body the previous entry left. An entry that
+/// pauses stops the callback there, as in Envoy: paused headers go on to the next entries
+/// once its body callback continues, and a buffered body is handed back to it with the next
+/// chunk appended (the entries before it see only the new chunk). A local reply stops the
+/// request; [`MockChainStream::reply_back`] runs it through the response callbacks of the
+/// entries before the one that sent it.
+pub struct MockChainStream {
+    host: MockHost,
+    streams: Vec<MockStream>,
+    request: Pass,
+    response: Pass,
+    /// The request-order position of the entry that sent a local reply.
+    replied_at: Option<usize>,
+}
+
+impl MockChainStream {
+    pub fn host(&self) -> &MockHost {
+        &self.host
+    }
+
+    /// The request headers arrive; `end_of_stream` when no body follows. `Continue` once they
+    /// have passed every entry.
+    pub fn request_headers(&mut self, pairs: &[(&str, &str)], end_of_stream: bool) -> Action {
+        self.host.set_headers(Map::RequestHeaders, pairs);
+        self.request = self.new_pass(0, end_of_stream);
+        self.headers(Map::RequestHeaders)
+    }
+
+    /// A chunk of the request body; `Continue` once it has passed every entry.
+    pub fn request_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Action {
+        self.body(Map::RequestHeaders, chunk, end_of_stream)
+    }
+
+    pub fn response_headers(&mut self, pairs: &[(&str, &str)], end_of_stream: bool) -> Action {
+        self.host.set_headers(Map::ResponseHeaders, pairs);
+        self.response = self.new_pass(0, end_of_stream);
+        self.headers(Map::ResponseHeaders)
+    }
+
+    pub fn response_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Action {
+        self.body(Map::ResponseHeaders, chunk, end_of_stream)
+    }
+
+    /// The local reply an entry sent on the request path, run through the response callbacks
+    /// of the entries before it as Envoy encodes it (status, its headers, its body); `None`
+    /// when no entry replied.
+    pub fn reply_back(&mut self) -> Option<LocalReply> {
+        let (at, reply) = self.replied_at.zip(self.host.reply())?;
+        let status = reply.status.to_string();
+        let headers: Vec<(String, String)> = reply
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v).into_owned()))
+            .collect();
+        let mut pairs = vec![(":status", status.as_str())];
+        pairs.extend(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        self.host.set_headers(Map::ResponseHeaders, &pairs);
+        self.response = self.new_pass(self.streams.len().saturating_sub(at), reply.body.is_empty());
+        self.headers(Map::ResponseHeaders);
+        let ended = self.replies() > self.response.replies;
+        if !ended && !reply.body.is_empty() {
+            self.body(Map::ResponseHeaders, &reply.body, true);
+        }
+        Some(reply)
+    }
+
+    /// Every entry's log callback, in chain order.
+    pub fn log(&mut self) {
+        for stream in &mut self.streams {
+            stream.log();
+        }
+    }
+
+    fn replies(&self) -> usize {
+        self.host
+            .mutations()
+            .iter()
+            .filter(|m| matches!(m, Mutation::LocalReply(_)))
+            .count()
+    }
+
+    fn new_pass(&self, from: usize, end_of_stream: bool) -> Pass {
+        Pass {
+            from,
+            headers: from,
+            end_of_stream,
+            buffered: None,
+            replies: self.replies(),
+        }
+    }
+
+    /// Entry indices in the order `map`'s direction runs them.
+    fn order(&self, map: Map) -> Vec<usize> {
+        let all = 0..self.streams.len();
+        if map == Map::RequestHeaders {
+            all.collect()
+        } else {
+            all.rev().collect()
+        }
+    }
+
+    fn pass(&mut self, map: Map) -> &mut Pass {
+        if map == Map::RequestHeaders {
+            &mut self.request
+        } else {
+            &mut self.response
+        }
+    }
+
+    /// Whether an entry at request-order position `at` (in `map`'s direction) ended the pass
+    /// with a local reply; a request-path reply is remembered for [`Self::reply_back`].
+    fn ended(&mut self, map: Map, at: usize) -> bool {
+        let ended = self.replies() > self.pass(map).replies;
+        if ended && map == Map::RequestHeaders && self.replied_at.is_none() {
+            self.replied_at = Some(at);
+        }
+        ended
+    }
+
+    /// Runs the headers through the entries that have not had them, until one pauses.
+    fn headers(&mut self, map: Map) -> Action {
+        let order = self.order(map);
+        let end_of_stream = self.pass(map).end_of_stream;
+        while let Some(&i) = order.get(self.pass(map).headers) {
+            let at = self.pass(map).headers;
+            self.pass(map).headers += 1;
+            let Some(stream) = self.streams.get_mut(i) else {
+                return Action::Pause;
+            };
+            let action = stream.headers_in_place(map, end_of_stream);
+            if self.ended(map, at) || action == Action::Pause {
+                return Action::Pause;
+            }
+        }
+        Action::Continue
+    }
+
+    fn body(&mut self, map: Map, chunk: &[u8], end_of_stream: bool) -> Action {
+        let buffer = if map == Map::RequestHeaders {
+            Buffer::RequestBody
+        } else {
+            Buffer::ResponseBody
+        };
+        self.host.set_body(buffer, chunk);
+        let order = self.order(map);
+        let from = self.pass(map).from;
+        for (at, &i) in order.iter().enumerate().skip(from) {
+            if at >= self.pass(map).headers {
+                // Paused headers go on once the body passed the entry that held them.
+                self.headers(map);
+                if self.ended(map, at) {
+                    return Action::Pause;
+                }
+            }
+            if self
+                .pass(map)
+                .buffered
+                .as_ref()
+                .is_some_and(|(held_at, _)| *held_at == at)
+            {
+                if let Some((_, mut whole)) = self.pass(map).buffered.take() {
+                    whole.extend_from_slice(&self.host.body(buffer));
+                    self.host.set_body(buffer, &whole);
+                }
+            }
+            let size = self.host.body(buffer).len();
+            let Some(stream) = self.streams.get_mut(i) else {
+                return Action::Pause;
+            };
+            let action = stream.body_in_place(map, size, end_of_stream);
+            if self.ended(map, at) {
+                return Action::Pause;
+            }
+            if action == Action::Pause {
+                let held = self.host.body(buffer);
+                self.pass(map).buffered = Some((at, held));
+                return Action::Pause;
+            }
+        }
+        Action::Continue
+    }
+}
+
+// === impl MockEntries ===
+
+/// One request through several plugin entries sharing one host, in chain order, as Envoy runs
+/// entries that continue or reply (none holds here): the request callbacks in order up to the
+/// first entry that pauses, the response callbacks in reverse through the entries the request
+/// reached (up to the one that replied, if one did), the log callback for every entry.
+pub struct MockEntries {
+    host: MockHost,
+    streams: Vec<MockStream>,
+    /// Entries whose request headers callback ran.
+    reached: usize,
+    replied: Option<usize>,
+}
+
+impl MockEntries {
+    /// A new request through `entries`, which must share one host ([`MockEnvoy::start_on`]).
+    pub fn new(entries: &[&MockEnvoy]) -> Self {
+        let host = entries.first().map(|e| e.host.clone()).unwrap_or_default();
+        Self {
+            host,
+            streams: entries.iter().map(|e| e.stream()).collect(),
+            reached: 0,
+            replied: None,
+        }
+    }
+
+    pub fn host(&self) -> &MockHost {
+        &self.host
+    }
+
+    /// The request headers arrive (no body follows).
+    pub fn request_headers(&mut self, pairs: &[(&str, &str)]) -> Action {
+        self.host.set_headers(Map::RequestHeaders, pairs);
+        for (i, stream) in self.streams.iter_mut().enumerate() {
+            self.reached = i + 1;
+            let action = stream.run(Map::RequestHeaders, true, |c| c.request_headers(true));
+            if action == Action::Pause {
+                if self.host.reply().is_some() {
+                    self.replied = Some(i);
+                }
+                return action;
+            }
+        }
+        Action::Continue
+    }
+
+    /// The response headers arrive (no body follows).
+    pub fn response_headers(&mut self, pairs: &[(&str, &str)]) -> Action {
+        self.host.set_headers(Map::ResponseHeaders, pairs);
+        let through = self.replied.map_or(self.reached, |r| r + 1);
+        for stream in self.streams.iter_mut().take(through).rev() {
+            let action = stream.run(Map::ResponseHeaders, true, |c| c.response_headers(true));
+            if action == Action::Pause {
+                return action;
+            }
+        }
+        Action::Continue
+    }
+
+    pub fn log(&mut self) {
+        for stream in &mut self.streams {
+            stream.log();
+        }
+    }
+
+    /// Host calls of every entry, summed by callback.
+    pub fn counts(&self) -> CallCounts {
+        self.streams
+            .iter()
+            .map(MockStream::counts)
+            .fold(CallCounts::default(), |a, b| CallCounts {
+                request_headers: a.request_headers + b.request_headers,
+                request_body: a.request_body + b.request_body,
+                response_headers: a.response_headers + b.response_headers,
+                response_body: a.response_body + b.response_body,
+                log: a.log + b.log,
+            })
+    }
+
+    /// Times Envoy called into the VM for this request, every entry's together.
+    pub fn crossings(&self) -> u64 {
+        self.streams.iter().map(MockStream::crossings).sum()
     }
 }

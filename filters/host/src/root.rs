@@ -24,7 +24,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 use serde_json::Value;
 
-use crate::callout::CallResponse;
+use crate::callout::{CallResponse, GrpcAnswer};
 use crate::effects::Effects;
 use crate::filter::{Filter, HeadersFlow, HttpFilter, RootHost};
 use crate::headers::RequestHeaders;
@@ -51,19 +51,25 @@ pub fn split_config(bytes: &[u8], errors: &mut Errors) -> Option<(Common, Value)
             return None;
         }
     };
+    let common = take_common(&mut value, "$", errors);
+    Some((common, value))
+}
+
+/// Takes the host's fields out of the configuration document `value` found at JSON path `at`.
+pub(crate) fn take_common(value: &mut Value, at: &str, errors: &mut Errors) -> Common {
     let mut common = Common::default();
     if let Some(raw) = value.as_object_mut().and_then(|map| map.remove(ALLOW_HOLD)) {
-        if let Some(allow) = Node::new(format!("$.{ALLOW_HOLD}"), &raw).bool(errors) {
+        if let Some(allow) = Node::new(format!("{at}.{ALLOW_HOLD}"), &raw).bool(errors) {
             common.allow_on_headers_stop_iteration = allow;
         }
     }
-    Some((common, value))
+    common
 }
 
 // === Registry ===
 
 /// Reads a filter's configuration and starts it.
-type Start = fn(&Value, &mut RootHost<'_>) -> Result<Box<dyn Plugin>, Refusal>;
+pub(crate) type Start = fn(&Value, &mut RootHost<'_>) -> Result<Box<dyn Plugin>, Refusal>;
 
 /// One filter a module holds, found by its `root_id`.
 pub struct Entry {
@@ -82,6 +88,21 @@ pub const fn entry<F: Filter>() -> Entry {
 }
 
 impl Entry {
+    /// An entry that is not one [`Filter`] ([`crate::stages`]).
+    pub(crate) const fn custom(root_id: &'static str, start: Start, check: fn(&Value) -> Result<(), Errors>) -> Self {
+        Self { root_id, start, check }
+    }
+
+    /// Reads the filter's document (host fields taken out) and starts it.
+    pub(crate) fn start(&self, value: &Value, root: &mut RootHost<'_>) -> Result<Box<dyn Plugin>, Refusal> {
+        (self.start)(value, root)
+    }
+
+    /// Checks the filter's document (host fields taken out).
+    pub(crate) fn check_value(&self, value: &Value) -> Result<(), Errors> {
+        (self.check)(value)
+    }
+
     pub fn root_id(&self) -> &'static str {
         self.root_id
     }
@@ -116,7 +137,7 @@ fn check<F: Filter>(value: &Value) -> Result<(), Errors> {
 }
 
 /// Why a filter did not start.
-enum Refusal {
+pub(crate) enum Refusal {
     Config(Errors),
     Start(String),
 }
@@ -128,16 +149,23 @@ fn start<F: Filter>(value: &Value, root: &mut RootHost<'_>) -> Result<Box<dyn Pl
 }
 
 /// A started filter, as the root drives it.
-trait Plugin {
+pub(crate) trait Plugin {
     fn stream(&self, host: Rc<dyn Host>, allow_hold: bool, refusals: Rc<RefusalLog>) -> Box<dyn Callbacks>;
+    /// The per-request part alone, for a stage ([`crate::stages`]).
+    fn http(&self) -> Box<dyn HttpFilter>;
     fn refusal_log(&self) -> RefusalPolicy;
     fn tick(&mut self, root: &mut RootHost<'_>);
     fn http_call_response(&mut self, root: &mut RootHost<'_>, token: u32, response: &CallResponse<'_>);
+    fn grpc_call_response(&mut self, root: &mut RootHost<'_>, token: u32, answer: &GrpcAnswer<'_>);
 }
 
 impl<F: Filter> Plugin for F {
     fn stream(&self, host: Rc<dyn Host>, allow_hold: bool, refusals: Rc<RefusalLog>) -> Box<dyn Callbacks> {
         Box::new(Stream::new(self.http(), host, F::ROOT_ID, allow_hold, refusals))
+    }
+
+    fn http(&self) -> Box<dyn HttpFilter> {
+        Box::new(Filter::http(self))
     }
 
     fn refusal_log(&self) -> RefusalPolicy {
@@ -150,6 +178,10 @@ impl<F: Filter> Plugin for F {
 
     fn http_call_response(&mut self, root: &mut RootHost<'_>, token: u32, response: &CallResponse<'_>) {
         self.on_http_call_response(root, token, response);
+    }
+
+    fn grpc_call_response(&mut self, root: &mut RootHost<'_>, token: u32, answer: &GrpcAnswer<'_>) {
+        self.on_grpc_call_response(root, token, answer);
     }
 }
 
@@ -286,6 +318,14 @@ impl Context for Root {
         self.with_plugin(|plugin, root| {
             let response = CallResponse::new(&*host, body_size);
             plugin.http_call_response(root, token, &response);
+        });
+    }
+
+    fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
+        let host = Rc::clone(&self.host);
+        self.with_plugin(|plugin, root| {
+            let answer = GrpcAnswer::new(&*host, status, size);
+            plugin.grpc_call_response(root, token, &answer);
         });
     }
 }
@@ -512,5 +552,90 @@ mod tests {
         assert_eq!(envoy.host().metric("probe_answers"), Some(0), "no answer: no status");
         envoy.http_call_response(1, Some((200, b"keys")));
         assert_eq!(envoy.host().metric("probe_answers"), Some(1));
+    }
+
+    /// Settles from its tick, as rate-limit settles a reservation after the stream is gone.
+    struct Settler {
+        settled: Counter,
+        failed: Counter,
+        pending: Vec<u32>,
+    }
+
+    impl Filter for Settler {
+        const ROOT_ID: &'static str = "portico-settler";
+        type Config = ();
+        type Http = ProbeHttp;
+
+        fn configure(_: &Value) -> Result<(), Errors> {
+            Ok(())
+        }
+
+        fn new(_: Rc<()>, root: &mut RootHost<'_>) -> Result<Self, String> {
+            Ok(Self {
+                settled: Counter::define(&root.env(), "settled"),
+                failed: Counter::define(&root.env(), "settle_failed"),
+                pending: Vec::new(),
+            })
+        }
+
+        fn http(&self) -> ProbeHttp {
+            ProbeHttp
+        }
+
+        fn on_tick(&mut self, root: &mut RootHost<'_>) {
+            let call = crate::host::GrpcCall {
+                cluster: "state",
+                service: "portico.state.v1.State",
+                method: "Settle",
+                message: b"r1",
+                timeout: Duration::from_millis(50),
+            };
+            if let Ok(token) = root.dispatch_grpc_call(&call) {
+                self.pending.push(token);
+            }
+        }
+
+        fn on_grpc_call_response(&mut self, root: &mut RootHost<'_>, token: u32, answer: &GrpcAnswer<'_>) {
+            if !self.pending.contains(&token) {
+                return;
+            }
+            self.pending.retain(|t| *t != token);
+            if answer.is_ok() && answer.message() == b"done" {
+                self.settled.add(&root.env(), 1);
+            } else {
+                self.failed.add(&root.env(), 1);
+            }
+        }
+    }
+
+    static SETTLERS: &[Entry] = &[entry::<Settler>()];
+
+    #[test]
+    fn roots_dispatch_grpc_calls_and_get_their_answers_and_failures() {
+        let mut envoy = MockEnvoy::start(SETTLERS, "portico-settler", "{}", false).unwrap();
+        envoy.tick();
+        envoy.tick();
+        let calls = envoy.host().grpc_calls();
+        assert_eq!(
+            calls
+                .iter()
+                .map(|(_, m, msg)| (m.as_str(), msg.as_slice()))
+                .collect::<Vec<_>>(),
+            vec![("Settle", b"r1".as_slice()), ("Settle", b"r1".as_slice())]
+        );
+        let (first, second) = (calls.first().map_or(0, |c| c.0), calls.get(1).map_or(0, |c| c.0));
+        envoy.grpc_call_response(99, 0, b"done");
+        assert_eq!(envoy.host().metric("settled"), Some(0), "an unknown token is ignored");
+        envoy.grpc_call_response(first, 0, b"done");
+        envoy.grpc_call_response(second, crate::grpc_status::UNAVAILABLE, b"");
+        assert_eq!(envoy.host().metric("settled"), Some(1));
+        assert_eq!(envoy.host().metric("settle_failed"), Some(1));
+        envoy.host().refuse_grpc_calls(Some(crate::abi::BAD_ARGUMENT));
+        envoy.tick();
+        assert_eq!(
+            envoy.host().grpc_calls().len(),
+            2,
+            "a refused dispatch makes no call and does not panic"
+        );
     }
 }

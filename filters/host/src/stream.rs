@@ -9,6 +9,13 @@
 //!   stream have no body callback to release them.
 //! - [`BodyFlow::Buffer`] at the end of the stream continues: nothing else would resume it.
 //! - A local reply is sent after the other effects and the callback then pauses.
+//! - A gRPC call ([`Effects::call`]) is made after the other effects; the callback then pauses
+//!   until the answer, which the filter gets in the same phase ([`HttpFilter::call_answer`]),
+//!   and the stream continues after it (`proxy_continue_stream`) unless that callback replies
+//!   or calls again. Paused in the request headers, Envoy holds the body back until then
+//!   (ENVOY-FACTS 1), so the filter's body callbacks still see all of it. A call the host
+//!   refuses is answered at once with UNAVAILABLE, and calls from the log callback are never
+//!   made: Envoy would cancel them with the stream.
 //! - Header effects apply only to a map Envoy lets the filter change now (its headers phase,
 //!   or its body phase while the headers are held); others are dropped and logged as the
 //!   filter bug they are, instead of being sent to a host that would refuse them.
@@ -22,11 +29,12 @@ use portico_core::refusal::{Level, RefusalLog as RefusalPolicy, Refusals};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
-use crate::effects::{clean_details, Direction, Effect, Effects, LocalReply};
+use crate::callout::GrpcAnswer;
+use crate::effects::{clean_details, Call, Direction, Effect, Effects, LocalReply};
 use crate::env::Env;
 use crate::filter::{BodyFlow, HeadersFlow, HttpFilter};
 use crate::headers::{Body, Exchange, HeaderCache, HeaderView, RequestHeaders, ResponseHeaders};
-use crate::host::{Buffer, Host, Map};
+use crate::host::{Buffer, GrpcCall, Host, Map};
 
 /// The callback running, for the phase rules and the per-callback host-call counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,97 +134,57 @@ impl RefusalLog {
     }
 }
 
-// === impl Stream ===
+// === impl Apply ===
 
-/// The state of one direction of the stream.
-#[derive(Debug, Default)]
-struct Side {
-    cache: HeaderCache,
-    /// The headers were held and have not left yet.
-    held: bool,
+/// The filter whose callback recorded the effects being applied: it names their log lines and
+/// reply details, and says which headers it holds (only then may its body callbacks change
+/// them) and where its view of the body starts in the host's buffer.
+pub(crate) struct Author<'a> {
+    pub(crate) root_id: &'static str,
+    pub(crate) refusals: &'a RefusalLog,
+    pub(crate) request_held: bool,
+    pub(crate) response_held: bool,
+    /// Bytes of the host's body buffer before the part this filter saw (0 unless it runs as a
+    /// stage behind one that buffers, [`crate::stages`]): a replacement keeps them.
+    pub(crate) body_from: usize,
 }
 
-/// One request through one filter.
-pub struct Stream<H: HttpFilter> {
-    filter: H,
-    host: Rc<dyn Host>,
-    root_id: &'static str,
-    allow_hold: bool,
-    refusals: Rc<RefusalLog>,
-    request: Side,
-    response: Side,
-    /// A local reply was sent: nothing is held any more.
-    replied: bool,
-    counts: CallCounts,
+/// Applies one callback's effects to the host and the header caches of the stream.
+pub(crate) struct Apply<'a> {
+    pub(crate) host: &'a dyn Host,
+    pub(crate) author: &'a Author<'a>,
+    pub(crate) request: &'a mut HeaderCache,
+    pub(crate) response: &'a mut HeaderCache,
 }
 
-impl<H: HttpFilter> Stream<H> {
-    pub(crate) fn new(
-        filter: H,
-        host: Rc<dyn Host>,
-        root_id: &'static str,
-        allow_hold: bool,
-        refusals: Rc<RefusalLog>,
-    ) -> Self {
-        Self {
-            filter,
-            host,
-            root_id,
-            allow_hold,
-            refusals,
-            request: Side::default(),
-            response: Side::default(),
-            replied: false,
-            counts: CallCounts::default(),
-        }
-    }
-
-    fn side(&mut self, direction: Direction) -> &mut Side {
-        match direction {
-            Direction::Request => &mut self.request,
-            Direction::Response => &mut self.response,
-        }
-    }
-
-    /// Runs one callback: `run` gets the filter and this stream's parts, its effects are
-    /// applied, and the host calls it made are counted.
-    fn callback(
-        &mut self,
-        phase: Phase,
-        run: impl FnOnce(&mut H, &dyn Host, &Side, &Side, &mut Effects) -> Next,
-    ) -> Action {
-        let before = self.host.calls();
-        let mut fx = Effects::default();
-        let next = run(&mut self.filter, &*self.host, &self.request, &self.response, &mut fx);
-        let action = if self.apply(phase, fx) {
-            self.replied = true;
-            self.request.held = false;
-            self.response.held = false;
-            Action::Pause
-        } else {
-            match next {
-                Next::Continue => Action::Continue,
-                Next::Pause => Action::Pause,
-            }
-        };
-        let spent = self.host.calls().saturating_sub(before);
-        let slot = self.counts.slot(phase);
-        *slot = slot.saturating_add(spent);
-        action
-    }
-
+impl Apply<'_> {
     /// Whether the headers of `direction` may be changed in `phase`.
     fn writable(&self, phase: Phase, direction: Direction) -> bool {
         match (phase, direction) {
             (Phase::RequestHeaders, Direction::Request) | (Phase::ResponseHeaders, Direction::Response) => true,
-            (Phase::RequestBody, Direction::Request) => self.request.held,
-            (Phase::ResponseBody, Direction::Response) => self.response.held,
+            (Phase::RequestBody, Direction::Request) => self.author.request_held,
+            (Phase::ResponseBody, Direction::Response) => self.author.response_held,
             _ => false,
         }
     }
 
+    fn held(&self, direction: Direction) -> bool {
+        match direction {
+            Direction::Request => self.author.request_held,
+            Direction::Response => self.author.response_held,
+        }
+    }
+
+    fn cache(&mut self, direction: Direction) -> &mut HeaderCache {
+        match direction {
+            Direction::Request => &mut *self.request,
+            Direction::Response => &mut *self.response,
+        }
+    }
+
     /// Applies `fx` in order, the local reply last; returns whether a reply was sent.
-    fn apply(&mut self, phase: Phase, fx: Effects) -> bool {
+    pub(crate) fn effects(mut self, phase: Phase, fx: Effects) -> bool {
+        let root_id = self.author.root_id;
         let (list, reply) = fx.into_parts();
         for effect in list {
             let result = match &effect {
@@ -240,7 +208,7 @@ impl<H: HttpFilter> Stream<H> {
                 Effect::ClearRouteCache => self.host.call_foreign_function("clear_route_cache", &[]).map(drop),
             };
             if let Err(e) = result {
-                log::error!("{}: {effect:?} in {phase:?} failed: host status {}", self.root_id, e.0);
+                log::error!("{root_id}: {effect:?} in {phase:?} failed: host status {}", e.0);
             }
         }
         match reply {
@@ -262,7 +230,7 @@ impl<H: HttpFilter> Stream<H> {
         if !self.writable(phase, direction) {
             log::error!(
                 "{}: {effect:?} dropped: the {direction:?} headers cannot change in {phase:?} (a filter bug)",
-                self.root_id
+                self.author.root_id
             );
             return Ok(());
         }
@@ -270,8 +238,8 @@ impl<H: HttpFilter> Stream<H> {
             Direction::Request => Map::RequestHeaders,
             Direction::Response => Map::ResponseHeaders,
         };
-        let host = Rc::clone(&self.host);
-        op(&*host, map, &mut self.side(direction).cache)
+        let host = self.host;
+        op(host, map, self.cache(direction))
     }
 
     fn replace_body(&mut self, phase: Phase, direction: Direction, bytes: &[u8]) -> Result<(), crate::abi::HostError> {
@@ -282,26 +250,35 @@ impl<H: HttpFilter> Stream<H> {
         if phase != body_phase {
             log::error!(
                 "{}: a {direction:?} body replacement dropped in {phase:?}: bodies change in their body callback (a filter bug)",
-                self.root_id
+                self.author.root_id
             );
             return Ok(());
         }
-        if self.side(direction).held {
+        if self.held(direction) {
             // The held headers still announce the old length: the new body goes chunked.
             self.host.remove_header(map, "content-length")?;
-            self.side(direction).cache.remove("content-length");
+            self.cache(direction).remove("content-length");
         }
-        self.host.set_buffer(buffer, bytes)
+        match self.author.body_from {
+            0 => self.host.set_buffer(buffer, bytes),
+            from => {
+                // The filter saw only the end of the buffer: the bytes before it stay.
+                let mut whole = self.host.buffer(buffer, 0, from)?.unwrap_or_default();
+                whole.extend_from_slice(bytes);
+                self.host.set_buffer(buffer, &whole)
+            }
+        }
     }
 
     fn respond(&mut self, reply: &LocalReply) {
+        let root_id = self.author.root_id;
         if let Some(code) = reply.code {
-            for (level, line) in self.refusals.lines(Env::new(&*self.host).now(), reply, code) {
+            for (level, line) in self.author.refusals.lines(Env::new(self.host).now(), reply, code) {
                 log::log!(level, "{line}");
             }
         }
         let details = match reply.code {
-            Some(code) => std::borrow::Cow::Owned(format!("{}.{code}", self.root_id)),
+            Some(code) => std::borrow::Cow::Owned(format!("{root_id}.{code}")),
             None => clean_details(&reply.details),
         };
         let result = if matches!(details, std::borrow::Cow::Borrowed(_)) {
@@ -313,12 +290,212 @@ impl<H: HttpFilter> Stream<H> {
         };
         if let Err(e) = result {
             log::error!(
-                "{}: sending a local {} reply failed: host status {}",
-                self.root_id,
+                "{root_id}: sending a local {} reply failed: host status {}",
                 reply.status,
                 e.0
             );
         }
+    }
+}
+
+// === impl Stream ===
+
+/// The state of one direction of the stream.
+#[derive(Debug, Default)]
+struct Side {
+    cache: HeaderCache,
+    /// The headers were held and have not left yet.
+    held: bool,
+}
+
+/// One request through one filter.
+pub struct Stream<H: HttpFilter> {
+    filter: H,
+    host: Rc<dyn Host>,
+    root_id: &'static str,
+    allow_hold: bool,
+    refusals: Rc<RefusalLog>,
+    request: Side,
+    response: Side,
+    /// A local reply was sent: nothing is held any more.
+    replied: bool,
+    /// The gRPC call the stream is paused for.
+    waiting: Option<Waiting>,
+    counts: CallCounts,
+}
+
+/// A call in flight: its token and the phase that asked for it.
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    token: u32,
+    phase: Phase,
+}
+
+/// Calls refused by the host and answered at once, in a row, before the stream gives up
+/// asking (a filter that calls again on every failure would loop forever).
+const MAX_UNDELIVERED: u32 = 4;
+
+impl<H: HttpFilter> Stream<H> {
+    pub(crate) fn new(
+        filter: H,
+        host: Rc<dyn Host>,
+        root_id: &'static str,
+        allow_hold: bool,
+        refusals: Rc<RefusalLog>,
+    ) -> Self {
+        Self {
+            filter,
+            host,
+            root_id,
+            allow_hold,
+            refusals,
+            request: Side::default(),
+            response: Side::default(),
+            replied: false,
+            waiting: None,
+            counts: CallCounts::default(),
+        }
+    }
+
+    /// Runs one callback: `run` gets the filter and this stream's parts, its effects are
+    /// applied, a call it asked for is made, and the host calls it made are counted.
+    fn callback(
+        &mut self,
+        phase: Phase,
+        run: impl FnOnce(&mut H, &dyn Host, &Side, &Side, &mut Effects) -> Next,
+    ) -> Action {
+        let before = self.host.calls();
+        let mut fx = Effects::default();
+        let next = run(&mut self.filter, &*self.host, &self.request, &self.response, &mut fx);
+        let action = match self.finish(phase, fx) {
+            Some(action) => action,
+            None => match next {
+                Next::Continue => Action::Continue,
+                Next::Pause => Action::Pause,
+            },
+        };
+        self.count(phase, before);
+        action
+    }
+
+    /// Applies `fx` (the shared effects loop, [`Apply`]); returns whether a reply was sent.
+    fn apply(&mut self, phase: Phase, fx: Effects) -> bool {
+        let author = Author {
+            root_id: self.root_id,
+            refusals: &self.refusals,
+            request_held: self.request.held,
+            response_held: self.response.held,
+            body_from: 0,
+        };
+        Apply {
+            host: &*self.host,
+            author: &author,
+            request: &mut self.request.cache,
+            response: &mut self.response.cache,
+        }
+        .effects(phase, fx)
+    }
+
+    fn count(&mut self, phase: Phase, before: u64) {
+        let spent = self.host.calls().saturating_sub(before);
+        let slot = self.counts.slot(phase);
+        *slot = slot.saturating_add(spent);
+    }
+
+    /// Applies a callback's effects and makes its call: `Some(Pause)` when the stream now
+    /// waits (a reply was sent, or a call is in flight), `None` when the callback's own flow
+    /// decides.
+    fn finish(&mut self, phase: Phase, mut fx: Effects) -> Option<Action> {
+        let mut call = fx.take_call();
+        if self.apply(phase, fx) {
+            self.replied = true;
+            self.request.held = false;
+            self.response.held = false;
+            return Some(Action::Pause);
+        }
+        if phase == Phase::Log && call.is_some() {
+            log::error!(
+                "{}: a call from the log callback dropped: Envoy cancels it with the stream; the root must make it (a filter bug)",
+                self.root_id
+            );
+            return None;
+        }
+        let mut undelivered = 0;
+        while let Some(asked) = call.take() {
+            match self.dispatch(&asked) {
+                Ok(token) => {
+                    self.waiting = Some(Waiting { token, phase });
+                    return Some(Action::Pause);
+                }
+                Err(status) => {
+                    log::warn!(
+                        "{}: gRPC call {}/{} to cluster {} not made: host status {status}",
+                        self.root_id,
+                        asked.service,
+                        asked.method,
+                        asked.cluster
+                    );
+                    undelivered += 1;
+                    let mut fx = Effects::default();
+                    self.filter.call_answer(&GrpcAnswer::undelivered(), &mut fx);
+                    call = fx.take_call().filter(|_| undelivered < MAX_UNDELIVERED);
+                    if self.apply(phase, fx) {
+                        self.replied = true;
+                        self.request.held = false;
+                        self.response.held = false;
+                        return Some(Action::Pause);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn dispatch(&self, call: &Call) -> Result<u32, u32> {
+        self.host
+            .dispatch_grpc_call(&GrpcCall {
+                cluster: &call.cluster,
+                service: &call.service,
+                method: &call.method,
+                message: &call.message,
+                timeout: call.timeout,
+            })
+            .map_err(|e| e.0)
+    }
+
+    /// The answer to the call the stream waits for: the filter's callback, then the stream
+    /// continues unless it replied or called again.
+    fn on_call_answer(&mut self, token: u32, status: u32, size: usize) {
+        let Some(waiting) = self.waiting.filter(|w| w.token == token) else {
+            log::debug!(
+                "{}: an answer to gRPC call {token}, which this stream does not wait for",
+                self.root_id
+            );
+            return;
+        };
+        self.waiting = None;
+        let before = self.host.calls();
+        let mut fx = Effects::default();
+        {
+            let host = Rc::clone(&self.host);
+            let answer = GrpcAnswer::new(&*host, status, size);
+            self.filter.call_answer(&answer, &mut fx);
+        }
+        let paused = self.finish(waiting.phase, fx).is_some();
+        if !paused {
+            let direction = match waiting.phase {
+                Phase::RequestHeaders | Phase::RequestBody => Direction::Request,
+                Phase::ResponseHeaders | Phase::ResponseBody | Phase::Log => Direction::Response,
+            };
+            if let Err(e) = self.host.continue_stream(direction) {
+                log::error!(
+                    "{}: resuming the {direction:?} after a gRPC answer failed: host status {}",
+                    self.root_id,
+                    e.0
+                );
+            }
+        }
+        self.count(waiting.phase, before);
     }
 
     fn on_request_headers(&mut self, end_of_stream: bool) -> Action {
@@ -338,7 +515,7 @@ impl<H: HttpFilter> Stream<H> {
                 Next::Continue
             }
         });
-        self.request.held = hold && !self.replied;
+        self.request.held = hold && !self.replied && self.waiting.is_none();
         action
     }
 
@@ -372,7 +549,7 @@ impl<H: HttpFilter> Stream<H> {
                 Next::Continue
             }
         });
-        self.response.held = hold && !self.replied;
+        self.response.held = hold && !self.replied && self.waiting.is_none();
         action
     }
 
@@ -427,6 +604,9 @@ pub trait Callbacks {
     fn response_headers(&mut self, end_of_stream: bool) -> Action;
     fn response_body(&mut self, size: usize, end_of_stream: bool) -> Action;
     fn log(&mut self);
+    /// The answer to gRPC call `token` (status 0 with a message of `size` bytes, or the status
+    /// the call closed with).
+    fn call_answer(&mut self, token: u32, status: u32, size: usize);
     fn counts(&self) -> CallCounts;
 }
 
@@ -451,6 +631,10 @@ impl<H: HttpFilter> Callbacks for Stream<H> {
         self.on_log();
     }
 
+    fn call_answer(&mut self, token: u32, status: u32, size: usize) {
+        self.on_call_answer(token, status, size);
+    }
+
     fn counts(&self) -> CallCounts {
         self.counts
     }
@@ -461,7 +645,11 @@ impl<H: HttpFilter> Callbacks for Stream<H> {
 /// wasm, so native code must never build its vtable for a filter's stream.
 pub(crate) struct SdkStream(pub(crate) Box<dyn Callbacks>);
 
-impl Context for SdkStream {}
+impl Context for SdkStream {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        self.0.call_answer(token_id, status_code, response_size);
+    }
+}
 
 impl HttpContext for SdkStream {
     fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
@@ -883,6 +1071,205 @@ mod tests {
         assert_eq!(
             RefusalLog::default().lines(t, &reply, code),
             vec![(log::Level::Info, "portico: 401 missing_credentials".to_owned())]
+        );
+    }
+
+    // === gRPC calls ===
+
+    /// Asks for a call in the phase the test names; on the answer, records the status and
+    /// message in a header (request headers phase) and refuses when the status says so.
+    struct Caller {
+        call_in: Phase,
+        reply_too: bool,
+        again: u32,
+    }
+
+    fn call() -> Call {
+        Call {
+            cluster: "state".into(),
+            service: "portico.state.v1.State".into(),
+            method: "Hit".into(),
+            message: b"\x0a\x01k".to_vec(),
+            timeout: std::time::Duration::from_millis(50),
+        }
+    }
+
+    impl HttpFilter for Caller {
+        fn request_headers(&mut self, _: &RequestHeaders<'_>, fx: &mut Effects) -> HeadersFlow {
+            if self.call_in == Phase::RequestHeaders {
+                fx.set_request_header("x-before", "1");
+                fx.call(call());
+                if self.reply_too {
+                    fx.refuse(
+                        &ErrorResponse::new(429, ErrorType::RateLimit, "limited", "no"),
+                        ClientApi::OpenAi,
+                    );
+                }
+            }
+            HeadersFlow::Continue
+        }
+
+        fn request_body(&mut self, _: &Body<'_>, _: Option<&RequestHeaders<'_>>, fx: &mut Effects) -> BodyFlow {
+            if self.call_in == Phase::RequestBody {
+                fx.call(call());
+            }
+            BodyFlow::Continue
+        }
+
+        fn call_answer(&mut self, answer: &GrpcAnswer<'_>, fx: &mut Effects) {
+            let message = String::from_utf8_lossy(answer.message()).into_owned();
+            fx.set_request_header("x-answer", format!("{} {message}", answer.status()));
+            if self.again > 0 {
+                self.again -= 1;
+                fx.call(call());
+            } else if message == "deny" {
+                fx.refuse(
+                    &ErrorResponse::new(429, ErrorType::RateLimit, "limited", "no"),
+                    ClientApi::OpenAi,
+                );
+            }
+        }
+    }
+
+    fn caller(call_in: Phase) -> (MockHost, MockStream) {
+        let host = MockHost::new();
+        let filter = Caller {
+            call_in,
+            reply_too: false,
+            again: 0,
+        };
+        let s = Stream::new(filter, Rc::new(host.clone()), "test", false, Rc::default());
+        (host.clone(), MockStream::new(host, Box::new(s), false))
+    }
+
+    const GET: &[(&str, &str)] = &[(":method", "GET"), (":path", "/p")];
+
+    #[test]
+    fn a_call_pauses_the_stream_and_its_answer_changes_the_headers_then_continues() {
+        let (host, mut s) = caller(Phase::RequestHeaders);
+        assert_eq!(s.request_headers(GET, true), Action::Pause);
+        let calls = host.grpc_calls();
+        assert_eq!(calls.len(), 1);
+        let (token, method, message) = calls.first().cloned().unwrap_or_default();
+        assert_eq!((method.as_str(), message.as_slice()), ("Hit", b"\x0a\x01k".as_slice()));
+        assert!(
+            host.mutations().iter().position(|m| *m == set("x-before", "1"))
+                < host
+                    .mutations()
+                    .iter()
+                    .position(|m| matches!(m, Mutation::GrpcCall { .. })),
+            "the call is made after the callback's other effects"
+        );
+        s.grpc_answer(token, 0, b"ok");
+        let after = host.mutations();
+        assert!(after.contains(&set("x-answer", "0 ok")), "{after:?}");
+        assert_eq!(after.last(), Some(&Mutation::Continue(Direction::Request)));
+        assert!(host.reply().is_none());
+    }
+
+    #[test]
+    fn an_answer_that_refuses_replies_and_does_not_continue() {
+        let (host, mut s) = caller(Phase::RequestHeaders);
+        s.request_headers(GET, true);
+        let token = host.grpc_calls().first().map_or(0, |c| c.0);
+        s.grpc_answer(token, 0, b"deny");
+        assert_eq!(host.reply().map(|r| r.status), Some(429));
+        assert!(!host.mutations().contains(&Mutation::Continue(Direction::Request)));
+    }
+
+    #[test]
+    fn a_failed_call_reaches_the_filter_with_its_status_and_the_stream_continues() {
+        let (host, mut s) = caller(Phase::RequestHeaders);
+        s.request_headers(GET, true);
+        let token = host.grpc_calls().first().map_or(0, |c| c.0);
+        s.grpc_answer(token, crate::grpc_status::DEADLINE_EXCEEDED, b"ignored");
+        assert!(
+            host.mutations().contains(&set("x-answer", "4 ")),
+            "no message with a closing status"
+        );
+        assert_eq!(host.mutations().last(), Some(&Mutation::Continue(Direction::Request)));
+    }
+
+    #[test]
+    fn a_call_the_host_refuses_is_answered_at_once_as_unavailable() {
+        let (host, mut s) = caller(Phase::RequestHeaders);
+        host.refuse_grpc_calls(Some(crate::abi::BAD_ARGUMENT));
+        assert_eq!(s.request_headers(GET, true), Action::Continue, "nothing to wait for");
+        assert!(host.mutations().contains(&set("x-answer", "14 ")));
+        assert!(!host.mutations().iter().any(|m| matches!(m, Mutation::Continue(_))));
+    }
+
+    #[test]
+    fn a_filter_that_calls_again_on_every_refusal_gives_up_after_a_few() {
+        let host = MockHost::new();
+        host.refuse_grpc_calls(Some(crate::abi::BAD_ARGUMENT));
+        let filter = Caller {
+            call_in: Phase::RequestHeaders,
+            reply_too: false,
+            again: 100,
+        };
+        let stream = Stream::new(filter, Rc::new(host.clone()), "test", false, Rc::default());
+        let mut s = MockStream::new(host.clone(), Box::new(stream), false);
+        assert_eq!(s.request_headers(GET, true), Action::Continue);
+        let answers = host
+            .mutations()
+            .iter()
+            .filter(|m| **m == set("x-answer", "14 "))
+            .count();
+        assert_eq!(answers, MAX_UNDELIVERED as usize);
+    }
+
+    #[test]
+    fn an_answer_may_call_again_and_the_stream_waits_for_the_second() {
+        let host = MockHost::new();
+        let filter = Caller {
+            call_in: Phase::RequestHeaders,
+            reply_too: false,
+            again: 1,
+        };
+        let stream = Stream::new(filter, Rc::new(host.clone()), "test", false, Rc::default());
+        let mut s = MockStream::new(host.clone(), Box::new(stream), false);
+        s.request_headers(GET, true);
+        let first = host.grpc_calls().first().map_or(0, |c| c.0);
+        s.grpc_answer(first, 0, b"a");
+        assert!(!host.mutations().iter().any(|m| matches!(m, Mutation::Continue(_))));
+        let second = host.grpc_calls().get(1).map_or(0, |c| c.0);
+        assert_ne!(first, second);
+        s.grpc_answer(first, 0, b"stale");
+        assert!(
+            !host.mutations().contains(&set("x-answer", "0 stale")),
+            "an answer it no longer waits for"
+        );
+        s.grpc_answer(second, 0, b"b");
+        assert_eq!(host.mutations().last(), Some(&Mutation::Continue(Direction::Request)));
+    }
+
+    #[test]
+    fn a_reply_in_the_same_callback_wins_over_the_call() {
+        let host = MockHost::new();
+        let filter = Caller {
+            call_in: Phase::RequestHeaders,
+            reply_too: true,
+            again: 0,
+        };
+        let stream = Stream::new(filter, Rc::new(host.clone()), "test", false, Rc::default());
+        let mut s = MockStream::new(host.clone(), Box::new(stream), false);
+        assert_eq!(s.request_headers(GET, true), Action::Pause);
+        assert!(host.grpc_calls().is_empty());
+        assert_eq!(host.reply().map(|r| r.status), Some(429));
+    }
+
+    #[test]
+    fn a_call_from_a_body_callback_resumes_the_request_after_its_answer() {
+        let (host, mut s) = caller(Phase::RequestBody);
+        assert_eq!(s.request_headers(POST, false), Action::Continue);
+        assert_eq!(s.request_body(b"hello", true), Action::Pause);
+        let token = host.grpc_calls().first().map_or(0, |c| c.0);
+        s.grpc_answer(token, 0, b"ok");
+        assert_eq!(host.mutations().last(), Some(&Mutation::Continue(Direction::Request)));
+        assert!(
+            !host.mutations().contains(&set("x-answer", "0 ok")),
+            "the request headers left with the headers callback: the change is dropped, not sent"
         );
     }
 }

@@ -4,7 +4,8 @@
 //! configuration.
 //!
 //! [`FILTERS`] is the one list of the filters in the module; scripts, tests and `portico
-//! check` derive theirs from it.
+//! check` derive theirs from it. `portico-stages` ([`portico_host::stages`]) runs several of
+//! them in one plugin entry, where no native filter has to sit between them.
 
 #[cfg(feature = "echo")]
 pub mod echo;
@@ -27,7 +28,20 @@ pub static FILTERS: &[Entry] = &[
     entry::<echo::Echo<echo::Twin>>(),
     #[cfg(feature = "header-routing")]
     entry::<portico_header_routing::HeaderRouting>(),
+    #[cfg(feature = "stages")]
+    portico_host::stages::entry::<Module>(),
 ];
+
+/// This module, for `portico-stages`: its stages are the other filters of [`FILTERS`].
+#[cfg(feature = "stages")]
+struct Module;
+
+#[cfg(feature = "stages")]
+impl portico_host::stages::Registry for Module {
+    fn filters() -> &'static [Entry] {
+        FILTERS
+    }
+}
 
 // The entry point exists only in the .wasm: native builds link this crate into tests.
 #[cfg(target_arch = "wasm32")]
@@ -46,3 +60,6 @@ mod tests {
         assert_eq!(ids.len(), FILTERS.len());
     }
 }
+
+#[cfg(test)]
+mod stages_tests;

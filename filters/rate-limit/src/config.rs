@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use portico_core::config::{read_bytes, read_value, Errors, Node, Object, MAX_PERIOD_SECONDS, MAX_TOKENS};
+use portico_core::contract::metadata;
 use portico_core::refusal::RefusalLog;
 use portico_core::route::{Matcher, RouteMatch};
 use serde_json::Value;
@@ -113,7 +114,7 @@ fn read(mut root: Object<'_>, errors: &mut Errors) -> Config {
         .and_then(|n| n.one_of(&["open", "closed"], errors))
         .is_none_or(|i| i == 0);
     let x_ratelimit_headers = root.opt_bool("x_ratelimit_headers", errors).unwrap_or(true);
-    let metadata_namespace = root.metadata_namespace("metadata_namespace", "portico", errors);
+    let metadata_namespace = root.metadata_namespace("metadata_namespace", metadata::NAMESPACE, errors);
     let per_consumer_metrics = root.opt_bool("per_consumer_metrics", errors).unwrap_or(false);
     let mut names: Vec<String> = Vec::new();
     let mut rules = Vec::new();

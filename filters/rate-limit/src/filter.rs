@@ -10,9 +10,9 @@
 use std::rc::Rc;
 
 use log::error;
-use portico_core::analytics::{state, CACHE_HEADER};
 use portico_core::clock::unix_nanos;
 use portico_core::config::Errors;
+use portico_core::contract::{cache, header, metadata, root_id, state};
 use portico_core::refusal::{RefusalLog, Refusals};
 use portico_core::request::RequestSource;
 use portico_core::response::ClientApi;
@@ -30,7 +30,7 @@ use crate::follow::{self, Charge, Labels, Response};
 use crate::plan::{self, Anomaly, Event, Hold, TopUp};
 use crate::usage::{Reported, Usage};
 
-const NAME: &str = "portico-rate-limit";
+const NAME: &str = root_id::RATE_LIMIT;
 const SALT_KEY: &str = "portico/rate-limit/salt";
 
 // === Metrics ===
@@ -204,7 +204,8 @@ impl HttpFilter for LimitHttp {
             return HeadersFlow::Continue;
         }
         let lifted = if body_follows {
-            self.metadata(&env, "model").and_then(|m| String::from_utf8(m).ok())
+            self.metadata(&env, metadata::MODEL)
+                .and_then(|m| String::from_utf8(m).ok())
         } else {
             None
         };
@@ -260,7 +261,7 @@ impl HttpFilter for LimitHttp {
         }
         let env = response.env();
         // A cache hit replays an earlier answer: the upstream spent nothing.
-        let hit = response.get(CACHE_HEADER) == Some(&b"HIT"[..]);
+        let hit = response.get(header::CACHE) == Some(cache::HIT.as_bytes());
         let (status, sse) = if hit {
             (0, false)
         } else {
@@ -358,7 +359,7 @@ impl LimitHttp {
         };
         let request = plan::Request {
             view,
-            client_ip: address.as_deref().map(follow::strip_port),
+            client_ip: address.as_deref().map(follow::ip_of_source_address),
             body_bytes,
             max_tokens,
         };
@@ -393,15 +394,7 @@ impl LimitHttp {
     }
 
     fn metadata(&self, env: &Env<'_>, key: &str) -> Option<Vec<u8>> {
-        property(
-            env,
-            &[
-                "metadata",
-                "filter_metadata",
-                &self.shared.config.metadata_namespace,
-                key,
-            ],
-        )
+        property(env, &metadata::path(&self.shared.config.metadata_namespace, key))
     }
 
     /// Counts quota decisions that are final.

@@ -17,8 +17,8 @@
 //!   from a later filter) is settled in the log callback from `portico_backend_usage`, or keeps
 //!   its reservation.
 
-use portico_core::analytics::BackendUsage;
-use portico_core::identity::{CONSUMER_HEADER, TIER_HEADER};
+use portico_core::contract::header;
+use portico_core::contract::BackendUsage;
 use portico_core::request::RequestSource;
 use portico_core::response::ErrorResponse;
 
@@ -29,8 +29,11 @@ use crate::usage::{self, Reported, StreamUsage, Usage};
 /// Largest non-streaming response body kept to read its usage.
 pub const MAX_JSON_BODY: usize = 4 << 20;
 
-/// `1.2.3.4` from `1.2.3.4:5678`, `::1` from `[::1]:5678`; anything else as it is.
-pub fn strip_port(address: &str) -> &str {
+/// The client's IP from Envoy's `source.address`, a socket address: `1.2.3.4` from
+/// `1.2.3.4:5678`, `::1` from `[::1]:5678`; anything else (a bare IPv6 address, a name) as it
+/// is. Not `portico_core::request::normalize_host`, which reads a host name from an authority
+/// the client wrote.
+pub fn ip_of_source_address(address: &str) -> &str {
     if let Some(rest) = address.strip_prefix('[') {
         return rest.split_once(']').map_or(address, |(ip, _)| ip);
     }
@@ -120,9 +123,9 @@ pub struct Labels {
 impl Labels {
     pub fn new(request: &dyn RequestSource, model: Option<String>, per_consumer: bool) -> Self {
         Self {
-            tier: request.header_str(TIER_HEADER).unwrap_or("none").to_owned(),
+            tier: request.header_str(header::TIER).unwrap_or("none").to_owned(),
             consumer: if per_consumer {
-                request.header_str(CONSUMER_HEADER).unwrap_or("anonymous").to_owned()
+                request.header_str(header::CONSUMER).unwrap_or("anonymous").to_owned()
             } else {
                 String::new()
             },
@@ -284,7 +287,7 @@ mod tests {
             ("[broken", "[broken"),
             ("", ""),
         ] {
-            assert_eq!(strip_port(address), ip, "{address}");
+            assert_eq!(ip_of_source_address(address), ip, "{address}");
         }
     }
 

@@ -20,7 +20,7 @@
 //! times the smallest estimate of it. Anything above is charged at the bound and counted as an
 //! anomaly, so one answer claiming 2^64 tokens cannot lock a consumer out for centuries.
 
-use portico_core::identity::{CONSUMER_HEADER, TIER_HEADER};
+use portico_core::contract::header;
 use portico_core::request::RequestSource;
 use portico_core::response::{ErrorResponse, ErrorType};
 use portico_core::route::matching_path;
@@ -265,8 +265,8 @@ fn key(parts: &[KeyPart], req: &Request<'_>, pattern: Option<&str>) -> String {
             key.push('\u{1f}');
         }
         let value = match part {
-            KeyPart::Consumer => req.view.header_str(CONSUMER_HEADER),
-            KeyPart::Tier => req.view.header_str(TIER_HEADER),
+            KeyPart::Consumer => req.view.header_str(header::CONSUMER),
+            KeyPart::Tier => req.view.header_str(header::TIER),
             KeyPart::ClientIp => req.client_ip,
             KeyPart::Route => pattern,
             KeyPart::Path => Some(path.as_ref()),
@@ -513,12 +513,12 @@ pub fn selects_any(config: &Config, view: &dyn RequestSource) -> bool {
     selectors.any(|s| {
         s.matcher.matches(view)
             && (s.when.tiers.is_empty() && s.when.headers.is_empty()
-                || applies(&s.when, view, *tier.get_or_init(|| view.header_str(TIER_HEADER))))
+                || applies(&s.when, view, *tier.get_or_init(|| view.header_str(header::TIER))))
     })
 }
 
 pub fn admit<S: Store + ?Sized>(config: &Config, store: &S, salt: &[u8; 32], req: &Request<'_>, now: u64) -> Admission {
-    let tier = req.view.header_str(TIER_HEADER);
+    let tier = req.view.header_str(header::TIER);
     let mut admission = Admission::default();
     let mut ledger = Ledger::default();
     let selected = |s: &crate::config::Selector| s.matcher.matches(req.view) && applies(&s.when, req.view, tier);

@@ -7,6 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use portico_body_transform::config::Config;
 use portico_body_transform::translate::request::{anthropic_to_openai, openai_to_anthropic};
 use portico_body_transform::{direction, ops, translated_path, Direction};
+use portico_core::contract::{header, ApiFormat};
 use portico_core::request::RequestSource;
 use portico_fuzz::{check_config_errors, config_and_request};
 
@@ -20,7 +21,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let rule = found.rule;
-    let way = direction(rule, view.path(), view.header_str("x-portico-backend-format"));
+    let backend = view.header(header::BACKEND_FORMAT).and_then(ApiFormat::parse);
+    let way = direction(rule, view.path(), backend);
     if let Some(way) = way {
         translated_path(view.path_and_query(), way);
     }

@@ -8,7 +8,7 @@
 use libfuzzer_sys::fuzz_target;
 use portico_body_transform::translate::stream::{AnthropicToOpenAi, OpenAiToAnthropic};
 use portico_body_transform::translate::BadUpstream;
-use portico_core::analytics::BackendUsage;
+use portico_core::contract::BackendUsage;
 use portico_core::sse::SseReader;
 use portico_fuzz::{control, cuts, integer_sum, sse_json};
 

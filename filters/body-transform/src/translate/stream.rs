@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use portico_core::analytics::BackendUsage;
+use portico_core::contract::BackendUsage;
 use portico_core::sse::{Event, SseReader};
 use serde_json::{json, Value};
 

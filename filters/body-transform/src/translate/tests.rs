@@ -1,6 +1,6 @@
 //! Translation fixtures, compiled only under #[cfg(test)] (declared in translate/mod.rs).
 
-use portico_core::analytics::BackendUsage;
+use portico_core::contract::BackendUsage;
 use serde_json::{json, Value};
 
 use super::request::{anthropic_to_openai, cap_output, openai_to_anthropic, RequestFacts};

@@ -8,7 +8,7 @@
 //! differences floor at zero: a backend may report any number up to `u64::MAX`, and wasm builds
 //! wrap silently on overflow.
 
-use portico_core::analytics::BackendUsage;
+use portico_core::contract::BackendUsage;
 use serde_json::{json, Map, Value};
 
 use super::{put, BadUpstream};

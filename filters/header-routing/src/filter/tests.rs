@@ -1,7 +1,7 @@
 //! Shell tests on the mock host, compiled only under #[cfg(test)] (declared in filter.rs).
 
 use super::*;
-use crate::{FORMAT_HEADER, VARIANT_HEADER};
+use portico_core::contract::header;
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -118,12 +118,12 @@ fn a_sticky_split_keeps_a_cookie_on_its_variant_and_tells_the_client() {
             let cookie = format!("theme=dark; uid={uid}");
             let mut s = envoy.stream();
             let _ = s.request_headers(&[(":method", "GET"), (":path", "/ab"), ("cookie", &cookie)], true);
-            let variant = header(host, Map::RequestHeaders, VARIANT_HEADER).unwrap_or_default();
+            let variant = header(host, Map::RequestHeaders, header::VARIANT).unwrap_or_default();
             let cluster = header(host, Map::RequestHeaders, "x-portico-cluster").unwrap_or_default();
             assert_eq!(cluster, if variant == "control" { "ca" } else { "cb" });
             let _ = s.response_headers(&[(":status", "200")], true);
             assert_eq!(
-                header(host, Map::ResponseHeaders, VARIANT_HEADER),
+                header(host, Map::ResponseHeaders, header::VARIANT),
                 Some(variant.clone())
             );
             // Today's filter sets no cookie of its own: the client's `uid` is the sticky key.
@@ -153,7 +153,7 @@ fn a_model_route_goes_by_the_lifted_model_and_rewrites_it_in_the_body() {
         Some("anthropic")
     );
     assert_eq!(
-        header(host, Map::RequestHeaders, FORMAT_HEADER).as_deref(),
+        header(host, Map::RequestHeaders, header::BACKEND_FORMAT).as_deref(),
         Some("anthropic")
     );
     assert_eq!(

@@ -121,9 +121,9 @@ fn a_sticky_split_sends_the_same_cookie_to_the_same_variant_and_echoes_it() {
         let (routing, fx) = run(&view("/ab", &[("cookie", &cookie)]), Lifted::default());
         let routing = routing.unwrap();
         let variant = routing.labels.variant.clone();
-        assert!(fx.list().contains(&set(VARIANT_HEADER, &variant)));
+        assert!(fx.list().contains(&set(header::VARIANT, &variant)));
         assert!(fx.list().contains(&state(state::VARIANT, &variant)));
-        assert_eq!(routing.echo, vec![(VARIANT_HEADER, variant.clone())]);
+        assert_eq!(routing.echo, vec![(header::VARIANT, variant.clone())]);
         variant
     };
     let seen: Vec<String> = (0..40).map(|i| variant_of(&format!("user-{i}"))).collect();
@@ -160,7 +160,7 @@ fn a_model_route_picks_the_backend_from_the_lifted_model_and_rewrites_it() {
             remove("authorization"),
             remove("x-api-key"),
             set("x-api-key", "ak-up"),
-            set(FORMAT_HEADER, "anthropic"),
+            set(header::BACKEND_FORMAT, "anthropic"),
             remove("content-length"),
             set("x-portico-cluster", "anthropic"),
             state(state::ROUTE, "chat"),
@@ -192,8 +192,8 @@ fn a_path_that_changes_api_records_the_clients_api_for_envoys_own_errors() {
 #[test]
 fn flags_go_upstream_and_back_to_the_client() {
     let (routing, fx) = run(&view("/plain", &[("x-portico-tier", "pro")]), Lifted::default());
-    assert!(fx.list().contains(&set(FLAGS_HEADER, "beta")));
-    assert_eq!(routing.unwrap().echo, vec![(FLAGS_HEADER, "beta".to_owned())]);
+    assert!(fx.list().contains(&set(header::FLAGS, "beta")));
+    assert_eq!(routing.unwrap().echo, vec![(header::FLAGS, "beta".to_owned())]);
 }
 
 #[test]
@@ -231,9 +231,9 @@ fn refusals_are_replies_in_the_clients_format_with_the_request_line_as_context()
 fn hostile_owned_headers_are_removed_before_anything_else_even_on_a_refusal() {
     let spoofed = [
         ("x-portico-cluster", "admin"),
-        (FORMAT_HEADER, "anthropic"),
-        (VARIANT_HEADER, "canary"),
-        (FLAGS_HEADER, "beta"),
+        (header::BACKEND_FORMAT, "anthropic"),
+        (header::VARIANT, "canary"),
+        (header::FLAGS, "beta"),
     ];
     let (routing, fx) = run(&view("/nowhere", &spoofed), Lifted::default());
     assert!(routing.is_none());
@@ -241,9 +241,9 @@ fn hostile_owned_headers_are_removed_before_anything_else_even_on_a_refusal() {
         fx.list(),
         &[
             remove("x-portico-cluster"),
-            remove(FORMAT_HEADER),
-            remove(VARIANT_HEADER),
-            remove(FLAGS_HEADER)
+            remove(header::BACKEND_FORMAT),
+            remove(header::VARIANT),
+            remove(header::FLAGS)
         ]
     );
 }
