@@ -209,11 +209,11 @@ impl EchoHttp {
 impl HttpFilter for EchoHttp {
     fn request_headers(&mut self, request: &RequestHeaders<'_>, fx: &mut Effects) -> HeadersFlow {
         if let Some(name) = &self.config.panic_header {
+            // Only the test filter portico-echo has this, only when its plugin config names
+            // `panic_header` (off by default; no shipped config loads portico-echo at all).
             #[allow(clippy::panic)]
             if request.get(name).is_some() {
-                // allow-panic: the host layer's panic-hook test (tests/tests/host.rs) and nothing
-                // else. Only the test filter portico-echo has it, only when its plugin config names
-                // `panic_header` (off by default; no shipped config loads portico-echo at all).
+                // allow-panic: reached only by the host layer's panic-hook test (tests/tests/host.rs)
                 panic!("portico-echo: {name} asked for a panic");
             }
         }

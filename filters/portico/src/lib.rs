@@ -60,6 +60,3 @@ mod tests {
         assert_eq!(ids.len(), FILTERS.len());
     }
 }
-
-#[cfg(test)]
-mod stages_tests;

@@ -7,6 +7,7 @@
     feature = "rate-limit",
     feature = "header-routing"
 ))]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -14,7 +15,7 @@ use portico_host::host::Map;
 use portico_host::mock::{Action, MockEntries, MockEnvoy, MockHost};
 use serde_json::{json, Value};
 
-use crate::FILTERS;
+use portico::FILTERS;
 
 /// sha256("k-acme").
 const KEY_DIGEST: &str = "0b131655124822cb1cf254042086d2bf26a4f1c6cd82727aab583e915346aca3";
