@@ -186,8 +186,8 @@ impl Effects {
     /// can still change there); the stream then continues unless the answer's callback
     /// replies or calls again. A call the host refuses is answered at once with status
     /// UNAVAILABLE. A reply in the same callback wins: the call is not made. One call per
-    /// callback (the last asked for). Calls from the log callback are not made: Envoy cancels
-    /// them when the stream ends (hand them to the root instead).
+    /// callback (the last asked for). The log callback has no effects, so it cannot call:
+    /// Envoy would cancel the call with the stream (hand it to the root instead).
     pub fn call(&mut self, call: Call) {
         self.call = Some(call);
     }

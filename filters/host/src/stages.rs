@@ -582,13 +582,7 @@ impl StagesStream {
         let before = self.host.calls();
         let action = run(self);
         let spent = self.host.calls().saturating_sub(before);
-        let slot = match phase {
-            Phase::RequestHeaders => &mut self.counts.request_headers,
-            Phase::RequestBody => &mut self.counts.request_body,
-            Phase::ResponseHeaders => &mut self.counts.response_headers,
-            Phase::ResponseBody => &mut self.counts.response_body,
-            Phase::Log => &mut self.counts.log,
-        };
+        let slot = self.counts.slot(phase);
         *slot = slot.saturating_add(spent);
         action
     }

@@ -14,8 +14,8 @@
 //!   and the stream continues after it (`proxy_continue_stream`) unless that callback replies
 //!   or calls again. Paused in the request headers, Envoy holds the body back until then
 //!   (ENVOY-FACTS 1), so the filter's body callbacks still see all of it. A call the host
-//!   refuses is answered at once with UNAVAILABLE, and calls from the log callback are never
-//!   made: Envoy would cancel them with the stream.
+//!   refuses is answered at once with UNAVAILABLE. The log callback gets no effects, so it
+//!   cannot call: Envoy would cancel the call with the stream.
 //! - Header effects apply only to a map Envoy lets the filter change now (its headers phase,
 //!   or its body phase while the headers are held); others are dropped and logged as the
 //!   filter bug they are, instead of being sent to a host that would refuse them.
@@ -57,7 +57,7 @@ pub struct CallCounts {
 }
 
 impl CallCounts {
-    fn slot(&mut self, phase: Phase) -> &mut u64 {
+    pub(crate) fn slot(&mut self, phase: Phase) -> &mut u64 {
         match phase {
             Phase::RequestHeaders => &mut self.request_headers,
             Phase::RequestBody => &mut self.request_body,
@@ -408,17 +408,7 @@ impl<H: HttpFilter> Stream<H> {
     fn finish(&mut self, phase: Phase, mut fx: Effects) -> Option<Action> {
         let mut call = fx.take_call();
         if self.apply(phase, fx) {
-            self.replied = true;
-            self.request.held = false;
-            self.response.held = false;
-            return Some(Action::Pause);
-        }
-        if phase == Phase::Log && call.is_some() {
-            log::error!(
-                "{}: a call from the log callback dropped: Envoy cancels it with the stream; the root must make it (a filter bug)",
-                self.root_id
-            );
-            return None;
+            return Some(self.replied());
         }
         let mut undelivered = 0;
         while let Some(asked) = call.take() {
@@ -440,15 +430,20 @@ impl<H: HttpFilter> Stream<H> {
                     self.filter.call_answer(&GrpcAnswer::undelivered(), &mut fx);
                     call = fx.take_call().filter(|_| undelivered < MAX_UNDELIVERED);
                     if self.apply(phase, fx) {
-                        self.replied = true;
-                        self.request.held = false;
-                        self.response.held = false;
-                        return Some(Action::Pause);
+                        return Some(self.replied());
                     }
                 }
             }
         }
         None
+    }
+
+    /// A local reply was sent: nothing is held any more, and the callback pauses.
+    fn replied(&mut self) -> Action {
+        self.replied = true;
+        self.request.held = false;
+        self.response.held = false;
+        Action::Pause
     }
 
     fn dispatch(&self, call: &Call) -> Result<u32, u32> {
